@@ -1,0 +1,159 @@
+"""Access state: grants issued and revocations.
+
+``StateStore`` is the interface; ``SqliteState`` the embedded default. A
+PostgreSQL implementation (asyncpg) can stand in for several gateways.
+Methods are async so that a networked store fits the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class IssuedGrant:
+    jti: str
+    subject: str
+    template: str | None
+    targets: list[dict[str, Any]]
+    issued_at: float
+    expires_at: float
+    reason: str
+    ticket: str | None
+    breakglass: bool
+    approvers: list[str]
+
+
+@dataclass(frozen=True)
+class Revocation:
+    jti: str
+    revoked_at: float
+    reason: str
+    actor: str
+
+
+class StateStore(Protocol):
+    async def record_grant(self, claims: Mapping[str, Any]) -> None: ...
+    async def get_grant(self, jti: str) -> IssuedGrant | None: ...
+    async def list_grants(
+        self, *, subject: str | None = None, limit: int = 100
+    ) -> list[IssuedGrant]: ...
+    async def revoke(self, jti: str, reason: str, actor: str) -> Revocation: ...
+    async def revocation(self, jti: str) -> Revocation | None: ...
+    async def revocations_since(self, since: float) -> list[Revocation]: ...
+    async def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS grants (
+    jti TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    template TEXT,
+    targets TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    ticket TEXT,
+    breakglass INTEGER NOT NULL,
+    approvers TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    jti TEXT PRIMARY KEY,
+    revoked_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revocations_at ON revocations (revoked_at);
+"""
+
+
+class SqliteState:
+    """Embedded state in one SQLite file (WAL mode, safe for several local processes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    async def record_grant(self, claims: Mapping[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO grants VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                claims["jti"],
+                claims["sub"],
+                claims.get("template"),
+                json.dumps(claims["targets"]),
+                float(claims["iat"]),
+                float(claims["exp"]),
+                claims.get("reason", ""),
+                claims.get("ticket"),
+                1 if claims.get("breakglass") else 0,
+                json.dumps(list(claims.get("approvers") or [])),
+            ),
+        )
+
+    @staticmethod
+    def _grant(row: tuple) -> IssuedGrant:
+        return IssuedGrant(
+            jti=row[0],
+            subject=row[1],
+            template=row[2],
+            targets=json.loads(row[3]),
+            issued_at=row[4],
+            expires_at=row[5],
+            reason=row[6],
+            ticket=row[7],
+            breakglass=bool(row[8]),
+            approvers=json.loads(row[9]),
+        )
+
+    async def get_grant(self, jti: str) -> IssuedGrant | None:
+        row = self._db.execute("SELECT * FROM grants WHERE jti = ?", (jti,)).fetchone()
+        return self._grant(row) if row else None
+
+    async def list_grants(
+        self, *, subject: str | None = None, limit: int = 100
+    ) -> list[IssuedGrant]:
+        if subject:
+            rows = self._db.execute(
+                "SELECT * FROM grants WHERE subject = ? ORDER BY issued_at DESC LIMIT ?",
+                (subject, limit),
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM grants ORDER BY issued_at DESC LIMIT ?", (limit,)
+            )
+        return [self._grant(r) for r in rows.fetchall()]
+
+    async def revoke(self, jti: str, reason: str, actor: str) -> Revocation:
+        existing = await self.revocation(jti)
+        if existing:
+            return existing
+        rev = Revocation(jti=jti, revoked_at=time.time(), reason=reason, actor=actor)
+        self._db.execute(
+            "INSERT INTO revocations VALUES (?,?,?,?)",
+            (rev.jti, rev.revoked_at, rev.reason, rev.actor),
+        )
+        return rev
+
+    async def revocation(self, jti: str) -> Revocation | None:
+        row = self._db.execute("SELECT * FROM revocations WHERE jti = ?", (jti,)).fetchone()
+        return Revocation(*row) if row else None
+
+    async def revocations_since(self, since: float) -> list[Revocation]:
+        rows = self._db.execute(
+            "SELECT * FROM revocations WHERE revoked_at >= ? ORDER BY revoked_at", (since,)
+        ).fetchall()
+        return [Revocation(*r) for r in rows]
+
+    async def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,45 @@
+"""``breakglass init``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from proxy.cli.output import CliError, emit_json
+from proxy.initdir import InitError, init_workdir, render_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "init",
+        help="create a working directory: keys, TLS certificate, starter config",
+        description="Create DIR with issuer and recorder Ed25519 keys, the gateway's SSH host key, "
+        "a self-signed TLS certificate, an upstream SSH key and DIR/config.toml with starter "
+        "templates (db-readonly, ops-commands, breakglass). Never overwrites existing files.",
+    )
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--name", default="prod", help="gateway name (the grants' audience)")
+    p.add_argument("--json", action="store_true", help="print created files as JSON")
+    p.set_defaults(func=cmd_init)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    try:
+        files = init_workdir(Path(args.directory), render_config(gateway_name=args.name))
+    except InitError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"cannot create {args.directory}: {e.strerror}") from None
+    if args.json:
+        emit_json(
+            {"directory": str(Path(args.directory).resolve()), "files": [str(f) for f in files]}
+        )
+        return 0
+    print(f"Created {args.directory}:")
+    for f in files:
+        print(f"  {f}")
+    print(
+        f"\nNext: edit {Path(args.directory) / 'config.toml'} (targets, templates, groups), then\n"
+        f"  breakglass -c {Path(args.directory) / 'config.toml'} gateway"
+    )
+    return 0

@@ -1,0 +1,69 @@
+"""Build the runtime pieces a command or the gateway needs from a ``Config``."""
+
+from __future__ import annotations
+
+import getpass
+import os
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from policy.grants import GrantVerifier
+from policy.keys import load_private_key, load_public_key
+from policy.state import SqliteState, StateStore
+from proxy.config import Config, ConfigError
+
+
+def trusted_issuer_keys(cfg: Config) -> dict[str, Ed25519PublicKey]:
+    return {kid: load_public_key(p) for kid, p in cfg.trusted_issuer_keys.items()}
+
+
+def trusted_recorder_keys(cfg: Config) -> dict[str, Ed25519PublicKey]:
+    keys = {kid: load_public_key(p) for kid, p in cfg.trusted_recorder_keys.items()}
+    if cfg.recorder_key_id not in keys and cfg.recorder_signing_key.exists():
+        keys[cfg.recorder_key_id] = load_private_key(cfg.recorder_signing_key).public_key()
+    return keys
+
+
+def recorder_key(cfg: Config) -> Ed25519PrivateKey:
+    return load_private_key(cfg.recorder_signing_key)
+
+
+def issuer_key(cfg: Config) -> tuple[str, Ed25519PrivateKey]:
+    if not cfg.issuer_signing_key or not cfg.issuer_key_id:
+        raise ConfigError(
+            ["issuer.signing_key and issuer.key_id are needed to issue grants here"], cfg.path
+        )
+    return cfg.issuer_key_id, load_private_key(cfg.issuer_signing_key)
+
+
+def open_state(cfg: Config) -> StateStore:
+    return SqliteState(cfg.state_database)
+
+
+def grant_verifier(cfg: Config, is_revoked=None) -> GrantVerifier:
+    return GrantVerifier(
+        trusted_issuer_keys(cfg), cfg.gateway_name, leeway=cfg.leeway, is_revoked=is_revoked
+    )
+
+
+def open_audit(cfg: Config):
+    """The audit log segment for this process."""
+    from recorder.audit import AuditLog
+
+    cfg.audit_dir.mkdir(parents=True, exist_ok=True)
+    return AuditLog(
+        cfg.audit_dir,
+        recorder_key(cfg),
+        cfg.recorder_key_id,
+        checkpoint_interval=cfg.checkpoint_interval,
+        checkpoint_events=cfg.checkpoint_events,
+        commit_interval=cfg.commit_interval,
+    )
+
+
+def current_actor() -> str:
+    """Who is running this command (the OS user), for audit events."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return f"uid:{os.getuid()}"

@@ -1,0 +1,97 @@
+"""Config loading: the starter config loads; every problem is reported with its key path."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_config
+from proxy.initdir import InitError, init_workdir, render_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_is_the_init_config():
+    assert (ROOT / "config.example.toml").read_text() == render_config()
+
+
+def test_init_creates_working_directory(tmp_path):
+    d = tmp_path / "w"
+    files = init_workdir(d)
+    cfg = load_config(d / "config.toml")
+    assert set(cfg.templates) == {"db-readonly", "ops-commands", "breakglass"}
+    assert cfg.templates["db-readonly"].sql.mode == "read-only"
+    assert cfg.templates["db-readonly"].max_ttl == 3600
+    assert (
+        cfg.templates["ops-commands"].max_ttl == 1800 and cfg.templates["ops-commands"].ssh.commands
+    )
+    bg = cfg.templates["breakglass"]
+    assert bg.breakglass and bg.approvals == 0 and bg.ssh.shell and bg.sql.mode == "all"
+    assert bg.requesters == ("@incident-managers",)
+    for f in files:
+        if f.name.endswith((".key", "_host_key", "upstream_ssh_key")):
+            assert stat.S_IMODE(os.stat(f).st_mode) == 0o600, f
+
+
+def test_init_refuses_to_overwrite(tmp_path):
+    init_workdir(tmp_path / "w")
+    with pytest.raises(InitError, match="refusing to overwrite"):
+        init_workdir(tmp_path / "w")
+
+
+def problems(doc: dict, base: Path) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, base)
+    return e.value.problems
+
+
+def test_every_problem_reported_with_key_path(tmp_path):
+    init_workdir(tmp_path)
+    doc = tomllib.loads((tmp_path / "config.toml").read_text())
+    doc["targets"]["postgres"]["orders"]["port"] = "5432"
+    doc["targets"]["ssh"]["web-1"]["known_hosts"] = "missing/known_hosts"
+    doc["templates"]["db-readonly"]["max_ttl"] = "forever"
+    doc["templates"]["db-readonly"]["sql"]["mode"] = "write-anything"
+    doc["gateway"]["leeway"] = "2m"
+    doc["templates"]["breakglass"]["requesters"] = ["*"]
+    doc["bogus"] = {}
+    p = problems(doc, tmp_path)
+    joined = "\n".join(p)
+    assert "targets.postgres.orders.port: expected an integer" in joined
+    assert "targets.ssh.web-1.known_hosts: file not found" in joined
+    assert "templates.db-readonly.max_ttl:" in joined
+    assert "templates.db-readonly.sql.mode: expected one of" in joined
+    assert "gateway.leeway: must be at most 30s" in joined
+    assert "templates.breakglass.requesters:" in joined
+    assert "bogus: unknown section" in joined
+    assert len(p) >= 7
+
+
+def test_missing_sections(tmp_path):
+    p = problems({}, tmp_path)
+    assert any(x.startswith("gateway: missing") for x in p)
+    assert any(x.startswith("issuer: missing") for x in p)
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    (tmp_path / "c.toml").write_text("[gateway\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "c.toml")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_password_read_lazily(tmp_path, monkeypatch):
+    init_workdir(tmp_path)
+    cfg = load_config(tmp_path / "config.toml")
+    target = cfg.postgres_targets["orders"]
+    monkeypatch.delenv("BREAKGLASS_ORDERS_APP_RO_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match="BREAKGLASS_ORDERS_APP_RO_PASSWORD is not set"):
+        target.password("app_ro")
+    monkeypatch.setenv("BREAKGLASS_ORDERS_APP_RO_PASSWORD", "s3cret")
+    assert target.password("app_ro") == "s3cret"
+    assert "s3cret" not in repr(cfg)

@@ -54,7 +54,7 @@ class PostgresTarget:
     port: int
     database: str
     users: dict[str, tuple[str, str]]  # db_user -> ("file"|"env", path-or-variable)
-    tls: str = "disable"  # disable | require | verify-full
+    tls: str = "disable"  # disable | verify-full (certificate checked against ca_file)
     ca_file: Path | None = None
     record_parameters: bool = True
 
@@ -395,8 +395,8 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
             else:
                 r.bad(up, "set password_file or password_env")
         tls = r.string(t, "tls", f"{p}.tls", "disable")
-        if tls not in ("disable", "require", "verify-full"):
-            r.bad(f"{p}.tls", f"expected disable, require or verify-full, got {tls!r}")
+        if tls not in ("disable", "verify-full"):
+            r.bad(f"{p}.tls", f"expected disable or verify-full, got {tls!r}")
         ca = r.file(t, "ca_file", f"{p}.ca_file", None)
         if tls == "verify-full" and not ca:
             r.bad(f"{p}.ca_file", 'required when tls = "verify-full"')

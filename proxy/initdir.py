@@ -80,7 +80,7 @@ private_key = "keys/upstream_ssh_key"
 host = "127.0.0.1"
 port = 5432
 database = "orders"
-tls = "disable"            # disable | require | verify-full (verify-full needs ca_file)
+tls = "disable"            # disable | verify-full (TLS, server certificate checked against ca_file)
 # ca_file = "keys/orders-ca.pem"
 record_parameters = true   # record Bind parameters of each statement
 [targets.postgres.orders.users.app_ro]

@@ -1,0 +1,90 @@
+"""Local admin socket: ``breakglass sessions`` and ``breakglass kill`` talk to the gateway here.
+
+One JSON object per line each way. Requests: ``{"op": "sessions"}``,
+``{"op": "kill", "session": ID, "actor": USER, "reason": TEXT}``.
+The socket is created mode 0600: only the gateway's OS user may use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from proxy.logs import log
+from proxy.sessions import SessionRegistry
+
+MAX_REQUEST = 64 * 1024
+
+
+async def _handle(
+    registry: SessionRegistry, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        line = await asyncio.wait_for(reader.readline(), 10)
+        if len(line) > MAX_REQUEST:
+            reply: dict[str, Any] = {"ok": False, "error": "request too large"}
+        else:
+            reply = await _dispatch(registry, line)
+    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+        reply = {"ok": False, "error": "bad request"}
+    try:
+        writer.write(json.dumps(reply, default=str).encode() + b"\n")
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+async def _dispatch(registry: SessionRegistry, line: bytes) -> dict[str, Any]:
+    try:
+        req = json.loads(line)
+        op = req.get("op")
+    except (ValueError, AttributeError):
+        return {"ok": False, "error": "request is not a JSON object"}
+    if op == "sessions":
+        return {"ok": True, "sessions": [s.info() for s in registry.sessions.values()]}
+    if op == "kill":
+        sid, actor = req.get("session"), req.get("actor") or "admin"
+        if not isinstance(sid, str):
+            return {"ok": False, "error": "kill needs a session id"}
+        matches = [s for s in registry.sessions if s == sid or s.endswith(sid)]
+        if len(matches) != 1:
+            return {
+                "ok": False,
+                "error": f"no live session {sid}" if not matches else f"{sid} is ambiguous",
+            }
+        await registry.kill(matches[0], str(actor), str(req.get("reason") or ""))
+        return {"ok": True, "killed": matches[0]}
+    return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+async def start_admin_server(path: Path, registry: SessionRegistry) -> asyncio.AbstractServer:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(
+            lambda r, w: _handle(registry, r, w), path=str(path)
+        )
+    finally:
+        os.umask(old)
+    log.info("admin.listening", socket=str(path))
+    return server
+
+
+async def admin_request(
+    path: Path, request: dict[str, Any], timeout: float = 5.0
+) -> dict[str, Any]:
+    """Send one request to a running gateway's admin socket."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+    try:
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    finally:
+        writer.close()
+    return json.loads(line)

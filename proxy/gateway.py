@@ -1,0 +1,223 @@
+"""``breakglass gateway``: wire config, state, audit, sessions and the listeners together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policy.grants import Grant, GrantTarget, GrantVerifier, Refusal, RefusalKind
+from policy.state import StateStore
+from proxy.admin import start_admin_server
+from proxy.config import Config
+from proxy.context import grant_verifier, open_audit, open_state, recorder_key
+from proxy.logs import log
+from proxy.sessions import SessionRegistry, Termination
+
+REVOCATION_POLL = 0.25
+
+
+class AuthRateLimiter:
+    """At most ``limit`` failed authentications per source address per ``window`` seconds."""
+
+    def __init__(self, limit: int, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self.failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def blocked(self, source: str) -> bool:
+        q = self.failures.get(source)
+        if not q:
+            return False
+        cutoff = time.monotonic() - self.window
+        while q and q[0] < cutoff:
+            q.popleft()
+        if not q:
+            del self.failures[source]
+        return len(q) >= self.limit
+
+    def failed(self, source: str) -> None:
+        self.failures[source].append(time.monotonic())
+        if len(self.failures) > 100_000:  # bound memory under a scan
+            self.failures.pop(next(iter(self.failures)))
+
+
+@dataclass
+class Gateway:
+    """What the protocol listeners share."""
+
+    cfg: Config
+    verifier: GrantVerifier
+    state: StateStore
+    audit: Any
+    registry: SessionRegistry
+    limiter: AuthRateLimiter
+    revoked: set[str] = field(default_factory=set)
+    servers: list[Any] = field(default_factory=list)
+
+    async def authorize(
+        self,
+        token: str | bytes,
+        *,
+        protocol: str,
+        target_name: str,
+        source: str,
+        user: str | None = None,
+    ) -> Grant | Refusal:
+        """Verify a grant for ``protocol``/``target_name`` from ``source``; audit every outcome."""
+        if self.limiter.blocked(source):
+            result: Grant | Refusal = Refusal(
+                RefusalKind.MALFORMED, "too many failed attempts from your address; try again later"
+            )
+        else:
+            result = self.verifier.verify(
+                token, target_type=protocol, target_name=target_name, source_ip=source
+            )
+            if isinstance(result, Grant) and await self.state.revocation(result.jti):
+                self.revoked.add(result.jti)
+                result = Refusal(
+                    RefusalKind.REVOKED, "grant has been revoked", result.jti, result.subject
+                )
+            if isinstance(result, Grant) and user is not None and user != result.subject:
+                result = Refusal(
+                    RefusalKind.MALFORMED,
+                    f"grant is for {result.subject}, not {user}",
+                    result.jti,
+                    result.subject,
+                )
+        if isinstance(result, Refusal):
+            self.limiter.failed(source)
+            self.audit.append(
+                "auth.refused",
+                protocol=protocol,
+                target=target_name,
+                client=source,
+                user=user,
+                subject=result.subject,
+                jti=result.jti,
+                refusal=str(result.kind),
+                message=result.message,
+            )
+            log.info(
+                "auth.refused",
+                protocol=protocol,
+                target=target_name,
+                client=source,
+                kind=str(result.kind),
+            )
+        return result
+
+    def target_of(self, grant: Grant, protocol: str, name: str) -> GrantTarget:
+        t = grant.target(protocol, name)
+        assert t is not None  # authorize() checked it
+        return t
+
+    async def watch_revocations(self) -> None:
+        since = 0.0
+        while True:
+            try:
+                revs = await self.state.revocations_since(since)
+                for r in revs:
+                    since = max(since, r.revoked_at - 2.0)
+                    if r.jti not in self.revoked:
+                        self.revoked.add(r.jti)
+                        n = await self.registry.revoke(r.jti, r.reason)
+                        if n:
+                            log.info("grant.revoked_live", jti=r.jti, sessions=n)
+            except Exception as e:  # keep watching; a broken state DB is logged loudly
+                log.error("revocations.poll_failed", error=str(e))
+            await asyncio.sleep(REVOCATION_POLL)
+
+
+def make_recorder_factory(cfg: Config):
+    from recorder.writer import RecordingWriter
+
+    key = recorder_key(cfg)
+
+    def make(path: Path, header: dict[str, Any]):
+        return RecordingWriter.create(
+            path,
+            header,
+            key,
+            cfg.recorder_key_id,
+            checkpoint_interval=cfg.checkpoint_interval,
+            checkpoint_events=cfg.checkpoint_events,
+            commit_interval=cfg.commit_interval,
+        )
+
+    return make
+
+
+async def start_gateway(cfg: Config) -> Gateway:
+    """Start every configured listener; returns once they accept connections."""
+    state = open_state(cfg)
+    audit = open_audit(cfg)
+    registry = SessionRegistry(
+        recordings_dir=cfg.recordings_dir,
+        make_recorder=make_recorder_factory(cfg),
+        audit=audit,
+        gateway_name=cfg.gateway_name,
+        warn_before=cfg.warn_before_expiry,
+    )
+    gw = Gateway(
+        cfg=cfg,
+        verifier=None,  # type: ignore[arg-type]
+        state=state,
+        audit=audit,
+        registry=registry,
+        limiter=AuthRateLimiter(cfg.failed_auth_limit),
+    )
+    gw.verifier = grant_verifier(cfg, is_revoked=gw.revoked.__contains__)
+    for r in await state.revocations_since(0):
+        gw.revoked.add(r.jti)
+    gw.servers.append(asyncio.ensure_future(gw.watch_revocations()))
+    gw.servers.append(await start_admin_server(cfg.admin_socket, registry))
+    if cfg.postgres_listen:
+        from proxy.postgres.server import start_postgres_listener
+
+        gw.servers.append(await start_postgres_listener(gw))
+    if cfg.ssh_listen:
+        from proxy.ssh.server import start_ssh_listener
+
+        gw.servers.append(await start_ssh_listener(gw))
+    audit.append("gateway.start", gateway=cfg.gateway_name)
+    return gw
+
+
+async def stop_gateway(gw: Gateway) -> None:
+    await gw.registry.terminate_all(Termination("killed", "gateway shutting down"))
+    for s in gw.servers:
+        if isinstance(s, asyncio.Future):
+            s.cancel()
+        else:
+            s.close()
+    for s in gw.servers:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            if isinstance(s, asyncio.Future):
+                await s
+            elif hasattr(s, "wait_closed"):
+                await asyncio.wait_for(s.wait_closed(), 2)
+    gw.audit.append("gateway.stop", gateway=gw.cfg.gateway_name)
+    gw.audit.close()
+    await gw.state.close()
+
+
+async def run_gateway(cfg: Config, ready: Any = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    gw = await start_gateway(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(gw)
+    try:
+        await stop.wait()
+    finally:
+        await stop_gateway(gw)

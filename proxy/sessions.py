@@ -1,0 +1,255 @@
+"""Live sessions: one per authenticated connection, ended at expiry, revocation or kill.
+
+A protocol handler creates a ``Session`` through ``SessionRegistry.open``,
+sets ``on_terminate`` (tell the client why, close both sides) and ``on_warn``,
+and calls ``Session.finish`` when the connection is gone. The registry owns
+the timers: warning before expiry and termination at the grant's ``exp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from policy.grants import Grant, GrantTarget, utc_text
+from proxy.logs import log
+
+#: A terminating handler gets this long to say goodbye before the connection is aborted.
+TERMINATE_GRACE = 0.5
+
+
+@dataclass(frozen=True)
+class Termination:
+    kind: str  # expired | revoked | killed | recorder-failed
+    message: str  # shown to the engineer, e.g. "grant expired"
+
+
+def new_session_id() -> str:
+    """Time-sortable and unguessable: ``20261122T101503Z-3f9a1c2b7d``."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(5)
+
+
+class Session:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        *,
+        protocol: str,
+        grant: Grant,
+        target: GrantTarget,
+        client: str,
+        recorder: Any,
+        session_id: str,
+    ) -> None:
+        self.registry = registry
+        self.id = session_id
+        self.protocol = protocol
+        self.grant = grant
+        self.target = target
+        self.client = client
+        self.recorder = recorder
+        self.started_at = time.time()
+        self.commands = 0
+        self.denials = 0
+        self.ended = False
+        self.termination: Termination | None = None
+        self.on_terminate: Callable[[Termination], Awaitable[None]] | None = None
+        self.on_warn: Callable[[float], None] | None = None
+        self.abort: Callable[[], None] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+
+    @property
+    def deadline(self) -> float:
+        return self.grant.expires_at
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "protocol": self.protocol,
+            "user": self.grant.subject,
+            "target": self.target.name,
+            "account": self.target.account,
+            "client": self.client,
+            "grant": self.grant.jti,
+            "template": self.grant.template,
+            "breakglass": self.grant.breakglass,
+            "started_at": self.started_at,
+            "expires_at": self.deadline,
+            "commands": self.commands,
+            "denials": self.denials,
+            "recording": str(getattr(self.recorder, "path", "")),
+        }
+
+    async def terminate(self, termination: Termination) -> None:
+        """End the session for ``termination``; bounded in time, safe to call twice."""
+        if self.ended or self.termination is not None:
+            return
+        self.termination = termination
+        log.info("session.terminate", session=self.id, kind=termination.kind)
+        try:
+            self.recorder.event("terminate", reason=termination.kind, message=termination.message)
+        except Exception:
+            pass
+        if self.on_terminate is not None:
+            try:
+                await asyncio.wait_for(self.on_terminate(termination), TERMINATE_GRACE)
+            except Exception as e:  # includes TimeoutError: fall through to a hard abort
+                log.warning("session.terminate_slow", session=self.id, error=type(e).__name__)
+        if not self.ended and self.abort is not None:
+            self.abort()
+
+    def finish(self, reason: str | None = None, **fields: Any) -> None:
+        """The connection is gone: close the recording and forget the session."""
+        if self.ended:
+            return
+        self.ended = True
+        for t in self._timers:
+            t.cancel()
+        end = reason or (self.termination.kind if self.termination else "closed")
+        try:
+            self.recorder.close(end, commands=self.commands, denials=self.denials, **fields)
+        except Exception as e:
+            log.error("recording.close_failed", session=self.id, error=str(e))
+        self.registry._forget(self, end)
+
+
+class SessionRegistry:
+    """All live sessions of this gateway process."""
+
+    def __init__(
+        self,
+        *,
+        recordings_dir: Path,
+        make_recorder: Callable[[Path, dict[str, Any]], Any],
+        audit: Any,
+        gateway_name: str,
+        warn_before: float = 120.0,
+    ) -> None:
+        self.recordings_dir = recordings_dir
+        self.make_recorder = make_recorder
+        self.audit = audit
+        self.gateway_name = gateway_name
+        self.warn_before = warn_before
+        self.sessions: dict[str, Session] = {}
+
+    def open(
+        self, *, protocol: str, grant: Grant, target: GrantTarget, client: str, **header: Any
+    ) -> Session:
+        """Start recording and register a session; raises if the recording cannot be created."""
+        sid = new_session_id()
+        hdr = {
+            "session_id": sid,
+            "protocol": protocol,
+            "gateway": self.gateway_name,
+            "user": grant.subject,
+            "target": target.name,
+            "account": target.account,
+            "client": client,
+            "grant_jti": grant.jti,
+            "template": grant.template,
+            "reason": grant.reason,
+            "ticket": grant.ticket,
+            "breakglass": grant.breakglass,
+            "started_at": time.time(),
+            "expires_at": grant.expires_at,
+        }
+        hdr.update(header)
+        self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        recorder = self.make_recorder(self.recordings_dir / f"{sid}.rec", hdr)
+        session = Session(
+            self,
+            protocol=protocol,
+            grant=grant,
+            target=target,
+            client=client,
+            recorder=recorder,
+            session_id=sid,
+        )
+        self.sessions[sid] = session
+        self._schedule(session)
+        self.audit.append(
+            "session.start",
+            session=sid,
+            protocol=protocol,
+            user=grant.subject,
+            target=target.name,
+            account=target.account,
+            client=client,
+            jti=grant.jti,
+            breakglass=grant.breakglass,
+        )
+        log.info(
+            "session.start", session=sid, protocol=protocol, user=grant.subject, target=target.name
+        )
+        return session
+
+    def _schedule(self, session: Session) -> None:
+        loop = asyncio.get_running_loop()
+        left = session.deadline - time.time()
+        if self.warn_before and left > self.warn_before:
+            session._timers.append(loop.call_later(left - self.warn_before, self._warn, session))
+        session._timers.append(
+            loop.call_later(
+                max(0.0, left),
+                lambda: asyncio.ensure_future(
+                    session.terminate(
+                        Termination("expired", f"grant expired at {utc_text(session.deadline)}")
+                    )
+                ),
+            )
+        )
+
+    def _warn(self, session: Session) -> None:
+        if session.on_warn and not session.ended:
+            try:
+                session.on_warn(session.deadline - time.time())
+            except Exception as e:
+                log.warning("session.warn_failed", session=session.id, error=str(e))
+
+    def _forget(self, session: Session, end: str) -> None:
+        self.sessions.pop(session.id, None)
+        self.audit.append(
+            "session.end",
+            session=session.id,
+            user=session.grant.subject,
+            target=session.target.name,
+            reason=end,
+            commands=session.commands,
+            denials=session.denials,
+            duration=round(time.time() - session.started_at, 3),
+        )
+        log.info("session.end", session=session.id, reason=end)
+
+    async def kill(self, session_id: str, actor: str, reason: str = "") -> bool:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return False
+        self.audit.append(
+            "session.killed",
+            session=session_id,
+            actor=actor,
+            reason=reason,
+            user=session.grant.subject,
+        )
+        await session.terminate(Termination("killed", f"killed by {actor}"))
+        return True
+
+    async def revoke(self, jti: str, reason: str = "") -> int:
+        victims = [s for s in self.sessions.values() if s.grant.jti == jti]
+        for s in victims:
+            self.audit.append(
+                "session.revoked", session=s.id, jti=jti, reason=reason, user=s.grant.subject
+            )
+        await asyncio.gather(
+            *(s.terminate(Termination("revoked", "grant revoked")) for s in victims)
+        )
+        return len(victims)
+
+    async def terminate_all(self, termination: Termination) -> None:
+        await asyncio.gather(*(s.terminate(termination) for s in list(self.sessions.values())))

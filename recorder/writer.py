@@ -1,0 +1,605 @@
+"""The chained, signed, group-committed recording writer.
+
+Threading model
+---------------
+* Appends (``input``/``output``/``resize``/``query``/``decision``/``event``) run on the caller's
+  thread, take a short lock, build one line, chain it and put it in a memory buffer. They never
+  touch the disk, so they never block an event loop on I/O. They are thread-safe.
+* One background *committer* thread per live writer writes the buffer and fsyncs it: when the
+  buffer becomes non-empty it commits at once, then waits ``commit_interval`` before the next
+  commit (group commit), so an append is on disk within about ``commit_interval`` plus one fsync.
+  It also signs a time-based checkpoint when a signed event would otherwise wait longer than
+  ``checkpoint_interval``.
+* A checkpoint is signed inline by the append that makes ``checkpoint_events`` unsigned events,
+  or that finds the oldest unsigned event older than ``checkpoint_interval``.
+* ``flush()`` and ``close()`` are blocking (write + fsync); from async code call them through
+  ``asyncio.to_thread``.
+
+Failure
+-------
+If writing or fsyncing fails (disk full, EIO, ...), ``failed`` is set, ``on_failure(exc)`` is
+called exactly once - from the committer thread, or from the thread that called ``flush``/
+``close`` if that is where it failed - and every later append raises ``RecorderError``. The
+same happens (from the appending thread) if more than ``max_buffer`` bytes wait for a disk that
+does not keep up; that recording can still be closed and finalized normally. Async callers
+should hop back to their loop with ``loop.call_soon_threadsafe``. ``on_failure`` is never called
+with a writer lock held, so it may call ``close``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import binascii
+import contextlib
+import hashlib
+import os
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import format as fmt
+from .format import RecorderError, RecorderFieldError
+
+__all__ = ["RecordingWriter", "RecorderError", "RecorderFieldError"]
+
+#: Mode while the recording is being written, and once finalized. Not world-readable: a PTY
+#: recording can contain whatever the engineer typed (a sudo password at a prompt, say).
+LIVE_MODE = 0o640
+FINAL_MODE = 0o440
+
+_sha256 = hashlib.sha256
+_b2a = binascii.b2a_base64
+_hexlify = binascii.hexlify
+_monotonic = time.monotonic
+
+_IOV_CHUNK = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
+
+_live_writers: weakref.WeakSet[RecordingWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all_at_exit() -> None:  # best effort: a clean interpreter exit loses nothing
+    for w in list(_live_writers):
+        with contextlib.suppress(Exception):
+            w.flush()
+
+
+class RecordingWriter:
+    """Append-only, hash-chained, signed recording. Create with :meth:`create`."""
+
+    def __init__(self) -> None:  # pragma: no cover - use create()
+        raise TypeError("use RecordingWriter.create(...)")
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        header: dict,
+        signing_key: Ed25519PrivateKey,
+        key_id: str,
+        *,
+        checkpoint_interval: float = 1.0,
+        checkpoint_events: int = 1000,
+        commit_interval: float = 0.05,
+        on_failure: Callable[[Exception], None] | None = None,
+        max_buffer: int = 256 * 1024 * 1024,
+    ) -> RecordingWriter:
+        """Create ``path`` exclusively and write (and fsync) the header and a first checkpoint.
+
+        Synchronous; does not need an event loop. Raises ``RecorderError`` if the file exists or
+        cannot be created, ``RecorderFieldError`` if ``header`` cannot be recorded.
+        ``max_buffer``: if this many bytes are waiting for the disk, the writer fails rather than
+        grow without bound (the disk is not keeping up).
+        """
+        if not isinstance(signing_key, Ed25519PrivateKey):
+            raise TypeError("signing_key must be an Ed25519PrivateKey")
+        if not isinstance(key_id, str) or not key_id:
+            raise ValueError("key_id must be a non-empty string")
+        if checkpoint_interval <= 0 or checkpoint_events < 1 or commit_interval < 0:
+            raise ValueError(
+                "checkpoint_interval > 0, checkpoint_events >= 1, commit_interval >= 0"
+            )
+        header = dict(header)
+        for k in header:
+            if k in fmt.HEADER_FIELDS:
+                raise RecorderFieldError(f"header field {k!r} is set by the recorder")
+        recording_id = secrets.token_hex(16)
+        header_fields = fmt.encode_fields(
+            {"format": fmt.FORMAT, "recording_id": recording_id, "key_id": key_id, **header}
+        )
+
+        self = object.__new__(cls)
+        self.path = Path(path)
+        self.recording_id = recording_id
+        self.key_id = key_id
+        self.header = header
+        self._key = signing_key
+        self._key_id_json = fmt.encode_str(key_id)
+        self._ckpt_interval = float(checkpoint_interval)
+        self._ckpt_events = int(checkpoint_events)
+        self._commit_interval = float(commit_interval)
+        self._on_failure = on_failure
+        self._max_buffer = int(max_buffer)
+
+        self._lock = threading.Lock()  # chain state + buffer
+        self._io_lock = threading.Lock()  # serialises write+fsync, keeps file order = chain order
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._buf: list[bytes] = []
+        self._buffered = 0  # bytes in _buf
+        self._durable = 0  # lines written and fsynced
+        self._durable_cond = threading.Condition(threading.Lock())
+        self._inflight = 0  # bytes being written by a commit
+        self._seq = 0
+        self._prev = fmt.ZERO_HASH.encode("ascii")
+        self._unsigned = 0  # events appended since the last checkpoint
+        self._ckpt_deadline = 0.0  # monotonic time the oldest unsigned event must be signed by
+        self._dead = False  # closed or failed: appends raise
+        self._closed = False
+        self._failed: Exception | None = None  # first failure of any kind
+        self._io_failed: OSError | None = None  # the file cannot be written any more
+        self._failure_reported = False
+        self._thread: threading.Thread | None = None
+        self._field_cache: dict[tuple[str | None, str], bytes] = {}
+        self._wall0 = time.time()
+        self._mono0 = _monotonic()
+        self._t_offset = self._wall0 - self._mono0
+
+        try:
+            self._fd = os.open(
+                self.path,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                LIVE_MODE,
+            )
+        except FileExistsError as exc:
+            raise RecorderError(
+                f"recording {self.path} already exists; recordings are write-once"
+            ) from exc
+        except OSError as exc:
+            raise RecorderError(f"cannot create recording {self.path}: {exc}") from exc
+
+        with self._lock:
+            self._append_locked(fmt.HEADER, header_fields, self._now())
+            self._checkpoint_locked(self._now())
+        err = self._commit()
+        if err is None:
+            _fsync_dir(self.path.parent)
+        else:
+            self._dead = True
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+            raise RecorderError(f"cannot write recording {self.path}: {err}") from err
+
+        self._wake.clear()  # the header is on disk already
+        self._thread = threading.Thread(
+            target=self._run, name=f"recorder-commit:{self.path.name}", daemon=True
+        )
+        self._thread.start()
+        _live_writers.add(self)
+        return self
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def failed(self) -> Exception | None:
+        return self._failed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def event_count(self) -> int:
+        """Lines in the recording so far (header, events, checkpoints; the next ``seq``)."""
+        return self._seq
+
+    @property
+    def durable_events(self) -> int:
+        """Lines written and fsynced so far."""
+        return self._durable
+
+    def wait_durable(self, count: int | None = None, timeout: float | None = None) -> bool:
+        """Block until the first ``count`` lines (default: all appended so far) are on disk.
+        Returns False on timeout or if the recording failed first. Blocking: from async code use
+        ``asyncio.to_thread``. Does not force a commit (``flush`` does)."""
+        want = self._seq if count is None else count
+        with self._durable_cond:
+            return (
+                self._durable_cond.wait_for(
+                    lambda: self._durable >= want or self._io_failed is not None or self._fd < 0,
+                    timeout,
+                )
+                and self._durable >= want
+            )
+
+    @property
+    def last_hash(self) -> str:
+        """Hex SHA-256 of the last line appended (after ``close``: of the trailer)."""
+        return self._prev.decode("ascii")
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes appended but not yet written to the file (for back-pressure)."""
+        return self._buffered + self._inflight
+
+    def _now(self) -> float:
+        return self._t_offset + _monotonic()
+
+    def _dead_error(self) -> RecorderError:
+        if self._failed is not None:
+            err = RecorderError(f"recording {self.path} failed: {self._failed}")
+            err.__cause__ = self._failed
+            return err
+        return RecorderError(f"recording {self.path} is closed")
+
+    # ------------------------------------------------------------------ appends (hot path)
+
+    def output(self, data: bytes, channel: str | None = None, stream: str = "stdout") -> None:
+        """Bytes from the target to the client (``stream``: stdout/stderr/...)."""
+        self._data_event(b"output", data, channel, stream)
+
+    def input(self, data: bytes, channel: str | None = None) -> None:
+        """Bytes from the client to the target (keystrokes, pasted text, ...)."""
+        self._data_event(b"input", data, channel, "stdout")
+
+    def _data_event(self, kind: bytes, data: bytes, channel: str | None, stream: str) -> None:
+        if self._dead:
+            raise self._dead_error()
+        if channel is None and stream == "stdout":
+            extra = b""
+        else:
+            extra = self._field_cache.get((channel, stream))
+            if extra is None:
+                extra = self._extra_fields(channel, stream)
+        b64 = _b2a(data, newline=False)  # TypeError for non-bytes, before we touch the chain
+        with self._lock:
+            if self._dead:
+                raise self._dead_error()
+            if self._buffered <= self._max_buffer:
+                seq = self._seq
+                now = _monotonic()
+                line = b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s,"data":"%s"}\n' % (
+                    seq,
+                    self._t_offset + now,
+                    kind,
+                    self._prev,
+                    extra,
+                    b64,
+                )
+                self._prev = _hexlify(_sha256(line).digest())
+                self._seq = seq + 1
+                if not self._buf:
+                    self._wake.set()
+                self._buf.append(line)
+                self._buffered += len(line)
+                n = self._unsigned
+                if n == 0:
+                    self._ckpt_deadline = now + self._ckpt_interval
+                self._unsigned = n + 1
+                if n + 1 >= self._ckpt_events or now >= self._ckpt_deadline:
+                    self._checkpoint_locked(self._t_offset + now)
+                return
+            exc = self._overflow_locked()
+        self._report_failure(exc)
+        raise exc
+
+    def _extra_fields(self, channel: str | None, stream: str) -> bytes:
+        if channel is not None and not isinstance(channel, str):
+            raise RecorderFieldError("channel must be a string")
+        if not isinstance(stream, str):
+            raise RecorderFieldError("stream must be a string")
+        extra = b""
+        if channel is not None:
+            extra += b',"channel":' + fmt.encode_str(channel)
+        if stream != "stdout":
+            extra += b',"stream":' + fmt.encode_str(stream)
+        if len(self._field_cache) < 256:
+            self._field_cache[(channel, stream)] = extra
+        return extra
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Terminal window size change."""
+        self.event(fmt.RESIZE, cols=int(cols), rows=int(rows))
+
+    def query(self, **fields: Any) -> None:
+        """A statement and its outcome (``text=``, ``params=``, ``tag=``, ``rows=``, ``error=``,
+        ``duration_ms=`` ...)."""
+        self.event(fmt.QUERY, **fields)
+
+    def decision(self, **fields: Any) -> None:
+        """A policy decision (``kind="sql"|"exec"``, ``allowed=``, ``rule=``, ``text=`` ...).
+
+        ``kind`` is stored as ``decision_kind`` (``kind`` names the event kind in every line)."""
+        if "kind" in fields:
+            if "decision_kind" in fields:
+                raise RecorderFieldError("give kind= or decision_kind=, not both")
+            fields["decision_kind"] = fields.pop("kind")
+        self.event(fmt.DECISION, **fields)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Generic event. Fields must be JSON-serialisable; bytes values (at any depth) are
+        allowed and read back as bytes. ``input``/``output`` take ``data`` bytes plus optional
+        ``channel`` (and ``stream`` for output)."""
+        if self._dead:
+            raise self._dead_error()
+        if not isinstance(kind, str) or not kind:
+            raise RecorderFieldError("event kind must be a non-empty string")
+        if kind in fmt.RESERVED_KINDS:
+            raise RecorderFieldError(f"event kind {kind!r} is reserved for the recorder")
+        if kind in fmt.DATA_KINDS:
+            data = fields.pop("data", None)
+            channel = fields.pop("channel", None)
+            stream = fields.pop("stream", "stdout")
+            if not isinstance(data, bytes | bytearray | memoryview) or fields:
+                raise RecorderFieldError(
+                    f"{kind} events take data=bytes, channel= and stream= only"
+                )
+            self._data_event(kind.encode("ascii"), bytes(data), channel, stream)
+            return
+        self._append(kind, fmt.encode_fields(fields))
+
+    def _append(self, kind: str, encoded_fields: bytes) -> None:
+        kind_json = fmt.encode_str(kind)
+        with self._lock:
+            if self._dead:
+                raise self._dead_error()
+            if self._buffered <= self._max_buffer:
+                now = _monotonic()
+                self._append_locked_json(kind_json, encoded_fields, self._t_offset + now)
+                n = self._unsigned
+                if n == 0:
+                    self._ckpt_deadline = now + self._ckpt_interval
+                self._unsigned = n + 1
+                if n + 1 >= self._ckpt_events or now >= self._ckpt_deadline:
+                    self._checkpoint_locked(self._t_offset + now)
+                return
+            exc = self._overflow_locked()
+        self._report_failure(exc)
+        raise exc
+
+    def _append_locked(self, kind: str, encoded_fields: bytes, t: float) -> None:
+        self._append_locked_json(fmt.encode_str(kind), encoded_fields, t)
+
+    def _append_locked_json(self, kind_json: bytes, encoded_fields: bytes, t: float) -> None:
+        sep = b"," if encoded_fields else b""
+        line = b'{"seq":%d,"t":%.6f,"kind":%s,"prev":"%s"%s%s}\n' % (
+            self._seq,
+            t,
+            kind_json,
+            self._prev,
+            sep,
+            encoded_fields,
+        )
+        self._push_locked(line)
+
+    def _push_locked(self, line: bytes) -> None:
+        self._prev = _hexlify(_sha256(line).digest())
+        self._seq += 1
+        if not self._buf:
+            self._wake.set()
+        self._buf.append(line)
+        self._buffered += len(line)
+
+    def _checkpoint_locked(self, t: float) -> None:
+        self._signed_line_locked(fmt.CHECKPOINT, t)
+        self._unsigned = 0
+
+    def _signed_line_locked(self, kind: str, t: float | None) -> None:
+        seq = self._seq
+        prev = self._prev.decode("ascii")
+        sig = self._key.sign(fmt.signed_message(kind, seq, prev)).hex()
+        if t is None:  # the trailer: every field is covered by its signature
+            line = b'{"seq":%d,"kind":"%s","prev":"%s","key_id":%s,"sig":"%s"}\n' % (
+                seq,
+                kind.encode("ascii"),
+                self._prev,
+                self._key_id_json,
+                sig.encode("ascii"),
+            )
+        else:
+            line = b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s","key_id":%s,"sig":"%s"}\n' % (
+                seq,
+                t,
+                kind.encode("ascii"),
+                self._prev,
+                self._key_id_json,
+                sig.encode("ascii"),
+            )
+        self._push_locked(line)
+
+    def _overflow_locked(self) -> RecorderError:
+        """Too much waiting for the disk: refuse further appends. What is buffered is still
+        written, and ``close`` still finalizes the recording (its chain is intact)."""
+        exc = RecorderError(
+            f"recording {self.path}: {self._buffered} bytes waiting for the disk "
+            f"(limit {self._max_buffer}); storage is not keeping up"
+        )
+        self._dead = True
+        if self._failed is None:
+            self._failed = exc
+        return exc
+
+    # ------------------------------------------------------------------ commit
+
+    def _commit(self) -> OSError | None:
+        """Write everything buffered so far and fsync it; return the I/O error, if any (the
+        caller reports it outside the locks). Used by the committer thread, ``flush`` and
+        ``close``; the io lock keeps file order equal to chain order."""
+        with self._io_lock:
+            if self._io_failed is not None or self._fd < 0:
+                return None
+            with self._lock:
+                buf = self._buf
+                upto = self._seq
+                if buf:
+                    self._buf = []
+                    self._inflight = self._buffered
+                    self._buffered = 0
+            if not buf and self._durable >= upto:
+                return None  # nothing new since the last fsync
+            try:
+                if buf:
+                    _write_all(self._fd, buf)
+                    self._inflight = 0
+                os.fsync(self._fd)
+            except OSError as exc:
+                with self._lock:
+                    self._dead = True
+                    self._io_failed = exc
+                    if self._failed is None:
+                        self._failed = exc
+                with self._durable_cond:
+                    self._durable_cond.notify_all()
+                return exc
+            with self._durable_cond:
+                self._durable = upto
+                self._durable_cond.notify_all()
+            return None
+
+    def _report_failure(self, exc: Exception) -> None:
+        """Call ``on_failure`` once. Never called with a lock held."""
+        with self._lock:
+            if self._failure_reported:
+                return
+            self._failure_reported = True
+        self._wake.set()
+        if self._on_failure is not None:
+            try:
+                self._on_failure(exc)
+            except Exception:  # noqa: BLE001 - a broken callback must not kill the committer
+                pass
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    timeout = None
+                    if self._unsigned and not self._dead:
+                        timeout = max(0.0, self._ckpt_deadline - _monotonic())
+                self._wake.wait(timeout)
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
+                with self._lock:
+                    if self._unsigned and not self._dead and _monotonic() >= self._ckpt_deadline:
+                        self._checkpoint_locked(self._now())
+                err = self._commit()
+                if err is not None:
+                    self._report_failure(err)
+                    return
+                if self._io_failed is not None:
+                    return
+                if self._commit_interval and self._stop.wait(self._commit_interval):
+                    return
+        except Exception as exc:  # noqa: BLE001 - e.g. signing failed: the recording has failed
+            with self._lock:
+                self._dead = True
+                if self._failed is None:
+                    self._failed = exc
+            self._report_failure(exc)
+
+    def flush(self) -> None:
+        """Write and fsync everything appended so far. Blocking. Raises ``RecorderError`` if
+        the recording cannot be written."""
+        err = self._commit()
+        if err is not None:
+            self._report_failure(err)
+        if self._io_failed is not None:
+            raise self._dead_error()
+
+    def close(self, reason: str = "closed", **fields: Any) -> None:
+        """Append the ``end`` event and the signed trailer, fsync, make the file read-only.
+
+        Idempotent. Blocking (fsync). If writing had already failed it just releases the file
+        (the failure was reported through ``on_failure`` and appends); if finalizing fails now,
+        ``on_failure`` fires and ``RecorderError`` is raised.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._dead = True
+            finalize = self._io_failed is None
+            if finalize:
+                end = {"reason": str(reason), **fields}
+                if self._failed is not None:
+                    end["recorder_error"] = str(self._failed)
+                try:
+                    end_fields = fmt.encode_fields(end)
+                except RecorderFieldError:
+                    end_fields = fmt.encode_fields({"reason": str(reason)})
+                self._append_locked(fmt.END, end_fields, self._now())
+                self._signed_line_locked(fmt.TRAILER, None)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        _live_writers.discard(self)
+        err: OSError | None = None
+        if finalize:
+            err = self._commit()
+        with self._io_lock:
+            if err is None and finalize and self._io_failed is None:
+                try:
+                    os.fchmod(self._fd, FINAL_MODE)
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    with self._lock:
+                        self._io_failed = exc
+                        self._failed = self._failed or exc
+                    err = exc
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = -1
+        with self._durable_cond:
+            self._durable_cond.notify_all()
+        if err is not None:
+            self._report_failure(err)
+        if finalize and self._io_failed is not None:
+            # finalizing failed (here, or in the committer thread while we were closing)
+            raise self._dead_error() from self._io_failed
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("error" if exc_type else "closed")
+
+    def __repr__(self) -> str:
+        state = "failed" if self._failed else "closed" if self._closed else "live"
+        return f"<RecordingWriter {self.path} {state} events={self._seq}>"
+
+
+def _write_all(fd: int, buf: list[bytes]) -> None:
+    """Write ``buf`` in order with writev, ``_IOV_CHUNK`` lines per system call: no big join
+    holding the GIL (the event loop thread may be waiting for it), no copy."""
+    for start in range(0, len(buf), _IOV_CHUNK):
+        chunk = buf[start : start + _IOV_CHUNK]
+        want = sum(map(len, chunk))
+        n = os.writev(fd, chunk)
+        if n != want:  # short write (rare: signal, nearly full disk): finish it plainly
+            rest = memoryview(b"".join(chunk))[n:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the new directory entry durable (best effort where directories can't be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -91,6 +91,7 @@ from typing import Any
 
 from pglast import ast as _pg_ast
 from pglast.parser import ParseError, parse_sql_json
+from pglast.parser import normalize as pg_normalize
 
 __all__ = [
     "DENIED_FUNCTIONS",
@@ -1100,6 +1101,13 @@ class _Judge:
         return None
 
 
+#: Statement kinds whose verdict depends only on the statement's shape (relations,
+#: functions, clauses), never on a literal constant's value: safe to share one verdict
+#: between texts that differ only in constants.
+_SHAPE_KINDS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES"})
+_SHAPE_MAX_LENGTH = 64 * 1024
+
+
 class SqlChecker:
     """Checks SQL text against :class:`SqlRules`; verdicts are cached per exact text.
 
@@ -1126,6 +1134,7 @@ class SqlChecker:
         self.max_length = max_length
         self._judge = _Judge(rules)
         self._cache: OrderedDict[tuple[str, bool], Verdict] = OrderedDict()
+        self._shapes: OrderedDict[tuple[str, bool], Verdict] = OrderedDict()
         self._cached_chars = 0
         self._lock = threading.Lock()
 
@@ -1145,13 +1154,40 @@ class SqlChecker:
                 if hit is not None:
                     self._cache.move_to_end(key)
                     return hit
+            shape = self._shape_key(sql_text, single)
+            if shape is not None:
+                with self._lock:
+                    hit = self._shapes.get(shape)
+                    if hit is not None:
+                        self._shapes.move_to_end(shape)
+                if hit is not None:
+                    self._remember(key, hit)
+                    return hit
             verdict = self._check(sql_text, single)
             self._remember(key, verdict)
+            if shape is not None and verdict.kinds and set(verdict.kinds) <= _SHAPE_KINDS:
+                with self._lock:
+                    self._shapes[shape] = verdict
+                    while len(self._shapes) > self.cache_size:
+                        self._shapes.popitem(last=False)
             return verdict
         except Exception as exc:  # fail closed, whatever happened
             return Verdict(
                 False, "internal-error", f"the SQL checker failed ({type(exc).__name__}); denied"
             )
+
+    def _shape_key(self, text: str, single: bool) -> tuple[str, bool] | None:
+        """The statement with its literal constants replaced by ``$n`` (PostgreSQL's own
+        normalisation, as in pg_stat_statements), so ``... WHERE aid = 1`` and ``= 2`` share
+        one verdict. Only used for statement kinds whose judgement never reads a constant's
+        value (``_SHAPE_KINDS``); SET, transaction and utility statements are judged by
+        exact text only."""
+        if self.cache_size == 0 or len(text) > _SHAPE_MAX_LENGTH or "\x00" in text:
+            return None
+        try:
+            return (pg_normalize(text), single)
+        except Exception:
+            return None
 
     def _remember(self, key: tuple[str, bool], verdict: Verdict) -> None:
         size = len(key[0])

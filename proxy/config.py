@@ -413,10 +413,8 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
             ),
         )
     for tname, tpl in templates.items():
-        for i, pat in enumerate(tpl.targets):
+        for pat in tpl.targets:
             pool = ssh_targets if pat.type == "ssh" else pg_targets
-            if not any(pat.matches(pat.type, n) for n in pool):
-                r.bad(f"templates.{tname}.targets[{i}]", f"matches no configured {pat.type} target")
             account = tpl.login if pat.type == "ssh" else tpl.db_user
             for n, target in pool.items():
                 if pat.matches(pat.type, n) and account:

@@ -137,6 +137,7 @@ class SessionRegistry:
         self.gateway_name = gateway_name
         self.warn_before = warn_before
         self.sessions: dict[str, Session] = {}
+        self._ended = asyncio.Event()
 
     def open(
         self, *, protocol: str, grant: Grant, target: GrantTarget, client: str, **header: Any
@@ -214,6 +215,7 @@ class SessionRegistry:
 
     def _forget(self, session: Session, end: str) -> None:
         self.sessions.pop(session.id, None)
+        self._ended.set()
         self.audit.append(
             "session.end",
             session=session.id,
@@ -225,6 +227,12 @@ class SessionRegistry:
             duration=round(time.time() - session.started_at, 3),
         )
         log.info("session.end", session=session.id, reason=end)
+
+    async def wait_idle(self) -> None:
+        """Return once no session is live (their recordings are then closed)."""
+        while self.sessions:
+            self._ended.clear()
+            await self._ended.wait()
 
     async def kill(self, session_id: str, actor: str, reason: str = "") -> bool:
         session = self.sessions.get(session_id)

@@ -1,9 +1,231 @@
-"""Gateway and live-session commands (added with the gateways)."""
+"""``breakglass gateway``, ``sessions``, ``kill`` and the ``psql`` front door."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from policy.durations import format_duration
+from policy.grants import utc_text
+from proxy.cli.output import CliError, emit_json, table
+from proxy.config import load_config
+from proxy.context import current_actor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser(
+        "gateway",
+        help="run the SSH and PostgreSQL gateway",
+        description="Run the gateway: the listeners in the config, the admin socket, "
+        "expiry and revocation enforcement. Stops on SIGINT/SIGTERM.",
+    )
+    p.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser(
+        "sessions",
+        help="list live sessions on the local gateway",
+        description="List the live sessions of the gateway running with this config (admin socket).",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser(
+        "kill",
+        help="end a live session now",
+        description="End a live session: the engineer sees 'killed by USER' and both sides close.",
+    )
+    p.add_argument("session", metavar="SESSION", help="session id (or a unique suffix of it)")
+    p.add_argument("--reason", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser(
+        "psql",
+        help="run psql to a target through the gateway with your grant",
+        description="Run the machine's psql against TARGET through the gateway. The grant is read "
+        "from --grant-file, $BREAKGLASS_GRANT or $BREAKGLASS_GRANT_FILE and passed to psql in the "
+        "environment (PGPASSWORD), never on the command line. Extra arguments go to psql.",
+    )
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--user", help="your user name (default: the grant's subject)")
+    p.add_argument("--grant-file", help="file holding the grant token")
+    p.add_argument("--host", help="gateway host (default: the config's postgres_listen)")
+    p.add_argument("--port", type=int, help="gateway port (default: the config's postgres_listen)")
+    p.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="-- PSQL ARGS")
+    p.set_defaults(func=cmd_psql)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from proxy.gateway import run_gateway
+    from proxy.logs import configure_logging
+
+    cfg = load_config(args.config)
+    configure_logging(args.log_format, args.log_level)
+
+    def ready(gw) -> None:
+        listeners = [
+            f"ssh {cfg.ssh_listen}" if cfg.ssh_listen else "",
+            f"postgres {cfg.postgres_listen}" if cfg.postgres_listen else "",
+        ]
+        print(
+            f"breakglass gateway {cfg.gateway_name}: {', '.join(x for x in listeners if x)}",
+            file=sys.stderr,
+        )
+
+    _run(run_gateway(cfg, ready))
+    return 0
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro)
+
+
+def _admin(args: argparse.Namespace, request: dict) -> dict:
+    from proxy.admin import admin_request
+
+    cfg = load_config(args.config)
+    try:
+        reply = asyncio.run(admin_request(cfg.admin_socket, request))
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise CliError(
+            f"no gateway is running with this config (no admin socket at {cfg.admin_socket})"
+        ) from None
+    except (OSError, TimeoutError) as e:
+        raise CliError(f"cannot talk to the gateway at {cfg.admin_socket}: {e}") from None
+    if not reply.get("ok"):
+        raise CliError(reply.get("error", "the gateway refused the request"))
+    return reply
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    sessions = _admin(args, {"op": "sessions"})["sessions"]
+    if args.json:
+        emit_json(sessions)
+        return 0
+    if not sessions:
+        print("no live sessions")
+        return 0
+    now = time.time()
+    rows = [
+        (
+            s["id"],
+            s["user"],
+            f"{s['protocol']}:{s['target']}",
+            s["account"],
+            format_duration(now - s["started_at"]),
+            f"{utc_text(s['expires_at'])} ({format_duration(max(0, s['expires_at'] - now))} left)",
+            s["commands"],
+            s["denials"],
+            "yes" if s["breakglass"] else "",
+        )
+        for s in sorted(sessions, key=lambda s: s["started_at"], reverse=True)
+    ]
+    print(
+        table(
+            rows,
+            ("SESSION", "USER", "TARGET", "AS", "AGE", "EXPIRES", "CMDS", "DENIED", "BREAKGLASS"),
+        )
+    )
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    reply = _admin(
+        args,
+        {"op": "kill", "session": args.session, "actor": current_actor(), "reason": args.reason},
+    )
+    if args.json:
+        emit_json(reply)
+    else:
+        print(f"killed {reply['killed']}")
+    return 0
+
+
+def read_grant(grant_file: str | None, env_var: str = "BREAKGLASS_GRANT") -> str:
+    """The grant token from a file or the environment; never from the command line."""
+    path = grant_file or os.environ.get(f"{env_var}_FILE")
+    if path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as e:
+            raise CliError(f"cannot read grant file {path}: {e.strerror}") from None
+    else:
+        token = os.environ.get(env_var, "").strip()
+    if not token:
+        raise CliError(f"no grant: pass --grant-file FILE or set ${env_var} / ${env_var}_FILE")
+    return token
+
+
+def split_front_door_args(args: argparse.Namespace, names: tuple[str, ...], rest_attr: str) -> None:
+    """Let our own options also follow TARGET (``psql shop --grant-file F -c ...``).
+
+    Everything after a literal ``--`` belongs to the wrapped client untouched.
+    """
+    rest = list(getattr(args, rest_attr))
+    tail: list[str] = []
+    if "--" in rest:
+        i = rest.index("--")
+        rest, tail = rest[:i], rest[i + 1 :]
+    mine = argparse.ArgumentParser(add_help=False)
+    for name in names:
+        mine.add_argument(
+            f"--{name}", dest=name.replace("-", "_"), type=int if name == "port" else str
+        )
+    known, unknown = mine.parse_known_args(rest)
+    for k, v in vars(known).items():
+        if v is not None:
+            setattr(args, k, v)
+    setattr(args, rest_attr, unknown + tail)
+
+
+def cmd_psql(args: argparse.Namespace) -> int:
+    import jwt
+
+    split_front_door_args(args, ("user", "grant-file", "host", "port"), "psql_args")
+    token = read_grant(args.grant_file)
+    try:
+        subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except jwt.PyJWTError:
+        raise CliError("the grant is not a token (check the file or variable)") from None
+    host, port = args.host, args.port
+    env = dict(os.environ, PGPASSWORD=token)
+    if host is None or port is None:
+        cfg = load_config(args.config)
+        if not cfg.postgres_listen:
+            raise CliError("the config has no gateway.postgres_listen; pass --host and --port")
+        host = host or cfg.postgres_listen.host
+        port = port or cfg.postgres_listen.port
+        if cfg.tls_cert and cfg.tls_cert.exists() and "PGSSLMODE" not in os.environ:
+            # Verify the gateway's certificate: the grant is a password and must not leak.
+            env.update(PGSSLMODE="verify-full", PGSSLROOTCERT=str(cfg.tls_cert))
+    env.setdefault("PGSSLMODE", "require")
+    psql = shutil.which("psql")
+    if not psql:
+        raise CliError("psql is not installed on this machine (apt-get install postgresql-client)")
+    extra = [a for a in args.psql_args if a != "--"]
+    argv = [
+        psql,
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-U",
+        args.user or subject,
+        "-d",
+        args.target,
+        *extra,
+    ]
+    os.execve(psql, argv, env)
+    return 0  # pragma: no cover

@@ -22,6 +22,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print created files as JSON")
     p.set_defaults(func=cmd_init)
 
+    p = sub.add_parser(
+        "demo",
+        help="run a gateway with a throwaway PostgreSQL (and sshd) and print lines to try",
+        description="Start a throwaway PostgreSQL with sample data (and an sshd target when the "
+        "machine has one), fresh keys and config in DIR, the gateway, and demo grants; print the "
+        "psql/ssh lines to try and write them to DIR/demo.env. Ctrl-C stops everything.",
+    )
+    p.add_argument("--dir", help="working directory (new or empty; default: a new temporary one)")
+    p.add_argument("--no-ssh", action="store_true", help="do not start an SSH target")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import DemoError, run_demo
+
+    try:
+        return run_demo(args.dir, with_ssh=not args.no_ssh)
+    except DemoError as e:
+        raise CliError(str(e)) from None
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     try:

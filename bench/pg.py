@@ -1,0 +1,206 @@
+"""pgbench -S: direct vs PgBouncer (session mode) vs the breakglass gateway, in one run.
+
+    python bench/pg.py [--seconds 5] [--repeat 3]
+
+Prints median TPS, ratios to direct, and added p50/p99 latency at 1 and 8
+clients. The last line reads ``gateway/direct TPS ratio at 8 clients: R``.
+Everything runs on 127.0.0.1; the machine is shared and noisy, so read the
+medians and ratios, not single numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from common import median, percentile, start_gateway_process, stop, wait_port
+
+from proxy.demo_setup import build_local_workdir, issue_local_grant
+from proxy.throwaway import PostgresServer, free_port
+
+
+def run_pgbench(
+    env: dict, host: str, port: int, user: str, clients: int, seconds: int, logdir: Path
+) -> tuple[float, list[float]]:
+    for f in logdir.glob("pgbench_log*"):
+        f.unlink()
+    cmd = [
+        "pgbench",
+        "-n",
+        "-S",
+        "-T",
+        str(seconds),
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 2)),
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-U",
+        user,
+        "-l",
+        "--log-prefix",
+        str(logdir / "pgbench_log"),
+        "shop",
+    ]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    if r.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {r.stderr.strip()}")
+    tps = next(
+        float(line.split("=")[1].split()[0])
+        for line in r.stdout.splitlines()
+        if line.startswith("tps =")
+    )
+    lat = []
+    for f in logdir.glob("pgbench_log*"):
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2:
+                lat.append(int(parts[2]) / 1000.0)  # ms
+    return tps, lat
+
+
+def pgbouncer(
+    pg: PostgresServer, workdir: Path, cert: Path, key: Path
+) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    shutil.copy(cert, workdir / "tls.crt")
+    shutil.copy(key, workdir / "tls.key")
+    cert, key = workdir / "tls.crt", workdir / "tls.key"
+    (workdir / "userlist.txt").write_text(f'"app_ro" "{pg.passwords["app_ro"]}"\n')
+    (workdir / "pgbouncer.ini").write_text(
+        f"""[databases]
+shop = host={pg.host} port={pg.port} dbname=shop user=app_ro password={pg.passwords["app_ro"]}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+auth_type = plain
+auth_file = {workdir}/userlist.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+client_tls_sslmode = require
+client_tls_cert_file = {cert}
+client_tls_key_file = {key}
+logfile = {workdir}/pgbouncer.log
+pidfile = {workdir}/pgbouncer.pid
+"""
+    )
+    cmd = [shutil.which("pgbouncer"), str(workdir / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(["chown", "-R", "postgres", str(workdir)], check=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, 10)
+    except RuntimeError:
+        log = (
+            (workdir / "pgbouncer.log").read_text() if (workdir / "pgbouncer.log").exists() else ""
+        )
+        raise RuntimeError(f"pgbouncer did not start: {log[-2000:]}") from None
+    return proc, port
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--clients", default="1,8")
+    args = ap.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+
+    tmp = Path(tempfile.mkdtemp(prefix="bg-bench-pg-"))
+    os.chmod(tmp, 0o755)
+    pg = PostgresServer(log_connections=False).start()
+    procs = []
+    try:
+        cfg = build_local_workdir(tmp / "gw", pg=pg, ssh=None, name="bench")
+        cfg_path = tmp / "gw" / "config.toml"
+        gw_proc = start_gateway_process(cfg_path, cfg.postgres_listen.port)
+        procs.append(gw_proc)
+        bouncer_dir = tmp / "bouncer"
+        bouncer_dir.mkdir()
+        bouncer, bouncer_port = pgbouncer(pg, bouncer_dir, cfg.tls_cert, cfg.tls_key)
+        procs.append(bouncer)
+        token = issue_local_grant(cfg, "db-readonly", "shop", ttl=3600)
+        logdir = tmp / "logs"
+        logdir.mkdir()
+        os.chmod(logdir, 0o777)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        setups = {
+            "direct": (
+                dict(base, PGPASSWORD=pg.passwords["app_ro"], PGSSLMODE="disable"),
+                pg.port,
+                "app_ro",
+            ),
+            "pgbouncer": (
+                dict(base, PGPASSWORD=pg.passwords["app_ro"], PGSSLMODE="require"),
+                bouncer_port,
+                "app_ro",
+            ),
+            "gateway": (
+                dict(
+                    base, PGPASSWORD=token, PGSSLMODE="verify-full", PGSSLROOTCERT=str(cfg.tls_cert)
+                ),
+                cfg.postgres_listen.port,
+                "erin",
+            ),
+        }
+        results: dict[tuple[str, int], tuple[float, float, float]] = {}
+        for c in clients:
+            tps: dict[str, list[float]] = {k: [] for k in setups}
+            lat: dict[str, list[float]] = {k: [] for k in setups}
+            for _ in range(args.repeat):
+                for name, (env, port, user) in setups.items():  # interleaved: noise hits all alike
+                    t, latencies = run_pgbench(
+                        env, "127.0.0.1", port, user, c, args.seconds, logdir
+                    )
+                    tps[name].append(t)
+                    lat[name].extend(latencies)
+            for name in setups:
+                results[(name, c)] = (
+                    median(tps[name]),
+                    percentile(lat[name], 50),
+                    percentile(lat[name], 99),
+                )
+
+        print(
+            f"pgbench -S, {args.seconds}s x {args.repeat} runs each, medians (TLS for pgbouncer and gateway)"
+        )
+        print(
+            f"{'setup':<10} {'clients':>7} {'TPS':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} {'+p99':>7}"
+        )
+        for c in clients:
+            d_tps, d50, d99 = results[("direct", c)]
+            for name in setups:
+                t, p50, p99 = results[(name, c)]
+                print(
+                    f"{name:<10} {c:>7} {t:>10.0f} {t / d_tps:>6.2f} {p50:>8.3f} {p99:>8.3f} {p50 - d50:>+7.3f} {p99 - d99:>+7.3f}"
+                )
+        for c in clients:
+            print(
+                f"pgbouncer/direct TPS ratio at {c} clients: {results[('pgbouncer', c)][0] / results[('direct', c)][0]:.2f}"
+            )
+        last = clients[-1]
+        for c in clients[:-1]:
+            print(
+                f"gateway/direct TPS ratio at {c} clients: {results[('gateway', c)][0] / results[('direct', c)][0]:.2f}"
+            )
+        print(
+            f"gateway/direct TPS ratio at {last} clients: {results[('gateway', last)][0] / results[('direct', last)][0]:.2f}"
+        )
+    finally:
+        for p in procs:
+            stop(p)
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

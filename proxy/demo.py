@@ -1,0 +1,206 @@
+"""``breakglass demo``: everything on an embedded default, in one command.
+
+Starts a throwaway PostgreSQL with sample data (and a throwaway sshd when the
+machine has one), a working directory with fresh keys, the gateway, and demo
+grants; prints the exact client lines to try and writes them to DIR/demo.env.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from proxy.config import Config
+from proxy.demo_setup import build_local_workdir, issue_local_grant
+from proxy.throwaway import PostgresServer, ServerStartError, SshServer
+
+
+class DemoError(Exception):
+    pass
+
+
+def _write_token(path: Path, token: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return path
+
+
+def prepare_directory(directory: str | None) -> Path:
+    if directory is None:
+        return Path(tempfile.mkdtemp(prefix="breakglass-demo-"))
+    d = Path(directory).resolve()
+    if d.exists() and any(d.iterdir()):
+        raise DemoError(f"{d} is not empty; pass --dir with a new or empty directory")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def start_servers(with_ssh: bool = True) -> tuple[PostgresServer, SshServer | None, list[str]]:
+    notes = []
+    reason = PostgresServer.unavailable_reason()
+    if reason:
+        raise DemoError(
+            f"the demo needs a local PostgreSQL server binary: {reason} (apt-get install postgresql)"
+        )
+    try:
+        pg = PostgresServer().start()
+    except ServerStartError as e:
+        raise DemoError(f"could not start the throwaway PostgreSQL:\n{e}") from None
+    ssh = None
+    if with_ssh:
+        reason = SshServer.unavailable_reason()
+        if reason:
+            notes.append(f"SSH target skipped: {reason} (apt-get install openssh-server)")
+        else:
+            try:
+                ssh = SshServer().start()
+            except ServerStartError as e:
+                notes.append(f"SSH target skipped: {e}")
+    return pg, ssh, notes
+
+
+def write_demo_files(d: Path, cfg: Config, ssh: SshServer | None) -> dict[str, str]:
+    grants = d / "grants"
+    grants.mkdir(mode=0o700, exist_ok=True)
+    env: dict[str, str] = {
+        "BREAKGLASS_CONFIG": str(d / "config.toml"),
+        "BREAKGLASS_RECORDINGS": str(cfg.recordings_dir),
+    }
+    assert cfg.postgres_listen
+    ro = _write_token(
+        grants / "readonly.token", issue_local_grant(cfg, "db-readonly", "shop", ttl=3600)
+    )
+    _write_token(
+        grants / "expired.token",
+        issue_local_grant(cfg, "db-readonly", "shop", ttl=60, now=time.time() - 3600),
+    )
+    env.update(
+        BREAKGLASS_PG_PORT=str(cfg.postgres_listen.port),
+        BREAKGLASS_PG_DSN=(
+            f"host={cfg.postgres_listen.host} port={cfg.postgres_listen.port} user=erin dbname=shop "
+            f"sslmode=verify-full sslrootcert={cfg.tls_cert}"
+        ),
+        BREAKGLASS_PG_GRANT=str(ro),
+        BREAKGLASS_PG_EXPIRED_GRANT=str(grants / "expired.token"),
+    )
+    if ssh is not None and cfg.ssh_listen:
+        ops = _write_token(
+            grants / "ops-commands.token", issue_local_grant(cfg, "ops-commands", "web-1", ttl=1800)
+        )
+        shell = _write_token(
+            grants / "breakglass-shell.token",
+            issue_local_grant(cfg, "breakglass", "web-1", user="ina", ttl=3600, breakglass=True),
+        )
+        env.update(
+            BREAKGLASS_SSH_PORT=str(cfg.ssh_listen.port),
+            BREAKGLASS_SSH_TARGET="web-1",
+            BREAKGLASS_SSH_GRANT=str(ops),
+            BREAKGLASS_SSH_SHELL_GRANT=str(shell),
+        )
+    (d / "demo.env").write_text(
+        "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+    )
+    return env
+
+
+def instructions(d: Path, env: dict[str, str]) -> str:
+    c = f"breakglass -c {d / 'config.toml'}"
+    dsn = env["BREAKGLASS_PG_DSN"]
+    lines = [
+        "",
+        f"breakglass demo is running in {d}",
+        "",
+        "PostgreSQL (the grant is the password; TLS is required and verified):",
+        f'  PGPASSWORD="$(cat {env["BREAKGLASS_PG_GRANT"]})" psql "{dsn}" -c "select count(*) from orders"',
+        f'  PGPASSWORD="$(cat {env["BREAKGLASS_PG_GRANT"]})" psql "{dsn}" -c "delete from orders"      # refused: read-only',
+        f'  PGPASSWORD="$(cat {env["BREAKGLASS_PG_EXPIRED_GRANT"]})" psql "{dsn}"                      # refused: grant expired',
+        f"  {c} psql shop --grant-file {env['BREAKGLASS_PG_GRANT']}        # interactive",
+    ]
+    if "BREAKGLASS_SSH_PORT" in env:
+        port = env["BREAKGLASS_SSH_PORT"]
+        lines += [
+            "",
+            "SSH (paste the grant at the password prompt, or use the front door):",
+            f"  {c} ssh web-1 --grant-file {env['BREAKGLASS_SSH_GRANT']} uptime",
+            f"  {c} ssh web-1 --grant-file {env['BREAKGLASS_SSH_GRANT']} 'uptime; id'   # refused: metacharacter",
+            f"  {c} ssh web-1 --grant-file {env['BREAKGLASS_SSH_GRANT']}                # restricted shell: type help",
+            f"  {c} ssh web-1 --grant-file {env['BREAKGLASS_SSH_SHELL_GRANT']}          # break-glass shell (as ina)",
+            f"  ssh -p {port} -o UserKnownHostsFile={d / 'known_hosts'} erin@web-1@127.0.0.1 uptime",
+        ]
+    lines += [
+        "",
+        "Security:",
+        f"  {c} sessions                 # live sessions",
+        f"  {c} kill SESSION",
+        f"  {c} verify {env['BREAKGLASS_RECORDINGS']}",
+        f"  {c} audit --since 1h",
+        "",
+        f"Variables for scripts: . {d / 'demo.env'}",
+        "Ctrl-C stops the demo (recordings stay in the directory).",
+    ]
+    return "\n".join(lines)
+
+
+async def _serve(cfg: Config, on_ready) -> None:
+    from proxy.gateway import start_gateway, stop_gateway
+
+    gw = await start_gateway(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        on_ready()
+        await stop.wait()
+    finally:
+        await stop_gateway(gw)
+
+
+def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
+    from proxy.logs import configure_logging
+
+    configure_logging("console", "warning")
+    d = prepare_directory(directory)
+    pg, ssh, notes = start_servers(with_ssh)
+    try:
+        cfg = build_local_workdir(d, pg=pg, ssh=ssh, name="demo")
+        if ssh is not None:
+            # known_hosts for the engineer's own ssh client: the gateway's host key
+            import asyncssh
+
+            host_key = (
+                asyncssh.read_private_key(str(cfg.ssh_host_key))
+                .export_public_key()
+                .decode()
+                .strip()
+            )
+            assert cfg.ssh_listen
+            (d / "known_hosts").write_text(f"[127.0.0.1]:{cfg.ssh_listen.port} {host_key}\n")
+        env = write_demo_files(d, cfg, ssh)
+
+        def ready() -> None:
+            for n in notes:
+                print(f"note: {n}", file=sys.stderr)
+            print(instructions(d, env), flush=True)
+
+        try:
+            import uvloop
+
+            uvloop.run(_serve(cfg, ready))
+        except ImportError:  # pragma: no cover
+            asyncio.run(_serve(cfg, ready))
+    finally:
+        if ssh is not None:
+            ssh.stop()
+        pg.stop()
+    print("demo stopped", file=sys.stderr)
+    return 0

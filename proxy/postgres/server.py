@@ -1,0 +1,569 @@
+"""The PostgreSQL listener: TLS, grant authentication, upstream login, judged relay, cancel, kill.
+
+Bytes enter in ``_relay_client`` (client -> upstream) and ``_relay_upstream``
+(upstream -> client); they are judged and recorded by ``Relay`` (relay.py)
+and framed by ``codec``. Everything here is I/O and lifecycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import secrets
+import ssl
+import time
+from typing import Any
+
+from policy.grants import Grant, utc_text
+from proxy.config import PostgresTarget
+from proxy.logs import log
+from proxy.postgres import codec
+from proxy.postgres.auth import AuthError, UpstreamAuth
+from proxy.postgres.codec import (
+    CancelRequest,
+    GSSENCRequest,
+    MessageReader,
+    ProtocolError,
+    SSLRequest,
+    StartupMessage,
+    StartupReader,
+)
+from proxy.postgres.relay import Relay, SessionBroken
+from proxy.sessions import Session, Termination
+
+STARTUP_TIMEOUT = 30.0
+UPSTREAM_TIMEOUT = 10.0
+AUTH_MAX_MESSAGE = 32 * 1024
+READ_SIZE = 256 * 1024
+#: Client startup parameters passed to the upstream; everything else (options, role, ...) is dropped.
+FORWARDED_PARAMS = (
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+)
+ADMIN_SHUTDOWN = "57P01"
+
+
+class Refused(Exception):
+    """End the connection with a FATAL ErrorResponse carrying this message."""
+
+    def __init__(self, message: str, sqlstate: str = "28000") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def server_tls_context(cert: Any, key: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def upstream_tls_context(target: PostgresTarget) -> ssl.SSLContext | None:
+    if target.tls != "verify-full":
+        return None
+    ctx = ssl.create_default_context(cafile=str(target.ca_file))
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class CancelKeys:
+    """Gateway-issued BackendKeyData -> live connection (never the upstream's keys)."""
+
+    def __init__(self) -> None:
+        self.by_pid: dict[int, tuple[bytes, PgConnection]] = {}
+
+    def issue(self, conn: PgConnection) -> tuple[int, bytes]:
+        while True:
+            pid = secrets.randbelow(2**31 - 1) + 1
+            if pid not in self.by_pid:
+                break
+        key = secrets.token_bytes(4)
+        self.by_pid[pid] = (key, conn)
+        return pid, key
+
+    def lookup(self, req: CancelRequest) -> PgConnection | None:
+        entry = self.by_pid.get(req.process_id)
+        if entry and hmac.compare_digest(entry[0], req.secret_key):
+            return entry[1]
+        return None
+
+    def drop(self, pid: int | None) -> None:
+        if pid is not None:
+            self.by_pid.pop(pid, None)
+
+
+class PgConnection:
+    """One client connection, from its first byte to its close."""
+
+    def __init__(
+        self, listener: PostgresListener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ):
+        self.listener = listener
+        self.gw = listener.gw
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.client_ip = str(peer[0])
+        self.tls = False
+        self.session: Session | None = None
+        self.up_reader: asyncio.StreamReader | None = None
+        self.up_writer: asyncio.StreamWriter | None = None
+        self.up_key: tuple[int, bytes] | None = None
+        self.target: PostgresTarget | None = None
+        self.our_pid: int | None = None
+        self.relay: Relay | None = None
+        self.rules: Any = None
+        self.done: asyncio.Future | None = None
+        self.early = b""
+        self.closing = False
+
+    # -- entry point ----------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            startup = await asyncio.wait_for(self._startup(), STARTUP_TIMEOUT)
+            if startup is None:
+                return
+            grant = await asyncio.wait_for(self._authenticate(startup), STARTUP_TIMEOUT)
+            await self._open_session(startup, grant)
+            await self._relay()
+        except Refused as e:
+            self._fatal(e.sqlstate, f"breakglass: {e}")
+        except SessionBroken as e:
+            self._fatal("42501", f"breakglass: {e} — session closed")
+        except ProtocolError as e:
+            self._fatal(e.sqlstate, f"breakglass: protocol error: {e}")
+        except TimeoutError:
+            self._fatal("08P01", "breakglass: timed out during connection startup")
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, EOFError):
+            pass
+        except Exception as e:  # never let one connection take the gateway down
+            log.exception(
+                "postgres.connection_error", client=self.client_ip, error=type(e).__name__
+            )
+            self._fatal("XX000", "breakglass: internal error; the session was closed")
+        finally:
+            await self._close()
+
+    def _fatal(self, sqlstate: str, message: str) -> None:
+        if self.writer.is_closing():
+            return
+        with contextlib.suppress(Exception):
+            self.writer.write(codec.encode_error("FATAL", sqlstate, message))
+
+    # -- startup: SSLRequest, GSSENCRequest, CancelRequest, StartupMessage -----
+
+    async def _startup(self) -> StartupMessage | None:
+        sr = StartupReader()
+        while True:
+            packet = sr.next()
+            if packet is None:
+                data = await self.reader.read(4096)
+                if not data:
+                    return None
+                sr.feed(data)
+                continue
+            if isinstance(packet, SSLRequest):
+                if sr.buffered or self.reader._buffer:  # noqa: SLF001
+                    # Plaintext bytes queued before the handshake must never be read as if
+                    # they had arrived over TLS (CVE-2021-23214).
+                    raise ProtocolError("data received after SSLRequest before the TLS handshake")
+                if self.tls:
+                    raise ProtocolError("SSLRequest received twice")
+                self.writer.write(b"S")
+                await self.writer.drain()
+                await self.writer.start_tls(self.listener.tls)
+                self.tls = True
+                sr.start_tls()
+            elif isinstance(packet, GSSENCRequest):
+                self.writer.write(b"N")
+            elif isinstance(packet, CancelRequest):
+                await self.listener.cancel(packet)
+                return None
+            else:
+                if not self.tls:
+                    raise Refused(
+                        "TLS is required: connect with sslmode=require (the grant is a password)",
+                        "28000",
+                    )
+                negotiate = codec.negotiate_protocol_version_for(packet)
+                if negotiate:
+                    self.writer.write(negotiate)
+                self.early = sr.take_buffer()  # a client may pipeline its password
+                return packet
+
+    async def _authenticate(self, startup: StartupMessage) -> Grant:
+        user = startup.params.get("user", "")
+        database = startup.params.get("database") or user
+        if not user:
+            raise Refused("no user name given (use your own user name)")
+        self.writer.write(codec.encode_auth_cleartext())
+        await self.writer.drain()
+        mr = MessageReader(max_len=AUTH_MAX_MESSAGE, initial=self.early)
+        while (msg := mr.next()) is None:
+            data = await self.reader.read(4096)
+            if not data:
+                raise ConnectionResetError
+            mr.feed(data)
+        if msg.type != b"p":
+            raise ProtocolError(f"expected a password message, got {msg.type!r}")
+        token = codec.decode_password(msg.body)
+        self.early = mr.take_buffer()  # pipelined queries, handed to the relay
+        result = await self.gw.authorize(
+            token, protocol="postgres", target_name=database, source=self.client_ip, user=user
+        )
+        if not isinstance(result, Grant):
+            raise Refused(result.message)
+        target = self.gw.cfg.postgres_targets.get(database)
+        if target is None:
+            raise Refused(f"no postgres target named {database!r} on this gateway")
+        self.target = target
+        return result
+
+    # -- session and upstream ---------------------------------------------------
+
+    async def _open_session(self, startup: StartupMessage, grant: Grant) -> None:
+        target = self.target
+        assert target is not None
+        gt = self.gw.target_of(grant, "postgres", target.name)
+        from policy.sql_rules import SqlChecker, SqlRules
+
+        try:
+            rules = SqlRules.from_claim(dict(grant.sql) or {"mode": "read-only"})
+        except ValueError as e:
+            raise Refused(f"grant's sql rules are invalid: {e}") from None
+        try:
+            session = self.gw.registry.open(
+                protocol="postgres",
+                grant=grant,
+                target=gt,
+                client=self.client_ip,
+                database=target.database,
+                sql_mode=rules.mode,
+            )
+        except Exception as e:
+            log.error("recording.open_failed", error=str(e))
+            raise Refused("the session cannot be recorded, so it is not allowed", "53000") from None
+        self.session = session
+        session.on_terminate = self._terminate
+        session.on_warn = self._warn
+        session.abort = self._abort
+        self.relay = Relay(
+            self.listener.checker_for(rules, SqlChecker),
+            session.recorder,
+            allow_everything=rules.mode == "all",
+            record_parameters=target.record_parameters,
+            on_denial=self._count_denial,
+            on_statement=self._count_statement,
+            parameter_problem=rules.parameter_problem,
+        )
+        self.rules = rules
+        try:
+            params = await asyncio.wait_for(
+                self._connect_upstream(startup, gt.db_user), UPSTREAM_TIMEOUT
+            )
+        except TimeoutError:
+            raise Refused(f"target {target.name} did not answer in time", "08006") from None
+        except OSError as e:
+            raise Refused(
+                f"cannot reach target {target.name}: {e.strerror or e}", "08006"
+            ) from None
+        except AuthError as e:
+            log.error("upstream.auth_failed", target=target.name, error=str(e))
+            raise Refused(
+                f"the gateway could not log in to target {target.name}: {e}", "08006"
+            ) from None
+        self.our_pid, key = self.listener.cancel_keys.issue(self)
+        out = [codec.encode_auth_ok()]
+        out += [codec.encode_parameter_status(k, v) for k, v in params]
+        out.append(codec.encode_backend_key_data(self.our_pid, key))
+        out.append(
+            codec.encode_notice(
+                "NOTICE",
+                "00000",
+                f"breakglass: session {session.id} to {target.name} as {gt.db_user} is recorded; "
+                f"{rules.mode} access until {utc_text(grant.expires_at)}",
+            )
+        )
+        out.append(codec.encode_ready_for_query("I"))
+        self.writer.write(b"".join(out))
+        await self.writer.drain()
+
+    async def _connect_upstream(
+        self, startup: StartupMessage, db_user: str
+    ) -> list[tuple[str, str]]:
+        target = self.target
+        assert target is not None
+        password = target.password(db_user)
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        self.up_reader, self.up_writer = reader, writer
+        ctx = upstream_tls_context(target)
+        if ctx is not None:
+            writer.write(codec.encode_ssl_request())
+            await writer.drain()
+            answer = await reader.readexactly(1)
+            if answer != b"S":
+                raise AuthError(f"target {target.name} does not offer TLS")
+            await writer.start_tls(ctx, server_hostname=target.host)
+        params = {"user": db_user, "database": target.database}
+        for name in FORWARDED_PARAMS:
+            if name in startup.params:
+                params[name] = startup.params[name]
+        app = startup.params.get("application_name", "")
+        params["application_name"] = f"breakglass:{self.session.grant.subject}:{app}"[:63]
+        # Pin what the SQL checker assumes (UTF8, standard_conforming_strings, read-only,
+        # search_path); these override anything the client asked for.
+        params.update(self.rules.upstream_parameters())
+        writer.write(codec.encode_startup(params))
+        await writer.drain()
+        auth = UpstreamAuth(db_user, password)
+        mr = MessageReader()
+        statuses: list[tuple[str, str]] = []
+        while True:
+            msg = mr.next()
+            if msg is None:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    raise AuthError("upstream closed the connection during login")
+                mr.feed(data)
+                continue
+            if msg.type == b"R":
+                code, payload = codec.decode_authentication(msg.body)
+                reply = auth.handle(code, payload)
+                if reply:
+                    writer.write(reply)
+                    await writer.drain()
+            elif msg.type == b"S":
+                name, value = codec.decode_parameter_status(msg.body)
+                problem = self.rules.parameter_problem(name, value)
+                if problem:
+                    raise AuthError(f"upstream session is unsafe to judge: {problem}")
+                statuses.append((name, value))
+            elif msg.type == b"K":
+                self.up_key = codec.decode_backend_key_data(msg.body)
+            elif msg.type == b"E":
+                fields = codec.decode_error_fields(msg.body)
+                raise AuthError(fields.get("M", "login refused"))
+            elif msg.type == b"v":
+                pass  # NegotiateProtocolVersion: we asked for 3.0 only
+            elif msg.type == b"N":
+                pass
+            elif msg.type == b"Z":
+                if not auth.complete:
+                    raise AuthError("upstream ready before authentication completed")
+                leftover = mr.take_buffer()
+                if leftover:
+                    raise AuthError("unexpected data after upstream ReadyForQuery")
+                return statuses
+            else:
+                raise AuthError(f"unexpected upstream message {msg.type!r} during login")
+
+    # -- relay ------------------------------------------------------------------
+
+    async def _relay(self) -> None:
+        """Hand both sockets to ``_Side`` protocols: bytes are judged in callbacks, no task hops."""
+        relay = self.relay
+        assert relay is not None and self.up_writer is not None and self.up_reader is not None
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        client_t, up_t = self.writer.transport, self.up_writer.transport
+        client_side = _Side(self, relay.from_client, up_t, "client")
+        up_side = _Side(self, relay.from_server, client_t, "upstream")
+        client_side.peer, up_side.peer = up_side, client_side
+        pending_client = self.early + _take_stream_buffer(self.reader)
+        pending_up = _take_stream_buffer(self.up_reader)
+        client_t.set_protocol(client_side)
+        up_t.set_protocol(up_side)
+        if pending_client:
+            client_side.data_received(pending_client)
+        if pending_up:
+            up_side.data_received(pending_up)
+        await self.done
+
+    def side_failed(self, exc: BaseException | None) -> None:
+        if self.done is not None and not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+
+    def _count_denial(self) -> None:
+        if self.session:
+            self.session.denials += 1
+
+    def _count_statement(self) -> None:
+        if self.session:
+            self.session.commands += 1
+
+    # -- expiry, revocation, kill, cancel ---------------------------------------
+
+    def _warn(self, seconds_left: float) -> None:
+        minutes = max(1, round(seconds_left / 60))
+        assert self.session is not None
+        self.writer.write(
+            codec.encode_notice(
+                "WARNING",
+                "01000",
+                f"breakglass: your grant expires in {minutes} minute(s), at "
+                f"{utc_text(self.session.deadline)}; the session will then be closed",
+            )
+        )
+
+    async def cancel_upstream(self) -> None:
+        """Send the upstream's own CancelRequest (only the gateway knows its key)."""
+        if self.up_key is None or self.target is None:
+            return
+        pid, key = self.up_key
+        try:
+            _, w = await asyncio.wait_for(
+                asyncio.open_connection(self.target.host, self.target.port), 2
+            )
+            w.write(codec.encode_cancel_request(pid, key))
+            await w.drain()
+            w.close()
+        except (OSError, TimeoutError) as e:
+            log.warning("upstream.cancel_failed", error=str(e))
+
+    async def _terminate(self, termination: Termination) -> None:
+        if self.relay is not None and self.relay.busy:
+            await self.cancel_upstream()
+        self._fatal(ADMIN_SHUTDOWN, f"breakglass: {termination.message} — session closed")
+        self._abort()
+
+    def _abort(self) -> None:
+        self.closing = True
+        for w in (self.writer, self.up_writer):
+            if w is not None:
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    async def _close(self) -> None:
+        self.listener.cancel_keys.drop(self.our_pid)
+        if self.up_writer is not None and not self.up_writer.is_closing():
+            with contextlib.suppress(Exception):
+                self.up_writer.write(codec.encode_terminate())
+        self._abort()
+        if self.session is not None:
+            self.session.finish()
+        for w in (self.writer, self.up_writer):
+            if w is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(w.wait_closed(), 1)
+
+
+def _take_stream_buffer(reader: asyncio.StreamReader) -> bytes:
+    """Bytes a StreamReader buffered but nobody read yet (before switching to a protocol)."""
+    buf = reader._buffer  # noqa: SLF001 - no public API; stable since Python 3.4
+    data = bytes(buf)
+    buf.clear()
+    return data
+
+
+class _Side(asyncio.Protocol):
+    """One direction of the relay: frames what arrives, judges it, writes it to the peer.
+
+    Back-pressure: when the peer's transport buffer is full we stop reading this side.
+    """
+
+    def __init__(self, conn: PgConnection, judge: Any, out: asyncio.Transport, name: str) -> None:
+        self.conn = conn
+        self.judge = judge
+        self.out = out
+        self.name = name
+        self.reader = MessageReader()
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            out = self.judge(self.reader.feed_and_split(data))
+            if out:
+                self.out.write(out)
+            relay = self.conn.relay
+            if relay.broken:
+                raise SessionBroken(relay.broken)
+            if relay.terminated and self.name == "client":
+                self.conn.side_failed(None)
+        except Exception as e:
+            self.conn.side_failed(e)
+
+    def eof_received(self) -> bool:
+        self.conn.side_failed(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.side_failed(None)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.out_of(True)
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.out_of(False)
+
+    def out_of(self, paused: bool) -> None:
+        """Our peer's socket is full (or drained): stop (or resume) reading ours."""
+        t = self.peer.out if self.peer is not None else None
+        if t is None or t.is_closing():
+            return
+        with contextlib.suppress(Exception):
+            t.pause_reading() if paused else t.resume_reading()
+
+
+class PostgresListener:
+    def __init__(self, gw: Any) -> None:
+        self.gw = gw
+        cfg = gw.cfg
+        self.tls = server_tls_context(cfg.tls_cert, cfg.tls_key)
+        self.cancel_keys = CancelKeys()
+        self.checkers: dict[Any, Any] = {}
+        self.connections: set[PgConnection] = set()
+        self.server: asyncio.AbstractServer | None = None
+
+    def checker_for(self, rules: Any, factory: Any) -> Any:
+        """One verdict cache per distinct rule set, shared by its sessions."""
+        checker = self.checkers.get(rules)
+        if checker is None:
+            checker = self.checkers[rules] = factory(rules)
+        return checker
+
+    async def cancel(self, req: CancelRequest) -> None:
+        conn = self.cancel_keys.lookup(req)
+        if conn is None:
+            log.info("postgres.cancel_ignored", pid=req.process_id)
+            return
+        if conn.session is not None:
+            with contextlib.suppress(Exception):
+                conn.session.recorder.event("cancel", requested_at=time.time())
+        await conn.cancel_upstream()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = PgConnection(self, reader, writer)
+        self.connections.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            self.connections.discard(conn)
+
+    async def start(self) -> asyncio.AbstractServer:
+        listen = self.gw.cfg.postgres_listen
+        self.server = await asyncio.start_server(
+            self._handle, listen.host, listen.port, limit=READ_SIZE
+        )
+        log.info("postgres.listening", address=str(listen))
+        return self.server
+
+
+async def start_postgres_listener(gw: Any) -> asyncio.AbstractServer:
+    listener = PostgresListener(gw)
+    gw.postgres = listener
+    return await listener.start()

@@ -1,0 +1,65 @@
+"""A real gateway in a background thread (own event loop), for tests that use real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from proxy.config import Config
+from proxy.demo_setup import build_local_workdir, issue_local_grant
+from proxy.gateway import Gateway, start_gateway, stop_gateway
+
+
+class GatewayThread:
+    def __init__(self, directory: Path, *, pg=None, ssh=None) -> None:
+        self.dir = Path(directory)
+        self.cfg: Config = build_local_workdir(self.dir, pg=pg, ssh=ssh, name="test-gw")
+        self.loop = asyncio.new_event_loop()
+        self.gw: Gateway | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
+
+    def start(self) -> GatewayThread:
+        self._thread.start()
+        self.gw = self.call(start_gateway(self.cfg), timeout=30)
+        return self
+
+    def call(self, coro: Any, timeout: float = 10) -> Any:
+        fut: Future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def stop(self) -> None:
+        if self.gw is not None:
+            self.call(stop_gateway(self.gw), timeout=15)
+            self.gw = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    @property
+    def pg_port(self) -> int:
+        assert self.cfg.postgres_listen
+        return self.cfg.postgres_listen.port
+
+    @property
+    def ssh_port(self) -> int:
+        assert self.cfg.ssh_listen
+        return self.cfg.ssh_listen.port
+
+    def grant(self, template: str = "db-readonly", target: str = "shop", **kw: Any) -> str:
+        return issue_local_grant(self.cfg, template, target, **kw)
+
+    def flush_audit(self) -> None:
+        """Make the gateway's buffered audit events durable, so a reader sees them."""
+        self.call(asyncio.to_thread(self.gw.audit.flush))
+
+    def wait_idle(self, timeout: float = 10) -> None:
+        """Wait until every session has ended and its recording is closed."""
+        self.call(asyncio.wait_for(self.gw.registry.wait_idle(), timeout), timeout + 1)
+
+    def sessions(self) -> list[dict]:
+        async def _list():
+            return [s.info() for s in self.gw.registry.sessions.values()]
+
+        return self.call(_list())

@@ -1,0 +1,569 @@
+"""The PostgreSQL gateway against a real PostgreSQL 15 with real clients (psql, asyncpg, pgbench)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+
+import asyncpg
+import pytest
+
+from proxy.postgres import codec
+from tests.harness import GatewayThread
+from tests.pg_client import RawClient, client_tls, error_of
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def gw(pg_server, tmp_path_factory):
+    g = GatewayThread(tmp_path_factory.mktemp("pg-gw") / "gw", pg=pg_server).start()
+    yield g
+    g.stop()
+
+
+def psql(
+    gw: GatewayThread,
+    token: str,
+    *args: str,
+    user: str = "erin",
+    sslmode: str = "require",
+    timeout=30,
+):
+    env = dict(os.environ, PGPASSWORD=token, PGSSLMODE=sslmode, PGCONNECT_TIMEOUT="10")
+    env.pop("PGSERVICE", None)
+    cmd = [
+        "psql",
+        "-X",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(gw.pg_port),
+        "-U",
+        user,
+        "-d",
+        "shop",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=0",
+        *args,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+async def connect(gw: GatewayThread, token: str, user: str = "erin", **kw) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        host="127.0.0.1",
+        port=gw.pg_port,
+        user=user,
+        password=token,
+        database="shop",
+        ssl=client_tls(gw.dir / "keys/gateway_tls.crt"),
+        **kw,
+    )
+
+
+def recording(gw: GatewayThread, session_id: str) -> list[dict]:
+    from recorder.reader import read_events
+
+    return list(read_events(gw.cfg.recordings_dir / f"{session_id}.rec"))
+
+
+def latest_recording(gw: GatewayThread) -> list[dict]:
+    gw.wait_idle()
+    files = sorted(gw.cfg.recordings_dir.glob("*.rec"), key=lambda p: p.stat().st_mtime)
+    from recorder.reader import read_events
+
+    return list(read_events(files[-1]))
+
+
+def test_psql_same_results_as_direct(gw, pg_server):
+    sql = "select id, name, email from customers order by id limit 20"
+    direct = pg_server.query(sql, user="app_ro")
+    r = psql(gw, gw.grant(), "-c", sql)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == direct.strip()
+    assert "is recorded" in r.stderr  # the session notice
+
+
+def test_plaintext_client_told_to_use_tls(gw):
+    r = psql(gw, gw.grant(), "-c", "select 1", sslmode="disable")
+    assert r.returncode != 0
+    assert "sslmode=require" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "case,expect",
+    [
+        ("expired", "grant expired at"),
+        ("wrong-user", "grant is for erin, not mallory"),
+        ("garbage", "not a well-formed token"),
+    ],
+)
+def test_refusals_say_why_and_are_audited(gw, case, expect):
+    user = "erin"
+    if case == "expired":
+        token = gw.grant(now=time.time() - 3600, ttl=60)
+    elif case == "wrong-user":
+        token, user = gw.grant(), "mallory"
+    else:
+        token = "not-a-token"
+    r = psql(gw, token, "-c", "select 1", user=user)
+    assert r.returncode != 0
+    assert expect in r.stderr
+    from recorder.audit import read_audit
+
+    gw.flush_audit()
+    refusals = read_audit(gw.cfg.audit_dir, type="auth.refused")
+    assert any(expect in e.get("message", "") for e in refusals)
+    assert all(token not in json.dumps(e) for e in refusals)  # tokens never logged
+
+
+def test_target_not_covered(gw):
+    r = subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(gw.pg_port),
+            "-U",
+            "erin",
+            "-d",
+            "billing",
+            "-c",
+            "select 1",
+        ],
+        env=dict(os.environ, PGPASSWORD=gw.grant(), PGSSLMODE="require"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert "grant does not cover postgres target billing" in r.stderr
+
+
+async def test_asyncpg_extended_protocol_matches_direct(gw, pg_server):
+    direct = await asyncpg.connect(**pg_server.connect_kwargs("app_ro"))
+    conn = await connect(gw, gw.grant())
+    try:
+        q = (
+            "select orders.id, name, amount from orders join customers on customers.id = orders.customer_id"
+            " where orders.id < $1 order by orders.id"
+        )
+        assert await conn.fetch(q, 50) == await direct.fetch(q, 50)
+        stmt = await conn.prepare("select count(*) from orders where amount > $1")
+        for v in (0, 10, 100):
+            assert await stmt.fetchval(v) == await direct.fetchval(
+                "select count(*) from orders where amount > $1", v
+            )
+        big = await conn.fetch("select g, md5(g::text) from generate_series(1, 100000) g")
+        assert len(big) == 100000 and big[-1][1] == await direct.fetchval("select md5('100000')")
+        async with conn.transaction():
+            cur = await conn.cursor("select id from customers order by id")
+            first = await cur.fetch(5)
+            more = await cur.fetch(5)
+        assert [r[0] for r in first + more] == list(range(1, 11))
+        out = []
+
+        class Sink:
+            async def write(self, data):
+                out.append(bytes(data))
+
+        await conn.copy_from_query(
+            "select id, email from customers order by id limit 5", output=Sink().write
+        )
+        assert b"".join(out).count(b"\n") == 5
+    finally:
+        await conn.close()
+        await direct.close()
+
+
+async def test_error_mid_transaction(gw):
+    conn = await connect(gw, gw.grant("db-readwrite"))
+    try:
+        tr = conn.transaction()
+        await tr.start()
+        await conn.execute("insert into customers (name, email) values ('tx', 'tx@example.com')")
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await conn.execute("select * from no_such_table")
+        with pytest.raises(asyncpg.InFailedSQLTransactionError):
+            await conn.fetchval("select 1")
+        await tr.rollback()
+        assert await conn.fetchval("select count(*) from customers where name = 'tx'") == 0
+        await conn.execute("select 1 from customers where false")
+        await conn.fetchval("select 1")
+    finally:
+        await conn.close()
+
+
+async def test_notice_passes_through(gw):
+    conn = await connect(gw, gw.grant("breakglass", user="ina", breakglass=True), user="ina")
+    notices = []
+    conn.add_log_listener(lambda c, m: notices.append(m.message))
+    try:
+        await conn.execute("DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$")
+    finally:
+        await conn.close()
+    assert notices == ["hello from plpgsql"]
+
+
+async def test_copy_from_stdin_read_write(gw, pg_server):
+    conn = await connect(gw, gw.grant("db-readwrite"))
+    try:
+        tr = conn.transaction()
+        await tr.start()
+        n0 = await conn.fetchval("select count(*) from customers")
+        res = await conn.copy_records_to_table(
+            "customers",
+            records=[("copy1", "c1@example.com"), ("copy2", "c2@example.com")],
+            columns=["name", "email"],
+        )
+        assert res == "COPY 2"
+        assert await conn.fetchval("select count(*) from customers") == n0 + 2
+        await tr.rollback()
+    finally:
+        await conn.close()
+    events = latest_recording(gw)
+    assert any(e["kind"] == "copy_data" and b"copy1" in e["data"] for e in events)
+
+
+def test_pgbench_runs_through_gateway(gw, pg_server):
+    env = dict(os.environ, PGPASSWORD=gw.grant(), PGSSLMODE="require")
+    r = subprocess.run(
+        [
+            "pgbench",
+            "-n",
+            "-S",
+            "-t",
+            "200",
+            "-c",
+            "2",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(gw.pg_port),
+            "-U",
+            "erin",
+            "shop",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "number of transactions actually processed: 400/400" in r.stdout
+
+
+async def test_asyncpg_cancel_within_a_second(gw, pg_server):
+    conn = await connect(gw, gw.grant())
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError):
+            await conn.fetchval("select pg_sleep(60)", timeout=0.3)
+        assert time.monotonic() - t0 < 1.5
+        assert await conn.fetchval("select 42") == 42  # the connection is still usable
+    finally:
+        await conn.close()
+    direct = await asyncpg.connect(**pg_server.connect_kwargs("postgres"))
+    try:
+        running = await direct.fetchval(
+            "select count(*) from pg_stat_activity where query like 'select pg_sleep(60)%' and state = 'active'"
+        )
+        assert running == 0
+    finally:
+        await direct.close()
+
+
+def test_psql_ctrl_c_cancels(gw):
+    pexpect = pytest.importorskip("pexpect")
+    env = dict(os.environ, PGPASSWORD=gw.grant(), PGSSLMODE="require")
+    child = pexpect.spawn(
+        "psql",
+        ["-X", "-h", "127.0.0.1", "-p", str(gw.pg_port), "-U", "erin", "-d", "shop"],
+        env=env,
+        timeout=10,
+    )
+    try:
+        child.expect("shop=>")
+        child.sendline("select pg_sleep(60);")
+        child.expect_exact("select pg_sleep(60);")
+        t0 = time.monotonic()
+        child.sendintr()
+        child.expect("canceling statement due to user request")
+        assert time.monotonic() - t0 < 1.5
+        child.expect("shop=>")
+        child.sendline("select 7*6;")
+        child.expect("42")
+    finally:
+        child.terminate(force=True)
+
+
+async def test_wrong_cancel_key_does_nothing(gw):
+    conn = await connect(gw, gw.grant())
+    try:
+        task = asyncio.ensure_future(conn.fetchval("select pg_sleep(0.8)"))
+        await asyncio.sleep(0.1)  # let the query start
+        info = gw.sessions()
+        assert info
+        r, w = await asyncio.open_connection("127.0.0.1", gw.pg_port)
+        w.write(codec.encode_cancel_request(12345, 99))
+        await w.drain()
+        assert await r.read() == b""
+        w.close()
+        assert await task is None  # pg_sleep finished: not cancelled
+    finally:
+        await conn.close()
+
+
+async def test_expiry_kills_idle_and_busy_sessions(gw, pg_server):
+    exp_idle = time.time() + 2
+    idle = await connect(gw, gw.grant(ttl=2))
+    busy = await connect(gw, gw.grant(ttl=2))
+    ttl_deadline = max(exp_idle, time.time())
+    busy_task = asyncio.ensure_future(busy.fetchval("select pg_sleep(60)"))
+    with pytest.raises((asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError)) as e:
+        await busy_task
+    t_busy = time.time()
+    assert "grant expired" in str(e.value) or isinstance(
+        e.value, asyncpg.ConnectionDoesNotExistError
+    )
+    for _ in range(50):
+        if idle.is_closed():
+            break
+        await asyncio.sleep(0.05)
+    assert idle.is_closed()
+    assert t_busy - ttl_deadline < 1.2
+    direct = await asyncpg.connect(**pg_server.connect_kwargs("postgres"))
+    try:
+        for _ in range(40):
+            running = await direct.fetchval(
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'"
+            )
+            if running == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert running == 0
+    finally:
+        await direct.close()
+
+
+async def test_revoke_and_kill_end_live_sessions(gw):
+    import jwt
+
+    from policy.grants import GrantVerifier  # noqa: F401  (grant jti below)
+
+    token = gw.grant()
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    conn = await connect(gw, token)
+    task = asyncio.ensure_future(conn.fetchval("select pg_sleep(60)"))
+    await asyncio.sleep(0.1)
+    t0 = time.monotonic()
+    rc = await asyncio.to_thread(
+        subprocess.run,
+        ["breakglass", "-c", str(gw.dir / "config.toml"), "revoke", jti, "--reason", "test"],
+        capture_output=True,
+        text=True,
+    )
+    assert rc.returncode == 0, rc.stderr
+    with pytest.raises(Exception) as e:
+        await task
+    assert time.monotonic() - t0 < 1.5
+    assert "revoked" in str(e.value) or "closed" in str(e.value).lower()
+
+    conn2 = await connect(gw, gw.grant())
+    sid = [s for s in gw.sessions() if s["grant"] != jti][-1]["id"]
+    t0 = time.monotonic()
+    rc = await asyncio.to_thread(
+        subprocess.run,
+        ["breakglass", "-c", str(gw.dir / "config.toml"), "kill", sid],
+        capture_output=True,
+        text=True,
+    )
+    assert rc.returncode == 0, rc.stderr + rc.stdout
+    with pytest.raises(Exception) as e:
+        await conn2.fetchval("select pg_sleep(5)")
+    assert time.monotonic() - t0 < 1.5
+    assert "killed by" in str(e.value) or conn2.is_closed()
+
+
+async def test_function_call_message_refused(gw, pg_server):
+    c = await RawClient.connect(gw.pg_port, gw.dir / "keys/gateway_tls.crt")
+    try:
+        msgs = await c.login("erin", gw.grant())
+        assert msgs[-1].type == b"Z"
+        # pg_terminate_backend's oid is 2096; any function: FunctionCall is refused outright.
+        c.send(codec.encode_function_call(2096, [1], [b"\x00\x00\x00\x01"]))
+        got = await c.until(b"Z")
+        err = error_of(got)
+        assert err and err["C"] == "42501" and "FunctionCall" in err["M"]
+        c.send(codec.encode_query("select 1"))
+        got = await c.until(b"Z")
+        assert error_of(got) is None
+    finally:
+        c.close()
+    events = latest_recording(gw)
+    assert any(e["kind"] == "decision" and e.get("rule") == "function-call" for e in events)
+
+
+async def test_denied_parse_discards_until_sync(gw):
+    c = await RawClient.connect(gw.pg_port, gw.dir / "keys/gateway_tls.crt")
+    try:
+        await c.login("erin", gw.grant())
+        c.send(
+            codec.encode_parse("", "select 1")
+            + codec.encode_bind("", "", [], [], [])
+            + codec.encode_execute("", 0)
+            + codec.encode_parse("s2", "delete from orders")
+            + codec.encode_bind("", "s2", [], [], [])
+            + codec.encode_execute("", 0)
+            + codec.encode_sync()
+        )
+        got = await c.until(b"Z")
+        types = [m.type for m in got]
+        assert types.count(b"C") == 1  # the first statement ran; nothing after the refused Parse
+        err = error_of(got)
+        assert err["C"] == "42501"
+        c.send(codec.encode_query("select count(*) from orders"))
+        got = await c.until(b"Z")
+        assert error_of(got) is None
+    finally:
+        c.close()
+
+
+async def test_denial_inside_transaction_aborts_it(gw, pg_server):
+    conn = await connect(gw, gw.grant("db-readwrite"))
+    try:
+        await conn.execute("begin")
+        await conn.execute("insert into customers (name, email) values ('atomic', 'a@example.com')")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("drop table orders")
+        with pytest.raises(asyncpg.InFailedSQLTransactionError):
+            await conn.execute("select 1")
+        await conn.execute("commit")  # PostgreSQL turns this into a rollback
+    finally:
+        await conn.close()
+    assert pg_server.query("select count(*) from customers where name = 'atomic'").strip() == "0"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x00\x00\x00\x04",  # length 4: too short
+        b"\x7f\xff\xff\xff" + b"\x00" * 8,  # huge length
+        b"\x00\x00\x00\x08\x12\x34\x56\x78",  # unknown request code
+        b"\x00\x00\x00\x10\x00\x02\x00\x00user\x00",  # protocol 2.0, truncated
+        b"\x00\x00\x00\x08\x04\xd2\x16\x2fEXTRA",  # SSLRequest followed by plaintext bytes
+    ],
+)
+async def test_malformed_startup_gets_error_and_gateway_survives(gw, garbage):
+    r, w = await asyncio.open_connection("127.0.0.1", gw.pg_port)
+    w.write(garbage)
+    await w.drain()
+    if garbage.startswith(b"\x00\x00\x00\x10"):
+        w.write_eof()
+    data = await asyncio.wait_for(r.read(), 10)
+    w.close()
+    assert data == b"" or data[:1] in (b"E", b"S")
+    if data[:1] == b"E":
+        assert b"breakglass" in data
+    conn = await connect(gw, gw.grant())
+    assert await conn.fetchval("select 1") == 1
+    await conn.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"Q\x00\x00\x00\x02", b"Q\x7f\xff\xff\xff", b"?\x00\x00\x00\x04", b"P\x00\x00\x00\x05x"],
+    ids=["short-length", "huge-length", "unknown-type", "unterminated-parse"],
+)
+async def test_malformed_messages_after_auth(gw, bad):
+    c = await RawClient.connect(gw.pg_port, gw.dir / "keys/gateway_tls.crt")
+    await c.login("erin", gw.grant())
+    c.send(bad)
+    data = await c.read_all(timeout=5)
+    c.close()
+    assert b"protocol error" in data
+    conn = await connect(gw, gw.grant())
+    assert await conn.fetchval("select 2") == 2
+    await conn.close()
+
+
+def test_recording_verifies_and_replays_statements(gw):
+    r = psql(gw, gw.grant(), "-c", "select 11", "-c", "select 22")
+    assert r.returncode == 0
+    events = latest_recording(gw)
+    texts = [e["text"] for e in events if e["kind"] == "query"]
+    assert texts[-2:] == ["select 11", "select 22"]
+    results = [e for e in events if e["kind"] == "result"]
+    assert results[-1]["tag"] == "SELECT 1" and results[-1]["rows"] == 1
+    newest = max(gw.cfg.recordings_dir.glob("*.rec"), key=lambda p: p.stat().st_mtime)
+    v = subprocess.run(
+        ["breakglass", "-c", str(gw.dir / "config.toml"), "verify", str(newest)],
+        capture_output=True,
+        text=True,
+    )
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert "1 ok, 0 failed" in v.stdout
+
+
+async def test_md5_upstream(gw):
+    token = gw.grant(targets=[{"type": "postgres", "name": "shop", "db_user": "app_md5"}])
+    conn = await connect(gw, token)
+    assert await conn.fetchval("select current_user") == "app_md5"
+    await conn.close()
+
+
+async def test_read_only_upstream_session(gw):
+    conn = await connect(gw, gw.grant())
+    assert await conn.fetchval("show default_transaction_read_only") == "on"
+    await conn.close()
+
+
+def test_secrets_never_in_recordings_or_audit(gw, pg_server):
+    token = gw.grant()
+    psql(gw, token, "-c", "select 1")
+    blobs = [p.read_bytes() for p in gw.cfg.recordings_dir.glob("*.rec")]
+    blobs += [p.read_bytes() for p in gw.cfg.audit_dir.glob("*")]
+    for secret in (token, *pg_server.passwords.values()):
+        assert all(secret.encode() not in b for b in blobs)
+
+
+async def test_session_closed_when_a_function_turns_off_standard_conforming_strings(gw, pg_server):
+    """A user function flips a setting the checker relies on: the gateway ends the session."""
+    pg_server.query(
+        "create or replace function public.scs_off() returns text language sql "
+        "as $$ select set_config('standard_conforming_strings', 'off', false) $$; "
+        "grant execute on function public.scs_off() to app_ro",
+        user="postgres",
+    )
+    conn = await connect(gw, gw.grant())
+    try:
+        with pytest.raises(
+            (asyncpg.InsufficientPrivilegeError, asyncpg.ConnectionDoesNotExistError)
+        ):
+            await conn.fetchval("select scs_off()")
+            await conn.execute("SELECT 'x\\'' ; DROP TABLE orders; SELECT ' --'")
+    finally:
+        conn.terminate()
+    assert pg_server.query("select count(*) from orders").strip() == "500"
+    events = latest_recording(gw)
+    assert any(e["kind"] == "parameter_violation" for e in events)
+
+
+async def test_client_startup_options_are_not_forwarded(gw):
+    conn = await connect(
+        gw,
+        gw.grant(),
+        server_settings={"standard_conforming_strings": "off", "search_path": "evil"},
+    )
+    try:
+        assert await conn.fetchval("show standard_conforming_strings") == "on"
+        assert await conn.fetchval("show search_path") != "evil"
+    finally:
+        await conn.close()

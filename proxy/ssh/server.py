@@ -59,6 +59,8 @@ GOODBYE_WAIT = 0.3
 SERVER_WINDOW = 8 * 1024 * 1024
 SERVER_MAX_PKTSIZE = 256 * 1024
 LOGIN_TIMEOUT = 60
+#: After Ctrl-C in the restricted shell, detach from a command still running this long.
+INTERRUPT_GRACE = 1.0
 #: Signals an engineer may send to an upstream command.
 FORWARDED_SIGNALS = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "USR1", "USR2"})
 
@@ -97,6 +99,7 @@ class UpChannel(asyncssh.SSHClientSession):
         self.chan: Any = None
         self.status: int | None = None
         self.signal: tuple[str, bool, str, str] | None = None
+        self.detached = False
         self.data_received = bridge.make_up_data(self)  # type: ignore[method-assign]
 
     def connection_made(self, chan: Any) -> None:
@@ -159,7 +162,7 @@ class Bridge:
         o = self.o
 
         def data_received(data: bytes, datatype: int | None) -> None:
-            if self.closed or o.terminating is not None:
+            if self.closed or o.terminating is not None or up.detached:
                 return
             if self.crlf:
                 data = to_crlf(data)
@@ -324,6 +327,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
         self.editor: LineEditor | None = None
         self.running: UpChannel | str | None = None
         self.interrupts = 0
+        self._detach_timer: asyncio.TimerHandle | None = None
 
     # -- requests before the session starts
 
@@ -646,11 +650,37 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
             return
         self.interrupts += 1
         self.o.record_event("interrupt", channel=self.cid, count=self.interrupts)
-        self._echo(b"^C" if self.interactive else b"")
-        sig = {1: "INT", 2: "TERM"}.get(self.interrupts, "KILL")
-        running.chan.send_signal(sig)
-        if self.interrupts > 3:
-            running.chan.close()
+        if self.interactive:
+            self._echo(b"^C")
+        if self.interrupts == 1:
+            # sshd refuses signal requests for some logins (root, without privilege
+            # separation): if the command is still running after the grace, detach from it.
+            running.chan.send_signal("INT")
+            self._detach_timer = asyncio.get_running_loop().call_later(
+                INTERRUPT_GRACE, self._detach, running
+            )
+        else:
+            self._detach(running)
+
+    def _detach(self, up: UpChannel) -> None:
+        if self._detach_timer is not None:
+            self._detach_timer.cancel()
+            self._detach_timer = None
+        if self.running is not up or self.closed or self.o.terminating is not None:
+            return
+        up.detached = True
+        self.o.record_event("detach", channel=self.cid)
+        try:
+            up.chan.send_signal("KILL")
+        except (OSError, ValueError):
+            pass
+        up.chan.close()
+        self.running = None
+        self.up = None
+        self.crlf = False
+        self.say("\nbreakglass: the command did not stop on Ctrl-C; detached from it\n")
+        self._prompt()
+        self._pump()
 
     def up_eof(self, up: UpChannel) -> None:
         if self.kind != "restricted-shell":
@@ -665,6 +695,9 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
         )
         if up is not self.running:
             return
+        if self._detach_timer is not None:
+            self._detach_timer.cancel()
+            self._detach_timer = None
         self.running = None
         self.up = None
         self.crlf = False

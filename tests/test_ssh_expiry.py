@@ -1,0 +1,141 @@
+"""Sessions end within a second of the grant's exp, of revocation and of a kill."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pexpect
+import pytest
+
+from tests.ssh_gateway_fixture import GatewayHarness, ssh_gateway  # noqa: F401
+
+pytestmark = pytest.mark.timeout(60)
+
+LIMIT = 1.0  # seconds a session may outlive its grant
+
+
+class Client:
+    """A real OpenSSH client process whose exit time is taken the moment it exits."""
+
+    def __init__(self, h: GatewayHarness, token: str, *remote: str) -> None:
+        self.gf = h.grant_file(token)
+        self.proc = subprocess.Popen(
+            h.ssh_argv("web-1", *remote),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=h.client_env(self.gf),
+        )
+        self.first_output = threading.Event()
+        self.exited_at = 0.0
+        self.stdout_bytes = 0
+        self.stderr = b""
+        self._done = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()
+        threading.Thread(target=self._drain_err, daemon=True).start()
+
+    def _drain(self) -> None:
+        while chunk := self.proc.stdout.read1(1 << 16):
+            self.stdout_bytes += len(chunk)
+            self.first_output.set()
+        self.proc.wait()
+        self.exited_at = time.time()
+        self._done.set()
+
+    def _drain_err(self) -> None:
+        self.stderr = self.proc.stderr.read()
+
+    def wait(self, timeout: float) -> float:
+        assert self._done.wait(timeout), "client did not exit"
+        return self.exited_at
+
+
+def session_of(h: GatewayHarness, jti: str, timeout: float = 10):
+    """The live session of grant ``jti`` (bounded wait for the client to get in)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = h.live_sessions(jti)
+        if live:
+            return live[0]
+        time.sleep(0.01)  # bounded poll of the gateway thread's registry
+    raise AssertionError("no live session")
+
+
+def test_exec_sleep_600_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: F811
+    claims = ssh_gateway.claims(commands=["sleep *"], ttl=3)
+    c = Client(ssh_gateway, ssh_gateway.sign(claims), "sleep 600")
+    exited = c.wait(10)
+    assert claims["exp"] <= exited < claims["exp"] + LIMIT, exited - claims["exp"]
+    assert c.proc.returncode == 255
+    assert "breakglass: grant expired" in c.stderr.decode()
+    ssh_gateway.wait_session_ended(claims["jti"])
+    evs = ssh_gateway.events(claims["jti"])
+    assert [e for e in evs if e["kind"] == "terminate"][0]["reason"] == "expired"
+    assert evs[-1]["kind"] == "end" and evs[-1]["reason"] == "expired"
+
+
+def test_streaming_yes_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: F811
+    claims = ssh_gateway.claims(commands=["yes"], ttl=3)
+    c = Client(ssh_gateway, ssh_gateway.sign(claims), "yes")
+    assert c.first_output.wait(10)
+    exited = c.wait(10)
+    assert claims["exp"] <= exited < claims["exp"] + LIMIT, exited - claims["exp"]
+    assert c.stdout_bytes > 0
+    ssh_gateway.wait_session_ended(claims["jti"])
+
+
+def test_idle_shell_warned_then_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: F811
+    # The harness config warns 2s before expiry.
+    claims = ssh_gateway.claims(commands=["uptime"], ttl=4)
+    gf = ssh_gateway.grant_file(ssh_gateway.sign(claims))
+    argv = ssh_gateway.ssh_argv("web-1", tty=True)
+    child = pexpect.spawn(argv[0], argv[1:], env=ssh_gateway.client_env(gf), timeout=10)
+    child.expect_exact("(breakglass)$ ")
+    child.expect_exact("breakglass: this grant expires in")
+    child.expect_exact("breakglass: grant expired")
+    child.expect(pexpect.EOF)
+    exited = time.time()
+    child.close()
+    assert claims["exp"] <= exited < claims["exp"] + LIMIT, exited - claims["exp"]
+    ssh_gateway.wait_session_ended(claims["jti"])
+    kinds = [e["kind"] for e in ssh_gateway.events(claims["jti"])]
+    assert kinds.index("warn") < kinds.index("terminate")
+
+
+def test_idle_pty_shell_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: F811
+    claims = ssh_gateway.claims(shell=True, ttl=3)
+    gf = ssh_gateway.grant_file(ssh_gateway.sign(claims))
+    argv = ssh_gateway.ssh_argv("web-1", tty=True)
+    child = pexpect.spawn(argv[0], argv[1:], env=ssh_gateway.client_env(gf), timeout=10)
+    child.expect(r"[#$] ")
+    child.expect_exact("breakglass: grant expired")
+    child.expect(pexpect.EOF)
+    exited = time.time()
+    child.close()
+    assert claims["exp"] <= exited < claims["exp"] + LIMIT, exited - claims["exp"]
+
+
+def test_kill_running_command(ssh_gateway: GatewayHarness):  # noqa: F811
+    claims = ssh_gateway.claims(commands=["sleep *"])
+    c = Client(ssh_gateway, ssh_gateway.sign(claims), "sleep 600")
+    session = session_of(ssh_gateway, claims["jti"])
+    t0 = time.time()
+    assert ssh_gateway.call(ssh_gateway.gw.registry.kill(session.id, "sec-alice", "test"))
+    exited = c.wait(10)
+    assert exited - t0 < LIMIT
+    assert "breakglass: killed by sec-alice — session closed" in c.stderr.decode()
+
+
+def test_revocation_closes_streaming_session(ssh_gateway: GatewayHarness):  # noqa: F811
+    claims = ssh_gateway.claims(commands=["yes"])
+    c = Client(ssh_gateway, ssh_gateway.sign(claims), "yes")
+    assert c.first_output.wait(10)
+    t0 = time.time()
+    ssh_gateway.call(ssh_gateway.gw.state.revoke(claims["jti"], "test", "sec-alice"))
+    exited = c.wait(10)
+    assert exited - t0 < LIMIT, exited - t0
+    ssh_gateway.wait_session_ended(claims["jti"])
+    evs = ssh_gateway.events(claims["jti"])
+    assert [e for e in evs if e["kind"] == "terminate"][0]["reason"] == "revoked"

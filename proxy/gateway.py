@@ -139,7 +139,7 @@ def make_recorder_factory(cfg: Config):
 
     key = recorder_key(cfg)
 
-    def make(path: Path, header: dict[str, Any]):
+    def make(path: Path, header: dict[str, Any], on_failure: Any = None):
         return RecordingWriter.create(
             path,
             header,
@@ -148,6 +148,7 @@ def make_recorder_factory(cfg: Config):
             checkpoint_interval=cfg.checkpoint_interval,
             checkpoint_events=cfg.checkpoint_events,
             commit_interval=cfg.commit_interval,
+            on_failure=on_failure,
         )
 
     return make
@@ -191,6 +192,8 @@ async def start_gateway(cfg: Config) -> Gateway:
 
 async def stop_gateway(gw: Gateway) -> None:
     await gw.registry.terminate_all(Termination("killed", "gateway shutting down"))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(gw.registry.wait_idle(), 5)
     for s in gw.servers:
         if isinstance(s, asyncio.Future):
             s.cancel()

@@ -105,18 +105,42 @@ class Session:
             self.abort()
 
     def finish(self, reason: str | None = None, **fields: Any) -> None:
-        """The connection is gone: close the recording and forget the session."""
+        """The connection is gone: close the recording (off the event loop: it fsyncs),
+        then forget the session. Safe to call more than once."""
         if self.ended:
             return
         self.ended = True
         for t in self._timers:
             t.cancel()
         end = reason or (self.termination.kind if self.termination else "closed")
+        fields.update(commands=self.commands, denials=self.denials)
         try:
-            self.recorder.close(end, commands=self.commands, denials=self.denials, **fields)
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._close_recording(end, fields)
+            self.registry._forget(self, end)
+            return
+        task = loop.create_task(self._finish_async(end, fields))
+        self.registry._closing.add(task)
+        task.add_done_callback(self.registry._closing.discard)
+
+    async def _finish_async(self, end: str, fields: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._close_recording, end, fields)
+        self.registry._forget(self, end)
+
+    def _close_recording(self, end: str, fields: dict[str, Any]) -> None:
+        try:
+            self.recorder.close(end, **fields)
         except Exception as e:
             log.error("recording.close_failed", session=self.id, error=str(e))
-        self.registry._forget(self, end)
+
+    def recorder_failed(self, exc: BaseException) -> None:
+        """The recording cannot be written: no recording, no access."""
+        log.error("recording.failed", session=self.id, error=str(exc))
+        self.registry.audit.append("session.recording_failed", session=self.id, error=str(exc))
+        asyncio.ensure_future(
+            self.terminate(Termination("recorder-failed", "recording failed, so access ends"))
+        )
 
 
 class SessionRegistry:
@@ -126,7 +150,7 @@ class SessionRegistry:
         self,
         *,
         recordings_dir: Path,
-        make_recorder: Callable[[Path, dict[str, Any]], Any],
+        make_recorder: Callable[[Path, dict[str, Any], Callable[[BaseException], None]], Any],
         audit: Any,
         gateway_name: str,
         warn_before: float = 120.0,
@@ -138,6 +162,7 @@ class SessionRegistry:
         self.warn_before = warn_before
         self.sessions: dict[str, Session] = {}
         self._ended = asyncio.Event()
+        self._closing: set[asyncio.Task] = set()
 
     def open(
         self, *, protocol: str, grant: Grant, target: GrantTarget, client: str, **header: Any
@@ -162,7 +187,14 @@ class SessionRegistry:
         }
         hdr.update(header)
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
-        recorder = self.make_recorder(self.recordings_dir / f"{sid}.rec", hdr)
+        loop = asyncio.get_running_loop()
+        holder: list[Session] = []
+
+        def on_failure(exc: BaseException) -> None:  # called from the recorder's thread
+            if holder:
+                loop.call_soon_threadsafe(holder[0].recorder_failed, exc)
+
+        recorder = self.make_recorder(self.recordings_dir / f"{sid}.rec", hdr, on_failure)
         session = Session(
             self,
             protocol=protocol,
@@ -172,6 +204,7 @@ class SessionRegistry:
             recorder=recorder,
             session_id=sid,
         )
+        holder.append(session)
         self.sessions[sid] = session
         self._schedule(session)
         self.audit.append(

@@ -98,6 +98,13 @@ def _check_no_bytes_marker(obj: Any, depth: int = 0) -> None:
                 _check_no_bytes_marker(v, depth + 1)
 
 
+#: One encoder for every event (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_default
+)
+_STR_ENCODER = json.JSONEncoder(ensure_ascii=True)
+
+
 def encode_fields(fields: dict[str, Any]) -> bytes:
     """``fields`` as the inside of a JSON object (no braces), ASCII bytes, ``b""`` when empty.
 
@@ -110,11 +117,12 @@ def encode_fields(fields: dict[str, Any]) -> bytes:
             raise RecorderFieldError(f"field names must be strings, got {k!r}")
         if k in RESERVED_FIELDS:
             raise RecorderFieldError(f"field name {k!r} is reserved")
-    _check_no_bytes_marker(fields)
+    for v in fields.values():
+        if isinstance(v, dict | list | tuple):
+            _check_no_bytes_marker(fields)
+            break
     try:
-        text = json.dumps(
-            fields, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_default
-        )
+        text = _ENCODER.encode(fields)
     except (TypeError, ValueError) as exc:
         raise RecorderFieldError(f"event fields cannot be recorded: {exc}") from exc
     return text[1:-1].encode("ascii")
@@ -122,7 +130,7 @@ def encode_fields(fields: dict[str, Any]) -> bytes:
 
 def encode_str(value: str) -> bytes:
     """A JSON string literal (with quotes), ASCII bytes."""
-    return json.dumps(value, ensure_ascii=True).encode("ascii")
+    return _STR_ENCODER.encode(value).encode("ascii")
 
 
 def decode_value(obj: Any) -> Any:

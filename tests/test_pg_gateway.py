@@ -567,3 +567,28 @@ async def test_client_startup_options_are_not_forwarded(gw):
         assert await conn.fetchval("show search_path") != "evil"
     finally:
         await conn.close()
+
+
+async def test_recording_failure_ends_the_session(gw):
+    """No recording, no access: a disk that stops accepting writes closes the session."""
+    conn = await connect(gw, gw.grant())
+    try:
+        assert await conn.fetchval("select 1") == 1
+        (session,) = [s for s in gw.gw.registry.sessions.values() if not s.ended]
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, session.recorder._fd)  # every later write fails with ENOSPC
+        os.close(full)
+        t0 = time.monotonic()
+        with pytest.raises(
+            (asyncpg.PostgresError, asyncpg.ConnectionDoesNotExistError, ConnectionError)
+        ) as e:
+            for _ in range(200):  # bounded: the next commit (<= 50 ms) fails and ends the session
+                await conn.fetchval("select 1")
+        assert time.monotonic() - t0 < 2
+        assert "recording failed" in str(e.value) or conn.is_closed()
+    finally:
+        conn.terminate()
+    gw.flush_audit()
+    from recorder.audit import read_audit
+
+    assert read_audit(gw.cfg.audit_dir, type="session.recording_failed")

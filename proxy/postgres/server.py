@@ -31,6 +31,7 @@ from proxy.postgres.codec import (
 )
 from proxy.postgres.relay import Relay, SessionBroken
 from proxy.sessions import Session, Termination
+from recorder.format import RecorderError
 
 STARTUP_TIMEOUT = 30.0
 UPSTREAM_TIMEOUT = 10.0
@@ -134,6 +135,11 @@ class PgConnection:
             await self._relay()
         except Refused as e:
             self._fatal(e.sqlstate, f"breakglass: {e}")
+        except RecorderError:
+            self._fatal(
+                "58030",
+                "breakglass: the recording failed, so the session was closed (no recording, no access)",
+            )
         except SessionBroken as e:
             self._fatal("42501", f"breakglass: {e} — session closed")
         except ProtocolError as e:

@@ -50,6 +50,19 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
 
+class RequestStore(Protocol):
+    """Access requests (JSON documents with a version for compare-and-set) and TOTP replay
+    protection; used by the grant service (``breakglass serve``)."""
+
+    async def create_request(self, doc: Mapping[str, Any]) -> None: ...
+    async def get_request(self, request_id: str) -> dict[str, Any] | None: ...
+    async def list_requests(
+        self, *, requester: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]: ...
+    async def update_request(self, doc: Mapping[str, Any], expected_version: int) -> bool: ...
+    async def use_totp_step(self, user: str, step: int) -> bool: ...
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grants (
     jti TEXT PRIMARY KEY,
@@ -70,6 +83,19 @@ CREATE TABLE IF NOT EXISTS revocations (
     actor TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS revocations_at ON revocations (revoked_at);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    requester TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_created ON requests (created_at);
+CREATE TABLE IF NOT EXISTS totp_steps (
+    user TEXT PRIMARY KEY,
+    step INTEGER NOT NULL
+);
 """
 
 
@@ -154,6 +180,48 @@ class SqliteState:
             "SELECT * FROM revocations WHERE revoked_at >= ? ORDER BY revoked_at", (since,)
         ).fetchall()
         return [Revocation(*r) for r in rows]
+
+    # -- requests (grant service) -------------------------------------------------------
+
+    async def create_request(self, doc: Mapping[str, Any]) -> None:
+        d = dict(doc, version=1)
+        self._db.execute(
+            "INSERT INTO requests VALUES (?,?,?,?,?,?)",
+            (d["id"], d["requester"], d["status"], float(d["created_at"]), 1, json.dumps(d)),
+        )
+
+    async def get_request(self, request_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT doc FROM requests WHERE id = ?", (request_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    async def list_requests(
+        self, *, requester: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        sql, args = "SELECT doc FROM requests WHERE 1=1", []
+        if requester:
+            sql, args = sql + " AND requester = ?", [*args, requester]
+        if status:
+            sql, args = sql + " AND status = ?", [*args, status]
+        rows = self._db.execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit))
+        return [json.loads(r[0]) for r in rows.fetchall()]
+
+    async def update_request(self, doc: Mapping[str, Any], expected_version: int) -> bool:
+        d = dict(doc, version=expected_version + 1)
+        cur = self._db.execute(
+            "UPDATE requests SET status = ?, version = ?, doc = ? WHERE id = ? AND version = ?",
+            (d["status"], d["version"], json.dumps(d), d["id"], expected_version),
+        )
+        return cur.rowcount == 1
+
+    async def use_totp_step(self, user: str, step: int) -> bool:
+        """Record that ``user`` used TOTP time step ``step``; False if it (or a later one) was
+        already used, i.e. the code is a replay."""
+        cur = self._db.execute(
+            "INSERT INTO totp_steps VALUES (?, ?) "
+            "ON CONFLICT (user) DO UPDATE SET step = excluded.step WHERE totp_steps.step < excluded.step",
+            (user, step),
+        )
+        return cur.rowcount == 1
 
     async def close(self) -> None:
         self._db.close()

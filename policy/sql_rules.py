@@ -1160,8 +1160,7 @@ class SqlChecker:
                     hit = self._shapes.get(shape)
                     if hit is not None:
                         self._shapes.move_to_end(shape)
-                if hit is not None:
-                    self._remember(key, hit)
+                if hit is not None:  # not copied into the exact cache: it would churn it
                     return hit
             verdict = self._check(sql_text, single)
             self._remember(key, verdict)

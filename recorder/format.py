@@ -102,7 +102,7 @@ def _check_no_bytes_marker(obj: Any, depth: int = 0) -> None:
 _ENCODER = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_default
 )
-_STR_ENCODER = json.JSONEncoder(ensure_ascii=True)
+_encode_str = json.encoder.encode_basestring_ascii  # C implementation when available
 
 
 def encode_fields(fields: dict[str, Any]) -> bytes:
@@ -130,7 +130,7 @@ def encode_fields(fields: dict[str, Any]) -> bytes:
 
 def encode_str(value: str) -> bytes:
     """A JSON string literal (with quotes), ASCII bytes."""
-    return _STR_ENCODER.encode(value).encode("ascii")
+    return _encode_str(value).encode("ascii")
 
 
 def decode_value(obj: Any) -> Any:

@@ -70,6 +70,10 @@ def _flush_all_at_exit() -> None:  # best effort: a clean interpreter exit loses
             w.flush()
 
 
+#: JSON-encoded event kinds, so the hot path does not re-encode them.
+_KIND_JSON: dict[str, bytes] = {}
+
+
 class RecordingWriter:
     """Append-only, hash-chained, signed recording. Create with :meth:`create`."""
 
@@ -346,7 +350,11 @@ class RecordingWriter:
         self._append(kind, fmt.encode_fields(fields))
 
     def _append(self, kind: str, encoded_fields: bytes) -> None:
-        kind_json = fmt.encode_str(kind)
+        kind_json = _KIND_JSON.get(kind)
+        if kind_json is None:
+            kind_json = fmt.encode_str(kind)
+            if len(_KIND_JSON) < 1024:
+                _KIND_JSON[kind] = kind_json
         with self._lock:
             if self._dead:
                 raise self._dead_error()

@@ -26,6 +26,8 @@ INSUFFICIENT_PRIVILEGE = "42501"
 MAX_TRACKED_NAMES = 10_000
 
 _FRONTEND_RELAYED = frozenset(b"QPBESHDCFdcfX")
+#: Backend messages the relay looks at; everything else (rows, descriptions...) just passes.
+_BOOKKEEPING = frozenset((b"C", b"I", b"E", b"s", b"Z", b"S"))
 
 
 class SessionBroken(Exception):
@@ -92,7 +94,9 @@ class Relay:
 
     # -- client -> upstream -------------------------------------------------
 
-    def from_client(self, messages: list[Message]) -> bytes:
+    def from_client(self, messages: list[Message]) -> bytes | None:
+        """Judge and record client messages; return the bytes for the upstream, or None
+        when that is exactly the messages as received (the caller forwards them as is)."""
         if self.broken:
             raise SessionBroken(self.broken)
         out: list[bytes] = []
@@ -131,6 +135,10 @@ class Relay:
                 out.append(m.raw)
             else:  # D (Describe), H (Flush), c (CopyDone), f (CopyFail): no statement text
                 out.append(m.raw)
+        if len(out) == len(messages) and all(
+            o is m.raw for o, m in zip(out, messages, strict=True)
+        ):
+            return None
         return b"".join(out)
 
     def _deny(self, verdict: Any, text: str, protocol: str) -> bytes:
@@ -233,12 +241,17 @@ class Relay:
                 return p
         return None
 
-    def from_server(self, messages: list[Message]) -> bytes:
-        """Book-keep the upstream's answers; return the bytes for the client."""
+    def from_server(self, messages: list[Message]) -> bytes | None:
+        """Book-keep the upstream's answers; return the bytes for the client, or None when
+        they are the messages as received."""
         rewrite = self.substitutions > 0
         out: list[bytes] = []
         for m in messages:
             t = m.type
+            if t not in _BOOKKEEPING:
+                if rewrite:
+                    out.append(m.raw)
+                continue
             if t == b"C" or t == b"I":
                 head = self._head()
                 if head is not None:
@@ -277,9 +290,7 @@ class Relay:
                     )
             if rewrite:
                 out.append(m.raw)
-        if rewrite:
-            return b"".join(out)
-        return b"".join([m.raw for m in messages])
+        return b"".join(out) if rewrite else None
 
     def _finish(self, p: Pending) -> None:
         p.done = True

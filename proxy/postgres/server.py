@@ -490,7 +490,14 @@ class _Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            out = self.judge(self.reader.feed_and_split(data))
+            reader = self.reader
+            whole = reader.buffered == 0  # data starts on a message boundary
+            messages = reader.feed_and_split(data)
+            out = self.judge(messages)
+            if out is None:  # unchanged: forward without copying when data was whole messages
+                out = (
+                    data if whole and reader.buffered == 0 else b"".join([m.raw for m in messages])
+                )
             if out:
                 self.out.write(out)
             relay = self.conn.relay

@@ -246,7 +246,7 @@ class Relay:
         they are the messages as received."""
         rewrite = self.substitutions > 0
         out: list[bytes] = []
-        for m in messages:
+        for i, m in enumerate(messages):
             t = m.type
             if t not in _BOOKKEEPING:
                 if rewrite:
@@ -288,6 +288,9 @@ class Relay:
                     self.recorder.event(
                         "parameter_violation", name=name, value=value, message=problem
                     )
+                    # Nothing after this point reaches the client: it gets a FATAL instead
+                    # of ReadyForQuery, so no further statement can be sent on this session.
+                    return b"".join(out) if rewrite else b"".join([x.raw for x in messages[:i]])
             if rewrite:
                 out.append(m.raw)
         return b"".join(out) if rewrite else None

@@ -458,7 +458,7 @@ class PgConnection:
             self.session.finish()
         for w in (self.writer, self.up_writer):
             if w is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(w.wait_closed(), 1)
 
 
@@ -570,7 +570,7 @@ class PostgresListener:
     async def start(self) -> asyncio.AbstractServer:
         listen = self.gw.cfg.postgres_listen
         self.server = await asyncio.start_server(
-            self._handle, listen.host, listen.port, limit=READ_SIZE
+            self._handle, listen.host, listen.port, limit=READ_SIZE, reuse_port=True
         )
         log.info("postgres.listening", address=str(listen))
         return self.server

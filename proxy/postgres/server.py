@@ -570,7 +570,7 @@ class PostgresListener:
     async def start(self) -> asyncio.AbstractServer:
         listen = self.gw.cfg.postgres_listen
         self.server = await asyncio.start_server(
-            self._handle, listen.host, listen.port, limit=READ_SIZE, reuse_port=True
+            self._handle, listen.host, listen.port, limit=READ_SIZE
         )
         log.info("postgres.listening", address=str(listen))
         return self.server

@@ -1,0 +1,474 @@
+"""Replay a recording: terminal playback for SSH sessions, a statement timeline for PostgreSQL.
+
+Everything starts with :func:`check_integrity`: a recording that does not verify is refused
+unless the caller forces it, and then comes with a loud warning. A live recording (not
+finalized yet) is allowed with a notice: what follows its last checkpoint is not signed yet.
+
+:class:`Player` writes the recorded output bytes, exactly and in order, to a binary stream,
+sleeping between them as recorded (divided by ``speed``; gaps longer than ``idle_limit``
+shortened to it). With a key source it is interactive: space pauses, right/left arrows seek
+5 s, ``+``/``-`` change the speed, ``q`` quits. Seeking back resets the terminal and redraws
+from the start instantly.
+
+Must not import proxy/ or policy/.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from . import format as fmt
+from .format import RecorderError
+from .reader import read_events
+from .verify import MISSING_TRAILER, VerifyResult, verify_recording
+
+__all__ = [
+    "IntegrityRefused",
+    "check_integrity",
+    "load_events",
+    "Frame",
+    "terminal_frames",
+    "Player",
+    "TimelineEntry",
+    "statement_timeline",
+    "render_timeline",
+]
+
+SEEK_STEP = 5.0
+RESET = b"\x1bc"
+
+
+class IntegrityRefused(Exception):
+    """The recording failed verification and ``force`` was not given."""
+
+    def __init__(self, result: VerifyResult) -> None:
+        super().__init__(
+            f"recording {result.path} FAILED verification ({result.problem}): {result.message}. "
+            "Refusing to use it; pass --force to override (the content may be forged)."
+        )
+        self.result = result
+
+
+def check_integrity(
+    path: Path, trusted_keys: dict[str, Ed25519PublicKey], *, force: bool = False
+) -> tuple[VerifyResult, str | None]:
+    """Verify ``path``. Returns the result and a warning to show (or None); raises
+    :class:`IntegrityRefused` if it fails and ``force`` is false."""
+    result = verify_recording(Path(path), trusted_keys)
+    if result.ok:
+        return result, None
+    if result.problem == MISSING_TRAILER and result.live:
+        return result, (
+            f"NOTE: recording not finalized (session live, or its writer died); verified through "
+            f"its last checkpoint (event {result.last_checkpoint}); later events are not signed yet"
+        )
+    if not force:
+        raise IntegrityRefused(result)
+    bar = "!" * 78
+    return result, (
+        f"{bar}\n!! WARNING: THIS RECORDING FAILED VERIFICATION ({result.problem}).\n"
+        f"!! {result.message}\n"
+        f"!! Shown because of --force. Anything at or after event {result.event_index} may be "
+        f"forged.\n{bar}"
+    )
+
+
+def load_events(path: Path) -> list[dict[str, Any]]:
+    """All events, decoded; on damage, what decoded before it (the caller forced this)."""
+    out: list[dict[str, Any]] = []
+    try:
+        for ev in read_events(Path(path)):
+            out.append(ev)
+    except RecorderError:
+        pass
+    return out
+
+
+def _header(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return events[0] if events and events[0].get("kind") == fmt.HEADER else {}
+
+
+def session_start(events: list[dict[str, Any]]) -> float:
+    """Time zero of a session: its header's ``t``."""
+    h = _header(events)
+    t = h.get("t")
+    return float(t) if isinstance(t, int | float) else 0.0
+
+
+@dataclass
+class Frame:
+    offset: float  # seconds since the session started, as recorded
+    data: bytes
+    seq: int
+    kind: str = "o"  # o (output) | i (input, shown only with show_input)
+    vt: float = 0.0  # position on the (idle-compressed) playback clock
+
+
+def _input_marker(data: bytes) -> bytes:
+    shown = "".join(ch if 32 <= ord(ch) < 127 else repr(ch)[1:-1] for ch in data.decode("latin-1"))
+    return b"\x1b[7m" + shown.encode("ascii", "backslashreplace") + b"\x1b[27m"
+
+
+def terminal_frames(
+    events: Iterable[dict[str, Any]],
+    *,
+    start: float | None = None,
+    show_input: bool = False,
+    idle_limit: float | None = None,
+) -> list[Frame]:
+    """The output (and with ``show_input``, input) of a session as timed frames.
+
+    Output frames carry the recorded bytes unchanged (stdout and stderr of every channel, in
+    recorded order). Input frames are rendered as a visible, reverse-video marker."""
+    events = list(events)
+    t0 = start if start is not None else session_start(events)
+    frames: list[Frame] = []
+    for ev in events:
+        kind = ev.get("kind")
+        data = ev.get("data")
+        if not isinstance(data, bytes | bytearray) or not data:
+            continue
+        t = ev.get("t")
+        off = max(0.0, float(t) - t0) if isinstance(t, int | float) else 0.0
+        if kind == fmt.OUTPUT:
+            frames.append(Frame(off, bytes(data), ev.get("seq", -1), "o"))
+        elif kind == fmt.INPUT and show_input:
+            frames.append(Frame(off, _input_marker(bytes(data)), ev.get("seq", -1), "i"))
+    vt, last = 0.0, 0.0
+    for f in frames:
+        gap = f.offset - last
+        if idle_limit is not None and gap > idle_limit:
+            gap = idle_limit
+        vt += max(0.0, gap)
+        f.vt = vt
+        last = f.offset
+    return frames
+
+
+class KeySource(Protocol):
+    def read(self, timeout: float | None) -> str | None:
+        """A key (``" "``, ``"q"``, ``"left"``, ``"right"``, ``"+"``, ``"-"``) or None on timeout."""
+
+
+class TerminalKeys:
+    """Keys from a terminal in cbreak mode (restored by :meth:`close`)."""
+
+    def __init__(self, fd: int) -> None:
+        import termios
+        import tty
+
+        self.fd = fd
+        self._saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+
+    def read(self, timeout: float | None) -> str | None:
+        r, _, _ = select.select([self.fd], [], [], timeout)
+        if not r:
+            return None
+        b = os.read(self.fd, 8)
+        if not b:
+            return "q"
+        if b.startswith(b"\x1b[C"):
+            return "right"
+        if b.startswith(b"\x1b[D"):
+            return "left"
+        return b[:1].decode("latin-1")
+
+    def close(self) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+
+
+@dataclass
+class Player:
+    frames: list[Frame]
+    out: BinaryIO
+    speed: float = 1.0
+    keys: KeySource | None = None
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    on_status: Callable[[str], None] | None = None
+    position: int = 0  # index of the next frame to write
+    quit: bool = False
+    _written: list[int] = field(default_factory=list, repr=False)
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.out.flush()
+
+    def _status(self, text: str) -> None:
+        if self.on_status is not None:
+            self.on_status(text)
+
+    def seek_offset(self, offset: float) -> None:
+        """Jump to ``offset`` seconds (recorded time): draw everything before it instantly."""
+        i = 0
+        while i < len(self.frames) and self.frames[i].offset < offset:
+            i += 1
+        self._jump(i)
+
+    def _jump(self, index: int) -> None:
+        index = max(0, min(index, len(self.frames)))
+        if index < self.position:
+            self._write(RESET)
+            self.position = 0
+        if index > self.position:
+            self._write(b"".join(f.data for f in self.frames[self.position : index]))
+        self.position = index
+
+    def _vt(self) -> float:
+        if self.position == 0:
+            return 0.0
+        return self.frames[self.position - 1].vt
+
+    def _seek_vt(self, vt: float) -> None:
+        i = 0
+        while i < len(self.frames) and self.frames[i].vt <= vt:
+            i += 1
+        self._jump(i)
+
+    def play(self) -> None:
+        """Play from ``position`` to the end (or until ``q``)."""
+        base_wall, base_v = self.clock(), self._vt()
+        while self.position < len(self.frames) and not self.quit:
+            frame = self.frames[self.position]
+            due = base_wall + (frame.vt - base_v) / self.speed
+            wait = due - self.clock()
+            if wait > 0:
+                if self.keys is None:
+                    self.sleep(wait)
+                    continue
+                key = self.keys.read(wait)
+                if key is None:
+                    continue
+                if self._key(key):
+                    base_wall, base_v = self.clock(), self._vt()
+                continue
+            self._write(frame.data)
+            self.position += 1
+
+    def _key(self, key: str) -> bool:
+        """Handle one key; True if the playback clock must be re-based."""
+        if key in ("q", "Q", "\x03"):
+            self.quit = True
+            return False
+        if key == " ":
+            self._status("paused (space resumes, q quits)")
+            while True:
+                k = self.keys.read(None) if self.keys else " "
+                if k in ("q", "Q", "\x03"):
+                    self.quit = True
+                    return False
+                if k in ("left", "right"):
+                    self._seek_vt(self._vt() + (SEEK_STEP if k == "right" else -SEEK_STEP - 1e-9))
+                    continue
+                if k == " ":
+                    break
+            self._status("playing")
+            return True
+        if key == "right":
+            self._seek_vt(self._vt() + SEEK_STEP)
+            return True
+        if key == "left":
+            self._seek_vt(self._vt() - SEEK_STEP - 1e-9)
+            return True
+        if key in ("+", "="):
+            self.speed = min(self.speed * 2, 64.0)
+            self._status(f"speed {self.speed:g}x")
+            return True
+        if key in ("-", "_"):
+            self.speed = max(self.speed / 2, 1 / 64)
+            self._status(f"speed {self.speed:g}x")
+            return True
+        return False
+
+
+# ---------------------------------------------------------------- PostgreSQL statement timeline
+
+
+@dataclass
+class TimelineEntry:
+    offset: float
+    seq: int
+    what: str  # statement | denied | cancel | terminate | violation | copy | function_call | end
+    n: int | None = None
+    text: str = ""
+    protocol: str | None = None
+    params: Any = None
+    tag: Any = None
+    rows: int | None = None
+    error: dict[str, Any] | None = None
+    duration_ms: float | None = None
+    rule: str | None = None
+    message: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        if self.what == "denied":
+            return "DENIED"
+        if self.what not in ("statement", "function_call"):
+            return self.what.upper()
+        if self.error:
+            return "ERROR"
+        if self.tag is None:
+            return "no result"
+        return "OK"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if v is not None and v != ""}
+        d["outcome"] = self.outcome
+        if isinstance(d.get("params"), list):
+            d["params"] = [_jsonable(p) for p in d["params"]]
+        return d
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes | bytearray):
+        return {fmt.BYTES_KEY: fmt.b64(bytes(v))}
+    return v
+
+
+def statement_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
+    """Statements in order with their outcome (matched by ``n``), denials and other events."""
+    t0 = session_start(events)
+    out: list[TimelineEntry] = []
+    by_n: dict[int, TimelineEntry] = {}
+    copy_bytes: TimelineEntry | None = None
+
+    def off(ev: dict[str, Any]) -> float:
+        t = ev.get("t")
+        return max(0.0, float(t) - t0) if isinstance(t, int | float) else 0.0
+
+    for ev in events:
+        kind = ev.get("kind")
+        seq = ev.get("seq", -1)
+        if kind != "copy_data":
+            copy_bytes = None
+        if kind in (fmt.QUERY, "function_call"):
+            e = TimelineEntry(
+                off(ev),
+                seq,
+                "statement" if kind == fmt.QUERY else "function_call",
+                n=ev.get("n") if isinstance(ev.get("n"), int) else None,
+                text=str(ev.get("text", "") if kind == fmt.QUERY else f"oid {ev.get('oid')}"),
+                protocol=ev.get("protocol"),
+                params=ev.get("params"),
+            )
+            out.append(e)
+            if e.n is not None:
+                by_n[e.n] = e
+        elif kind == "result":
+            n = ev.get("n")
+            e = by_n.get(n) if isinstance(n, int) else None
+            if e is None:
+                continue
+            e.tag = ev.get("tag")
+            e.rows = ev.get("rows") if isinstance(ev.get("rows"), int) else None
+            err = ev.get("error")
+            e.error = err if isinstance(err, dict) else None
+            d = ev.get("duration_ms")
+            e.duration_ms = float(d) if isinstance(d, int | float) else None
+        elif kind == fmt.DECISION and ev.get("allowed") is False:
+            out.append(
+                TimelineEntry(
+                    off(ev),
+                    seq,
+                    "denied",
+                    text=str(ev.get("text", "")),
+                    protocol=ev.get("protocol"),
+                    rule=ev.get("rule"),
+                    message=ev.get("message"),
+                )
+            )
+        elif kind == "cancel":
+            out.append(TimelineEntry(off(ev), seq, "cancel"))
+        elif kind == "terminate":
+            out.append(
+                TimelineEntry(
+                    off(ev), seq, "terminate", message=str(ev.get("message") or ev.get("reason"))
+                )
+            )
+        elif kind == "parameter_violation":
+            out.append(
+                TimelineEntry(
+                    off(ev),
+                    seq,
+                    "violation",
+                    text=f"{ev.get('name')}={ev.get('value')}",
+                    message=ev.get("message"),
+                )
+            )
+        elif kind == "copy_data":
+            size = len(ev["data"]) if isinstance(ev.get("data"), bytes) else 0
+            if copy_bytes is None:
+                copy_bytes = TimelineEntry(off(ev), seq, "copy", rows=0, text="")
+                out.append(copy_bytes)
+            copy_bytes.rows = (copy_bytes.rows or 0) + size
+            copy_bytes.text = f"{copy_bytes.rows} bytes of COPY data from the client"
+        elif kind == fmt.END:
+            out.append(TimelineEntry(off(ev), seq, "end", message=str(ev.get("reason", ""))))
+    return out
+
+
+def _fmt_offset(s: float) -> str:
+    m, sec = divmod(s, 60)
+    h, m = divmod(int(m), 60)
+    return f"{h:d}:{m:02d}:{sec:06.3f}"
+
+
+def _one_line(text: str, width: int = 400) -> str:
+    t = " ".join(text.split())
+    return t if len(t) <= width else t[: width - 1] + "…"
+
+
+def render_timeline(entries: list[TimelineEntry]) -> str:
+    lines = []
+    for e in entries:
+        head = f"{_fmt_offset(e.offset)}  "
+        if e.what in ("statement", "function_call"):
+            n = f"#{e.n}" if e.n is not None else "#?"
+            tag = e.tag if not isinstance(e.tag, list) else ", ".join(map(str, e.tag))
+            bits = [n, e.outcome]
+            if tag:
+                bits.append(str(tag))
+            if e.rows is not None:
+                bits.append(f"{e.rows} rows")
+            if e.duration_ms is not None:
+                bits.append(f"{e.duration_ms:.1f} ms")
+            lines.append(head + "  ".join(bits))
+            lines.append(f"    {_one_line(e.text)}")
+            if e.params not in (None, [], ""):
+                lines.append(f"    params: {_params_text(e.params)}")
+            if e.error:
+                lines.append(f"    error: {e.error.get('sqlstate')} {e.error.get('message')}")
+        elif e.what == "denied":
+            lines.append(head + f"DENIED  rule={e.rule}  {e.message or ''}".rstrip())
+            lines.append(f"    {_one_line(e.text)}")
+        elif e.what == "end":
+            lines.append(head + f"END  {e.message}")
+        else:
+            lines.append(head + f"{e.outcome}  {e.text or ''} {e.message or ''}".rstrip())
+    return "\n".join(lines)
+
+
+def _params_text(params: Any) -> str:
+    if isinstance(params, list):
+        return "[" + ", ".join(_param(p) for p in params) + "]"
+    return str(params)
+
+
+def _param(p: Any) -> str:
+    if p is None:
+        return "NULL"
+    if isinstance(p, bytes | bytearray):
+        return "\\x" + bytes(p).hex()
+    return repr(p)

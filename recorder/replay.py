@@ -19,7 +19,7 @@ import os
 import select
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -199,7 +199,7 @@ class Player:
     on_status: Callable[[str], None] | None = None
     position: int = 0  # index of the next frame to write
     quit: bool = False
-    _written: list[int] = field(default_factory=list, repr=False)
+    _vpos: float = 0.0  # where playback is, on the frames' vt clock
 
     def _write(self, data: bytes) -> None:
         self.out.write(data)
@@ -215,6 +215,9 @@ class Player:
         while i < len(self.frames) and self.frames[i].offset < offset:
             i += 1
         self._jump(i)
+        if i < len(self.frames):
+            f = self.frames[i]
+            self._vpos = max(self._vpos, f.vt - (f.offset - offset))
 
     def _jump(self, index: int) -> None:
         index = max(0, min(index, len(self.frames)))
@@ -224,17 +227,18 @@ class Player:
         if index > self.position:
             self._write(b"".join(f.data for f in self.frames[self.position : index]))
         self.position = index
+        self._vpos = self.frames[index - 1].vt if index else 0.0
 
     def _vt(self) -> float:
-        if self.position == 0:
-            return 0.0
-        return self.frames[self.position - 1].vt
+        return self._vpos
 
     def _seek_vt(self, vt: float) -> None:
+        vt = max(0.0, vt)
         i = 0
         while i < len(self.frames) and self.frames[i].vt <= vt:
             i += 1
         self._jump(i)
+        self._vpos = vt
 
     def play(self) -> None:
         """Play from ``position`` to the end (or until ``q``)."""
@@ -255,6 +259,7 @@ class Player:
                 continue
             self._write(frame.data)
             self.position += 1
+            self._vpos = frame.vt
 
     def _key(self, key: str) -> bool:
         """Handle one key; True if the playback clock must be re-based."""

@@ -7,11 +7,8 @@ grants; prints the exact client lines to try and writes them to DIR/demo.env.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import shlex
-import signal
 import sys
 import tempfile
 import time
@@ -19,6 +16,7 @@ from pathlib import Path
 
 from proxy.config import Config
 from proxy.demo_setup import build_local_workdir, issue_local_grant
+from proxy.gateway import run_async, run_gateway
 from proxy.throwaway import PostgresServer, ServerStartError, SshServer
 
 
@@ -149,22 +147,6 @@ def instructions(d: Path, env: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-async def _serve(cfg: Config, on_ready) -> None:
-    from proxy.gateway import start_gateway, stop_gateway
-
-    gw = await start_gateway(cfg)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        on_ready()
-        await stop.wait()
-    finally:
-        await stop_gateway(gw)
-
-
 def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
     from proxy.logs import configure_logging
 
@@ -187,17 +169,12 @@ def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
             (d / "known_hosts").write_text(f"[127.0.0.1]:{cfg.ssh_listen.port} {host_key}\n")
         env = write_demo_files(d, cfg, ssh)
 
-        def ready() -> None:
+        def ready(_gw) -> None:
             for n in notes:
                 print(f"note: {n}", file=sys.stderr)
             print(instructions(d, env), flush=True)
 
-        try:
-            import uvloop
-
-            uvloop.run(_serve(cfg, ready))
-        except ImportError:  # pragma: no cover
-            asyncio.run(_serve(cfg, ready))
+        run_async(run_gateway(cfg, ready))
     finally:
         if ssh is not None:
             ssh.stop()

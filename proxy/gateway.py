@@ -224,3 +224,13 @@ async def run_gateway(cfg: Config, ready: Any = None) -> None:
         await stop.wait()
     finally:
         await stop_gateway(gw)
+
+
+def run_async(coro: Any) -> None:
+    """Run ``coro`` on uvloop when available (it is a dependency on Linux)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)

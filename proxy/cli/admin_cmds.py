@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from proxy.gateway import run_gateway
+    from proxy.gateway import run_async, run_gateway
     from proxy.logs import configure_logging
 
     cfg = load_config(args.config)
@@ -79,17 +79,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    _run(run_gateway(cfg, ready))
+    run_async(run_gateway(cfg, ready))
     return 0
-
-
-def _run(coro) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(coro)
-    except ImportError:  # pragma: no cover
-        asyncio.run(coro)
 
 
 def _admin(args: argparse.Namespace, request: dict) -> dict:

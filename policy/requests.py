@@ -308,7 +308,7 @@ def needs(req: Request, templates: Mapping[str, Template]) -> int:
 
 
 def _check_pending(req: Request, now: float) -> None:
-    if req.status == PENDING and now >= req.expires_at:
+    if req.status == EXPIRED or (req.status == PENDING and now >= req.expires_at):
         raise RequestRefused(
             "request-expired", f"request {req.id} was not approved in time and has expired"
         )

@@ -1,0 +1,996 @@
+"""``breakglass serve``: the grant service, an asyncio HTTP JSON API (aiohttp).
+
+It holds the issuer key and the state database. Callers authenticate (OIDC ID token, or a
+local user's password + TOTP) and get a short-lived API session token; with it they ask for
+access, approve or deny others' requests, fetch their grant once approved, and revoke grants.
+Every request, approval, denial, issuance, revocation and login (success and failure) goes to
+the audit log with the verified identity. Endpoints: docs/service-api.md.
+
+Configuration (besides the gateway's own sections)::
+
+    [service]
+    listen = "127.0.0.1:8700"
+    tls_cert = "keys/service_tls.crt"     # required unless listen is a loopback address
+    tls_key = "keys/service_tls.key"
+    session_ttl = "1h"                    # API session lifetime
+    approval_window = "1h"                # a request not approved within this expires
+    session_secret_file = "keys/service_session.key"   # shared by all service instances
+    oncall_file = "oncall.txt"            # one user per line, re-read on every request
+    admins = ["@security"]                # may revoke any grant
+    [service.auto_approve.RULE]
+    templates = ["db-readonly"]           # template-name globs
+    requesters = ["@sre"]                 # optional
+    oncall = true                         # optional: requester must be on call
+    windows = ["mon-fri 09:00-18:00"]     # optional, UTC
+    max_ttl = "30m"                       # optional
+
+    [identity]
+    users_file = "users.toml"             # local users (password + TOTP)
+    [identity.oidc]                       # and/or OIDC
+    issuer = "https://idp.example.com"
+    audience = "breakglass"
+    jwks_url = "https://idp.example.com/.well-known/jwks.json"
+    username_claim = "email"
+    groups_claim = "groups"
+    group_map = { "idp-sre" = "approvers" }
+
+    [state]
+    url_env = "BREAKGLASS_STATE_URL"      # or url = "postgresql://..."; SQLite otherwise
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import ssl
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from policy.durations import DurationError, parse_duration
+from policy.grants import sign_grant
+from policy.identity import (
+    AuthFailed,
+    LocalUsers,
+    OidcSettings,
+    OidcVerifier,
+    SessionTokens,
+)
+from policy.requests import (
+    APPROVED,
+    EXPIRED,
+    PENDING,
+    STATUSES,
+    AutoApproveRule,
+    Identity,
+    Request,
+    RequestRefused,
+    TimeWindow,
+    approve,
+    auto_approve,
+    deny,
+    expire_if_due,
+    grant_claims,
+    new_request,
+)
+from policy.state import SqliteState
+from policy.templates import is_member
+from proxy.config import Config, ConfigError, find_config_path, parse_config
+from proxy.context import issuer_key, open_audit
+from proxy.logs import log
+
+MY_SECTIONS = ("service", "identity")
+MAX_BODY = 64 * 1024
+MAX_WAIT = 60.0
+
+
+# ------------------------------------------------------------------------ configuration
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    host: str = "127.0.0.1"
+    port: int = 8700
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    session_ttl: int = 3600
+    approval_window: int = 3600
+    session_secret_file: Path | None = None
+    oncall_file: Path | None = None
+    admins: tuple[str, ...] = ()
+    auto_approve: tuple[AutoApproveRule, ...] = ()
+    users_file: Path | None = None
+    oidc: OidcSettings | None = None
+    state_url: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_service_settings(doc: Mapping[str, Any], base: Path) -> ServiceSettings:
+    """Validate ``[service]``, ``[identity]`` and ``state.url``; problems name their key path."""
+    problems: list[str] = []
+
+    def bad(path: str, msg: str) -> None:
+        problems.append(f"{path}: {msg}")
+
+    def table(d: Any, path: str) -> dict:
+        if d is None:
+            return {}
+        if not isinstance(d, dict):
+            bad(path, "expected a table")
+            return {}
+        return d
+
+    def check_keys(d: dict, path: str, allowed: tuple[str, ...]) -> None:
+        for k in d:
+            if k not in allowed:
+                bad(f"{path}.{k}", f"unknown key (known: {', '.join(allowed)})")
+
+    def string(d: dict, k: str, path: str, default: Any = None) -> Any:
+        v = d.get(k, default)
+        if v is not default and (not isinstance(v, str) or not v.strip()):
+            bad(path, "expected a non-empty string")
+            return default
+        return v
+
+    def strings(d: dict, k: str, path: str) -> tuple[str, ...]:
+        v = d.get(k, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            bad(path, "expected a list of strings")
+            return ()
+        return tuple(v)
+
+    def duration(d: dict, k: str, path: str, default: Any) -> Any:
+        v = d.get(k, default)
+        if v is None:
+            return None
+        try:
+            return parse_duration(v)
+        except (DurationError, TypeError, ValueError) as e:
+            bad(path, str(e))
+            return default if isinstance(default, int) else None
+
+    def file(d: dict, k: str, path: str, must_exist: bool = True) -> Path | None:
+        v = string(d, k, path)
+        if not v:
+            return None
+        p = Path(v).expanduser()
+        p = p if p.is_absolute() else (base / p).resolve()
+        if must_exist and not p.exists():
+            bad(path, f"file not found: {p}")
+        return p
+
+    svc = table(doc.get("service"), "service")
+    check_keys(
+        svc,
+        "service",
+        (
+            "listen",
+            "tls_cert",
+            "tls_key",
+            "session_ttl",
+            "approval_window",
+            "session_secret_file",
+            "oncall_file",
+            "admins",
+            "auto_approve",
+        ),
+    )
+    host, port = "127.0.0.1", 8700
+    listen = string(svc, "listen", "service.listen")
+    if listen:
+        h, sep, p = listen.rpartition(":")
+        h = h.strip("[]")
+        if not sep or not h or not p.isdigit() or not 0 <= int(p) <= 65535:
+            bad("service.listen", f'expected "HOST:PORT", got {listen!r}')
+        else:
+            host, port = h, int(p)
+    tls_cert = file(svc, "tls_cert", "service.tls_cert")
+    tls_key = file(svc, "tls_key", "service.tls_key")
+    if bool(tls_cert) != bool(tls_key):
+        bad("service.tls_cert", "set both tls_cert and tls_key, or neither")
+    if not tls_cert and not _is_loopback(host):
+        bad(
+            "service.tls_cert",
+            f"TLS is required when listening on {host} (only loopback may be plain HTTP)",
+        )
+    rules = []
+    for name, r in table(svc.get("auto_approve"), "service.auto_approve").items():
+        path = f"service.auto_approve.{name}"
+        r = table(r, path)
+        check_keys(r, path, ("templates", "requesters", "oncall", "windows", "max_ttl"))
+        templates = strings(r, "templates", f"{path}.templates")
+        if not templates:
+            bad(f"{path}.templates", "name at least one template")
+        windows = []
+        for i, w in enumerate(strings(r, "windows", f"{path}.windows")):
+            try:
+                windows.append(TimeWindow.parse(w))
+            except ValueError as e:
+                bad(f"{path}.windows[{i}]", str(e))
+        oncall = r.get("oncall", False)
+        if not isinstance(oncall, bool):
+            bad(f"{path}.oncall", "expected true or false")
+            oncall = False
+        requesters = strings(r, "requesters", f"{path}.requesters")
+        max_ttl = duration(r, "max_ttl", f"{path}.max_ttl", None)
+        if not (requesters or oncall or windows):
+            bad(path, "state at least one condition: requesters, oncall or windows")
+        rules.append(
+            AutoApproveRule(
+                name=name,
+                templates=templates,
+                requesters=requesters,
+                oncall=oncall,
+                windows=tuple(windows),
+                max_ttl=max_ttl,
+            )
+        )
+    idn = table(doc.get("identity"), "identity")
+    check_keys(idn, "identity", ("users_file", "oidc"))
+    users_file = file(idn, "users_file", "identity.users_file", must_exist=False)
+    oidc = None
+    if "oidc" in idn:
+        o = table(idn["oidc"], "identity.oidc")
+        check_keys(
+            o,
+            "identity.oidc",
+            (
+                "issuer",
+                "audience",
+                "jwks_url",
+                "username_claim",
+                "groups_claim",
+                "group_map",
+                "algorithms",
+            ),
+        )
+        for k in ("issuer", "audience", "jwks_url"):
+            if k not in o:
+                bad(f"identity.oidc.{k}", "missing")
+        jwks = string(o, "jwks_url", "identity.oidc.jwks_url")
+        if jwks and not (
+            jwks.startswith("https://")
+            or (
+                jwks.startswith("http://")
+                and _is_loopback(jwks[7:].split("/")[0].rsplit(":", 1)[0].strip("[]"))
+            )
+        ):
+            bad("identity.oidc.jwks_url", "must be https:// (plain http only on loopback)")
+        gm = table(o.get("group_map"), "identity.oidc.group_map")
+        if not all(isinstance(v, str) for v in gm.values()):
+            bad("identity.oidc.group_map", "values must be policy group names")
+        algs = strings(o, "algorithms", "identity.oidc.algorithms") if "algorithms" in o else None
+        try:
+            oidc = OidcSettings(
+                issuer=string(o, "issuer", "identity.oidc.issuer") or "",
+                audience=string(o, "audience", "identity.oidc.audience") or "",
+                jwks_url=jwks or "",
+                username_claim=string(o, "username_claim", "identity.oidc.username_claim", "email"),
+                groups_claim=string(o, "groups_claim", "identity.oidc.groups_claim", "groups"),
+                group_map=dict(gm),
+                **({"algorithms": algs} if algs else {}),
+            )
+        except (TypeError, ValueError) as e:
+            bad("identity.oidc", str(e))
+    if users_file is None and oidc is None:
+        bad("identity", "configure users_file (local users) and/or [identity.oidc]")
+    st = table(doc.get("state"), "state")
+    state_url = None
+    if "url" in st:
+        state_url = string(st, "url", "state.url")
+    elif "url_env" in st:
+        var = string(st, "url_env", "state.url_env")
+        state_url = os.environ.get(var or "")
+        if var and not state_url:
+            bad("state.url_env", f"environment variable {var} is not set")
+    if state_url and not state_url.startswith(("postgresql://", "postgres://")):
+        bad("state.url", "expected a postgresql:// URL")
+    if problems:
+        raise ConfigError(problems)
+    return ServiceSettings(
+        host=host,
+        port=port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        session_ttl=duration(svc, "session_ttl", "service.session_ttl", 3600),
+        approval_window=duration(svc, "approval_window", "service.approval_window", 3600),
+        session_secret_file=file(svc, "session_secret_file", "service.session_secret_file"),
+        oncall_file=file(svc, "oncall_file", "service.oncall_file", must_exist=False),
+        admins=strings(svc, "admins", "service.admins"),
+        auto_approve=tuple(rules),
+        users_file=users_file,
+        oidc=oidc,
+        state_url=state_url,
+    )
+
+
+def load_service_config(path: str | os.PathLike | None) -> tuple[Config, ServiceSettings]:
+    """The gateway config plus the service's own sections (validated here, key paths in errors)."""
+    p = find_config_path(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"config file not found: {p}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"not valid TOML: {e}"], p) from None
+    base = p.resolve().parent
+    rest = {k: v for k, v in doc.items() if k not in MY_SECTIONS}
+    cfg = parse_config(rest, base, p)
+    try:
+        settings = parse_service_settings(doc, base)
+    except ConfigError as e:
+        raise ConfigError(e.problems, p) from None
+    return cfg, settings
+
+
+def open_service_state(cfg: Config, settings: ServiceSettings):
+    """PostgreSQL state when ``state.url``/``state.url_env`` is set, else the SQLite file."""
+    if settings.state_url:
+        from policy.state_pg import PgState
+
+        return PgState(settings.state_url)
+    return SqliteState(cfg.state_database)
+
+
+# ------------------------------------------------------------------------ the service
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.rule = rule
+
+
+_RULE_STATUS = {
+    "not-pending": 409,
+    "request-expired": 409,
+    "already-approved": 409,
+    "unknown-template": 400,
+    "unknown-target": 400,
+    "ttl": 400,
+    "max-ttl": 400,
+    "reason-required": 400,
+    "target": 400,
+    "breakglass-flag": 400,
+    "breakglass-not-allowed": 400,
+    "target-not-in-template": 400,
+}
+
+
+def _refused(e: RequestRefused) -> ApiError:
+    return ApiError(_RULE_STATUS.get(e.rule, 403), str(e), e.rule)
+
+
+class FailureLimiter:
+    """At most ``limit`` failed logins per key (client address, user name) per ``window`` s."""
+
+    def __init__(self, limit: int = 10, window: float = 300.0) -> None:
+        self.limit, self.window = limit, window
+        self.failures: dict[str, list[float]] = {}
+
+    def blocked(self, *keys: str) -> bool:
+        cutoff = time.monotonic() - self.window
+        for k in keys:
+            q = [t for t in self.failures.get(k, ()) if t > cutoff]
+            if q:
+                self.failures[k] = q
+            else:
+                self.failures.pop(k, None)
+            if len(q) >= self.limit:
+                return True
+        return False
+
+    def failed(self, *keys: str) -> None:
+        for k in keys:
+            self.failures.setdefault(k, []).append(time.monotonic())
+        while len(self.failures) > 100_000:
+            self.failures.pop(next(iter(self.failures)))
+
+
+class GrantService:
+    def __init__(self, cfg: Config, settings: ServiceSettings, state, audit) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.state = state
+        self.audit = audit
+        self.kid, self.key = issuer_key(cfg)
+        self.local = LocalUsers.load(settings.users_file) if settings.users_file else None
+        self.oidc = OidcVerifier(settings.oidc) if settings.oidc else None
+        if settings.session_secret_file:
+            secret = settings.session_secret_file.read_bytes().strip()
+        else:  # one instance: sessions end when it restarts
+            secret = secrets.token_bytes(32)
+        self.sessions = SessionTokens(
+            secret, f"breakglass-service:{cfg.gateway_name}", settings.session_ttl
+        )
+        self.limiter = FailureLimiter()
+        self.changed: dict[str, asyncio.Event] = {}
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _oncall(self) -> tuple[str, ...]:
+        f = self.settings.oncall_file
+        if not f:
+            return ()
+        try:
+            lines = f.read_text().splitlines()
+        except OSError:
+            return ()  # fail closed: nobody is on call
+        return tuple(x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#"))
+
+    def _notify_change(self, request_id: str) -> None:
+        ev = self.changed.pop(request_id, None)
+        if ev is not None:
+            ev.set()
+
+    async def _load(self, request_id: str) -> Request:
+        doc = await self.state.get_request(request_id)
+        if doc is None:
+            raise ApiError(404, f"no request {request_id}")
+        req = Request.from_doc(doc)
+        due = expire_if_due(req, time.time())
+        if due is not req and due.status == EXPIRED:
+            if await self.state.update_request(due.to_doc(), req.version):
+                self.audit.append(
+                    "request.expired",
+                    request=req.id,
+                    subject=req.requester,
+                    template=req.template,
+                    expired_at=req.expires_at,
+                )
+                self._notify_change(req.id)
+                return Request.from_doc(dict(due.to_doc(), version=req.version + 1))
+            return await self._load(request_id)
+        return req
+
+    def _alert(self, event: str, **fields: Any) -> None:
+        try:
+            from proxy import alerts
+        except ImportError:
+            return
+        try:
+            alerts.notify(event, **fields)
+        except Exception as e:  # an alert must never break issuance
+            log.error("service.alert_failed", error=type(e).__name__)
+
+    async def _issue(self, req: Request, actor: str) -> Request:
+        """Build the claims of an approved request and record the grant."""
+        try:
+            req = grant_claims(
+                req,
+                templates=self.cfg.templates,
+                known_targets=self.cfg.known_targets(),
+                groups=self.cfg.groups,
+                issuer=self.cfg.issuer_name,
+                audience=self.cfg.gateway_name,
+            )
+        except RequestRefused as e:
+            self.audit.append(
+                "grant.refused",
+                actor=actor,
+                subject=req.requester,
+                request=req.id,
+                template=req.template,
+                rule=e.rule,
+                message=str(e),
+            )
+            raise _refused(e) from None
+        return req
+
+    async def _after_issue(self, req: Request, actor: str) -> None:
+        c = req.claims
+        assert c is not None
+        await self.state.record_grant(c)
+        self.audit.append(
+            "grant.issued",
+            actor=actor,
+            subject=c["sub"],
+            jti=c["jti"],
+            request=req.id,
+            template=c["template"],
+            targets=c["targets"],
+            reason=c["reason"],
+            ticket=c.get("ticket"),
+            approvers=c["approvers"],
+            breakglass=c["breakglass"],
+            expires_at=c["exp"],
+        )
+        if c["breakglass"]:
+            self.audit.append(
+                "breakglass.used",
+                actor=actor,
+                subject=c["sub"],
+                jti=c["jti"],
+                request=req.id,
+                targets=c["targets"],
+                reason=c["reason"],
+                ticket=c.get("ticket"),
+                review="queued",
+            )
+            self._alert(
+                "breakglass.used",
+                user=c["sub"],
+                target=", ".join(t["name"] for t in c["targets"]),
+                session=f"grant {c['jti']} issued",
+                reason=c["reason"],
+                ticket=c.get("ticket") or "",
+                jti=c["jti"],
+            )
+
+    # -- handlers ----------------------------------------------------------------------
+
+    async def login(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        client = request.remote or "?"
+        method = body.get("method") or ("oidc" if "id_token" in body else "local")
+        claimed = str(body.get("username") or "")[:200] if method == "local" else ""
+        keys = (f"ip:{client}",) + ((f"user:{claimed}",) if claimed else ())
+        if self.limiter.blocked(*keys):
+            self.audit.append(
+                "login.failed",
+                method=method,
+                user=claimed or None,
+                client=client,
+                reason="rate limited",
+            )
+            raise ApiError(429, "too many failed logins; try again later")
+        try:
+            if method == "local":
+                if self.local is None:
+                    raise AuthFailed("local users not enabled", "local login is not enabled here")
+                who = await self.local.login(
+                    claimed,
+                    str(body.get("password") or ""),
+                    str(body.get("totp") or ""),
+                    self.state.use_totp_step,
+                )
+            elif method == "oidc":
+                if self.oidc is None:
+                    raise AuthFailed("oidc not enabled", "OIDC login is not enabled here")
+                who = await self.oidc.verify(str(body.get("id_token") or ""))
+            else:
+                raise AuthFailed(f"unknown method {method[:20]!r}", "unknown login method")
+        except AuthFailed as e:
+            self.limiter.failed(*keys)
+            self.audit.append(
+                "login.failed", method=method, user=claimed or None, client=client, reason=e.reason
+            )
+            raise ApiError(401, e.public) from None
+        token, exp = self.sessions.issue(who)
+        self.audit.append(
+            "login.succeeded",
+            actor=who.user,
+            method=who.method,
+            groups=list(who.groups),
+            client=client,
+        )
+        return _json(
+            {"token": token, "expires_at": exp, "user": who.user, "groups": list(who.groups)}
+        )
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        who: Identity = request["identity"]
+        return _json({"user": who.user, "groups": list(who.groups), "method": who.method})
+
+    async def templates(self, request: web.Request) -> web.Response:
+        return _json(
+            [
+                {
+                    "name": t.name,
+                    "description": t.description,
+                    "targets": [str(p) for p in t.targets],
+                    "max_ttl": t.max_ttl,
+                    "approvals": 0 if t.breakglass else t.approvals,
+                    "breakglass": t.breakglass,
+                }
+                for t in self.cfg.templates.values()
+            ]
+        )
+
+    async def create_request(self, request: web.Request) -> web.Response:
+        who: Identity = request["identity"]
+        body = await _body(request)
+        targets = body.get("targets")
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise ApiError(400, "targets must be a list of target names", "target")
+        try:
+            ttl = parse_duration(body.get("ttl"))
+        except (DurationError, TypeError, ValueError) as e:
+            raise ApiError(400, f"ttl: {e}", "ttl") from None
+        now = time.time()
+        try:
+            req = new_request(
+                who,
+                template=str(body.get("template") or ""),
+                targets=targets,
+                ttl=ttl,
+                reason=str(body.get("reason") or ""),
+                ticket=str(body["ticket"]) if body.get("ticket") else None,
+                breakglass=body.get("breakglass") is True,
+                templates=self.cfg.templates,
+                known_targets=self.cfg.known_targets(),
+                groups=self.cfg.groups,
+                approval_window=self.settings.approval_window,
+                now=now,
+            )
+        except RequestRefused as e:
+            self.audit.append(
+                "request.refused",
+                actor=who.user,
+                template=body.get("template"),
+                targets=targets,
+                rule=e.rule,
+                message=str(e),
+            )
+            raise _refused(e) from None
+        self.audit.append(
+            "request.created",
+            actor=who.user,
+            request=req.id,
+            template=req.template,
+            targets=list(req.targets),
+            ttl=req.ttl,
+            reason=req.reason,
+            ticket=req.ticket,
+            breakglass=req.breakglass,
+        )
+        req = auto_approve(
+            req,
+            self.settings.auto_approve,
+            templates=self.cfg.templates,
+            groups=self.cfg.groups,
+            oncall=self._oncall(),
+            now=now,
+        )
+        if req.status == APPROVED:
+            self.audit.append(
+                "request.approved",
+                actor=who.user if req.breakglass else f"auto:{req.auto_approved_by or 'template'}",
+                request=req.id,
+                subject=req.requester,
+                breakglass=req.breakglass,
+                rule=req.auto_approved_by,
+            )
+            req = await self._issue(req, who.user)
+        await self.state.create_request(req.to_doc())
+        if req.claims is not None:
+            await self._after_issue(req, who.user)
+        return _json(req.public(), status=201)
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        who: Identity = request["identity"]
+        q = request.query
+        status = q.get("status") or (PENDING if q.get("pending") else None)
+        if status and status not in STATUSES:
+            raise ApiError(400, f"status must be one of {', '.join(STATUSES)}")
+        try:
+            limit = max(1, min(500, int(q.get("limit", "100"))))
+        except ValueError:
+            raise ApiError(400, "limit must be a number") from None
+        docs = await self.state.list_requests(
+            requester=who.user if q.get("mine") else None,
+            status=None if status == EXPIRED else status,
+            limit=limit,
+        )
+        out = []
+        for d in docs:
+            req = Request.from_doc(d)
+            if req.status == PENDING and time.time() >= req.expires_at:
+                req = await self._load(req.id)
+            if status and req.status != status:
+                continue
+            out.append(req.public())
+        return _json(out)
+
+    async def get_request(self, request: web.Request) -> web.Response:
+        rid = request.match_info["id"]
+        try:
+            wait = min(MAX_WAIT, float(request.query.get("wait", "0")))
+        except ValueError:
+            raise ApiError(400, "wait must be a number of seconds") from None
+        deadline = time.monotonic() + wait
+        req = await self._load(rid)
+        while req.status == PENDING and time.monotonic() < deadline:
+            ev = self.changed.setdefault(rid, asyncio.Event())
+            # Woken at once by a change here; another instance's change is seen within 1 s.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), min(1.0, max(0.0, deadline - time.monotonic())))
+            req = await self._load(rid)
+        return _json(req.public())
+
+    async def _decide(self, request: web.Request, kind: str) -> web.Response:
+        who: Identity = request["identity"]
+        rid = request.match_info["id"]
+        body = await _body(request)
+        for _ in range(10):  # compare-and-set: retry when another decision got there first
+            req = await self._load(rid)
+            now = time.time()
+            try:
+                if kind == "approve":
+                    new = approve(
+                        req,
+                        who,
+                        str(body.get("comment") or ""),
+                        templates=self.cfg.templates,
+                        groups=self.cfg.groups,
+                        now=now,
+                    )
+                else:
+                    new = deny(
+                        req,
+                        who,
+                        str(body.get("reason") or ""),
+                        templates=self.cfg.templates,
+                        groups=self.cfg.groups,
+                        now=now,
+                    )
+            except RequestRefused as e:
+                self.audit.append(
+                    f"{kind}.refused",
+                    actor=who.user,
+                    request=rid,
+                    subject=req.requester,
+                    rule=e.rule,
+                    message=str(e),
+                )
+                raise _refused(e) from None
+            if new.status == APPROVED:
+                new = await self._issue(new, who.user)
+            if await self.state.update_request(new.to_doc(), req.version):
+                break
+        else:
+            raise ApiError(503, "the request is being changed by others; try again")
+        if kind == "approve":
+            self.audit.append(
+                "request.approved",
+                actor=who.user,
+                request=rid,
+                subject=new.requester,
+                comment=new.approvals[-1].comment,
+                complete=new.status == APPROVED,
+            )
+        else:
+            self.audit.append(
+                "request.denied",
+                actor=who.user,
+                request=rid,
+                subject=new.requester,
+                reason=new.denial.comment if new.denial else "",
+            )
+        if new.claims is not None:
+            await self._after_issue(new, who.user)
+        self._notify_change(rid)
+        return _json(new.public())
+
+    async def approve(self, request: web.Request) -> web.Response:
+        return await self._decide(request, "approve")
+
+    async def deny(self, request: web.Request) -> web.Response:
+        return await self._decide(request, "deny")
+
+    async def fetch_grant(self, request: web.Request) -> web.Response:
+        who: Identity = request["identity"]
+        req = await self._load(request.match_info["id"])
+        if req.requester != who.user:
+            self.audit.append(
+                "grant.fetch_refused", actor=who.user, request=req.id, reason="not the requester"
+            )
+            raise ApiError(403, "only the requester can fetch the grant", "not-requester")
+        if req.status != APPROVED or req.claims is None:
+            raise ApiError(409, f"request {req.id} is {req.status}; no grant", "not-approved")
+        c = req.claims
+        if time.time() >= c["exp"]:
+            raise ApiError(410, "the grant has expired", "expired")
+        if await self.state.revocation(c["jti"]):
+            raise ApiError(410, "the grant has been revoked", "revoked")
+        if await self.state.get_grant(c["jti"]) is None:  # every signed grant is recorded
+            await self.state.record_grant(c)
+        token = sign_grant(c, self.key, self.kid)
+        self.audit.append("grant.fetched", actor=who.user, jti=c["jti"], request=req.id)
+        return _json(
+            {
+                "token": token,
+                "jti": c["jti"],
+                "expires_at": c["exp"],
+                "targets": c["targets"],
+                "request": req.id,
+            }
+        )
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        who: Identity = request["identity"]
+        jti = request.match_info["jti"]
+        body = await _body(request)
+        reason = str(body.get("reason") or "").strip()
+        if not reason:
+            raise ApiError(400, "a reason is required to revoke a grant", "reason-required")
+        g = await self.state.get_grant(jti)
+        groups = {k: v for k, v in self.cfg.groups.items()}
+        for gname in who.groups:
+            groups[gname] = (*groups.get(gname, ()), who.user)
+        tpl = self.cfg.templates.get(g.template) if g and g.template else None
+        allowed = (
+            is_member(who.user, self.settings.admins, groups)
+            or (g is not None and g.subject == who.user)
+            or (tpl is not None and is_member(who.user, tpl.approvers, groups))
+        )
+        if not allowed:
+            self.audit.append(
+                "revoke.refused", actor=who.user, jti=jti, reason="not allowed to revoke"
+            )
+            raise ApiError(403, "you may not revoke this grant", "not-allowed")
+        rev = await self.state.revoke(jti, reason, who.user)
+        self.audit.append(
+            "grant.revoked",
+            actor=who.user,
+            jti=jti,
+            subject=g.subject if g else None,
+            reason=rev.reason,
+        )
+        return _json(
+            {"jti": rev.jti, "revoked_at": rev.revoked_at, "reason": rev.reason, "actor": rev.actor}
+        )
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"ok": True})
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.json_response(obj, status=status, headers={"Cache-Control": "no-store"})
+
+
+PUBLIC = {"/v1/login", "/healthz"}
+
+
+def build_app(service: GrantService) -> web.Application:
+    @web.middleware
+    async def errors_and_auth(request: web.Request, handler):
+        try:
+            if request.path not in PUBLIC:
+                auth = request.headers.get("Authorization", "")
+                scheme, _, token = auth.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise ApiError(401, "log in first (breakglass login)")
+                try:
+                    request["identity"] = service.sessions.verify(token.strip())
+                except AuthFailed as e:
+                    raise ApiError(401, e.public) from None
+            return await handler(request)
+        except ApiError as e:
+            body = {"error": str(e)}
+            if e.rule:
+                body["rule"] = e.rule
+            return _json(body, status=e.status)
+        except web.HTTPException as e:
+            if e.status >= 400:
+                return _json({"error": e.reason}, status=e.status)
+            raise
+        except Exception as e:  # fail closed, never a traceback to the client
+            log.error("service.error", path=request.path, error=type(e).__name__)
+            return _json({"error": "internal error"}, status=500)
+
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
+    s = service
+    app.router.add_get("/healthz", s.health)
+    app.router.add_post("/v1/login", s.login)
+    app.router.add_get("/v1/whoami", s.whoami)
+    app.router.add_get("/v1/templates", s.templates)
+    app.router.add_post("/v1/requests", s.create_request)
+    app.router.add_get("/v1/requests", s.list_requests)
+    app.router.add_get("/v1/requests/{id}", s.get_request)
+    app.router.add_post("/v1/requests/{id}/approve", s.approve)
+    app.router.add_post("/v1/requests/{id}/deny", s.deny)
+    app.router.add_get("/v1/requests/{id}/grant", s.fetch_grant)
+    app.router.add_post("/v1/grants/{jti}/revoke", s.revoke)
+    return app
+
+
+@dataclass
+class RunningService:
+    service: GrantService
+    runner: web.AppRunner
+    url: str
+    port: int
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        self.service.audit.close()
+        await self.service.state.close()
+
+
+async def start_service(
+    cfg: Config, settings: ServiceSettings, *, state=None, port: int | None = None
+) -> RunningService:
+    """Start listening; returns once connections are accepted. ``port=0`` picks a free port."""
+    state = state if state is not None else open_service_state(cfg, settings)
+    audit = open_audit(cfg)
+    try:
+        try:
+            service = GrantService(cfg, settings, state, audit)
+        except (OSError, ValueError) as e:
+            raise ConfigError([f"identity/service: {e}"], cfg.path) from None
+        ssl_ctx = None
+        if settings.tls_cert and settings.tls_key:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ssl_ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+        runner = web.AppRunner(build_app(service), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, settings.host, settings.port if port is None else port, ssl_context=ssl_ctx
+        )
+        await site.start()
+    except BaseException:
+        audit.close()
+        raise
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    scheme = "https" if ssl_ctx else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    audit.append("service.start", gateway=cfg.gateway_name, url=f"{scheme}://{host}:{bound}")
+    return RunningService(service, runner, f"{scheme}://{host}:{bound}", bound)
+
+
+async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    alerter = None
+    try:
+        from proxy import alerts
+
+        alerter = alerts.setup(cfg)
+    except ImportError:
+        pass
+    running = await start_service(cfg, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(running)
+    try:
+        await stop.wait()
+    finally:
+        await running.stop()
+        if alerter is not None:
+            from proxy import alerts
+
+            alerts.shutdown()

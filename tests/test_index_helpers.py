@@ -19,11 +19,21 @@ KEY_ID = "recorder-test"
 class Recorder:
     """A recorder key and a recordings directory."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, key: Ed25519PrivateKey | None = None, key_id=KEY_ID):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.key = Ed25519PrivateKey.generate()
-        self.trusted = {KEY_ID: self.key.public_key()}
+        self.key = key or Ed25519PrivateKey.generate()
+        self.key_id = key_id
+        self.trusted = {key_id: self.key.public_key()}
+
+    @classmethod
+    def for_config(cls, cfg) -> Recorder:
+        """Record into a config's recordings directory with its recorder key (as the gateway)."""
+        from policy.keys import load_private_key
+
+        return cls(
+            cfg.recordings_dir, load_private_key(cfg.recorder_signing_key), cfg.recorder_key_id
+        )
 
     def open(
         self,
@@ -59,7 +69,7 @@ class Recorder:
             **extra,
         }
         return RecordingWriter.create(
-            self.dir / f"{sid}.rec", header, self.key, KEY_ID, commit_interval=0.0
+            self.dir / f"{sid}.rec", header, self.key, self.key_id, commit_interval=0.0
         )
 
 
@@ -156,3 +166,39 @@ def tamper(path: Path, old: bytes, new: bytes) -> None:
     assert old in data
     path.write_bytes(data.replace(old, new, 1))
     path.chmod(0o440)
+
+
+def make_workdir(directory: Path):
+    """``breakglass init`` in ``directory``; returns the loaded Config."""
+    from proxy.config import load_config
+    from proxy.initdir import init_workdir, render_config
+
+    init_workdir(Path(directory), render_config(gateway_name="test-gw"))
+    return load_config(Path(directory) / "config.toml")
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run ``breakglass`` with the review commands registered, as proxy.cli.main does (the
+    commands are wired into main by its owner; this keeps the tests independent of that)."""
+    import argparse
+
+    from proxy.cli import review_cmds
+    from proxy.cli.output import CliError
+    from proxy.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="breakglass")
+    parser.add_argument("-c", "--config")
+    parser.add_argument("--debug", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    review_cmds.register(sub)
+    p = sub.add_parser("sessions")
+    review_cmds.add_sessions_options(p)
+    p.set_defaults(func=review_cmds.cmd_sessions)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (CliError, ConfigError) as e:
+        import sys
+
+        print(f"breakglass: error: {e}", file=sys.stderr)
+        return getattr(e, "code", 1)

@@ -92,6 +92,7 @@ from proxy.logs import log
 MY_SECTIONS = ("service", "identity")
 MAX_BODY = 64 * 1024
 MAX_WAIT = 60.0
+IDENTITY: Any = web.RequestKey("identity", Identity) if hasattr(web, "RequestKey") else "identity"
 
 
 # ------------------------------------------------------------------------ configuration
@@ -594,7 +595,7 @@ class GrantService:
         )
 
     async def whoami(self, request: web.Request) -> web.Response:
-        who: Identity = request["identity"]
+        who: Identity = request[IDENTITY]
         return _json({"user": who.user, "groups": list(who.groups), "method": who.method})
 
     async def templates(self, request: web.Request) -> web.Response:
@@ -613,7 +614,7 @@ class GrantService:
         )
 
     async def create_request(self, request: web.Request) -> web.Response:
-        who: Identity = request["identity"]
+        who: Identity = request[IDENTITY]
         body = await _body(request)
         targets = body.get("targets")
         if isinstance(targets, str):
@@ -685,7 +686,7 @@ class GrantService:
         return _json(req.public(), status=201)
 
     async def list_requests(self, request: web.Request) -> web.Response:
-        who: Identity = request["identity"]
+        who: Identity = request[IDENTITY]
         q = request.query
         status = q.get("status") or (PENDING if q.get("pending") else None)
         if status and status not in STATUSES:
@@ -726,7 +727,7 @@ class GrantService:
         return _json(req.public())
 
     async def _decide(self, request: web.Request, kind: str) -> web.Response:
-        who: Identity = request["identity"]
+        who: Identity = request[IDENTITY]
         rid = request.match_info["id"]
         body = await _body(request)
         for _ in range(10):  # compare-and-set: retry when another decision got there first
@@ -796,7 +797,7 @@ class GrantService:
         return await self._decide(request, "deny")
 
     async def fetch_grant(self, request: web.Request) -> web.Response:
-        who: Identity = request["identity"]
+        who: Identity = request[IDENTITY]
         req = await self._load(request.match_info["id"])
         if req.requester != who.user:
             self.audit.append(
@@ -825,7 +826,7 @@ class GrantService:
         )
 
     async def revoke(self, request: web.Request) -> web.Response:
-        who: Identity = request["identity"]
+        who: Identity = request[IDENTITY]
         jti = request.match_info["jti"]
         body = await _body(request)
         reason = str(body.get("reason") or "").strip()
@@ -891,7 +892,7 @@ def build_app(service: GrantService) -> web.Application:
                 if scheme.lower() != "bearer" or not token.strip():
                     raise ApiError(401, "log in first (breakglass login)")
                 try:
-                    request["identity"] = service.sessions.verify(token.strip())
+                    request[IDENTITY] = service.sessions.verify(token.strip())
                 except AuthFailed as e:
                     raise ApiError(401, e.public) from None
             return await handler(request)

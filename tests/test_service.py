@@ -275,6 +275,11 @@ def test_auto_approval_for_oncall_approver(env):
         )
     )
     assert out["status"] == "approved" and out["auto_approved_by"] == "oncall-readonly"
+    # erin may not revoke bob's grant; bob may revoke his own
+    rc, _, err = cli.run("erin", "grant", "revoke", out["grant_jti"], "--reason", "x")
+    assert rc != 0 and "may not revoke" in err
+    cli.ok("bob", "grant", "revoke", out["grant_jti"], "--reason", "done early")
+    assert svc.call(svc.service.state.revocation(out["grant_jti"])).actor == "bob"
     # alice is not on call: she waits for someone
     out = json.loads(
         cli.ok(

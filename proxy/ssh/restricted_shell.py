@@ -108,10 +108,10 @@ class LineEditor:
             elif b == CTRL_U:
                 self._erase(echo, len(self.buf))
             elif b == CTRL_W:
-                text = bytes(self.buf)
-                stripped = text.rstrip(b" ")
-                cut = len(stripped) - len(stripped.split(b" ")[-1])
-                self._erase(echo, len(text) - cut)
+                while self.buf and self.buf[-1] == 0x20:
+                    self._erase(echo, 1)
+                while self.buf and self.buf[-1] != 0x20:
+                    self._erase(echo, 1)
             elif b == ESC:
                 i = self._escape(p, i, n, echo)
             elif b < 0x20 or b == 0x7F:
@@ -130,14 +130,14 @@ class LineEditor:
         return out
 
     def _erase(self, echo: bytearray, count: int) -> None:
-        count = min(count, len(self.buf))
-        if count <= 0:
-            return
-        # Continuation bytes of a UTF-8 character go with it.
-        del self.buf[len(self.buf) - count :]
-        while self.buf and 0x80 <= self.buf[-1] < 0xC0:
+        """Erase ``count`` characters (a UTF-8 character's bytes go together)."""
+        erased = 0
+        while erased < count and self.buf:
+            while len(self.buf) > 1 and 0x80 <= self.buf[-1] < 0xC0:
+                self.buf.pop()
             self.buf.pop()
-        echo += b"\b \b" * count
+            erased += 1
+        echo += b"\b \b" * erased
 
     def _replace(self, echo: bytearray, new: bytes) -> None:
         self._erase(echo, len(self.buf))

@@ -199,3 +199,19 @@ def test_config_validation_names_the_key_path(tmp_path, monkeypatch):
     assert s.webhooks[0].url == "https://hooks.example/services/abc"
     assert s.webhooks[0].events == {"review.overdue"}
     assert "abc" not in repr(s)
+
+
+def test_review_overdue_alert_sent_once_across_checks(receiver, tmp_path):
+    from tests.test_index_helpers import make_workdir
+
+    cfg = make_workdir(tmp_path / "bg")
+    rec = Recorder.for_config(cfg)
+    old = write_shell_session(rec, user="ina", breakglass=True, started_at=time.time() - 2 * 86400)
+    write_shell_session(rec, user="ina", breakglass=True)  # not overdue yet
+    a = alerter_for(receiver)
+    assert alerts.check_overdue_reviews(cfg, a) == 1
+    assert alerts.check_overdue_reviews(cfg, a) == 0  # already alerted (kept in the index)
+    assert a.drain(10)
+    a.close()
+    assert receiver.events() == ["review.overdue"]
+    assert receiver.received[0]["breakglass"]["fields"]["session"] == old.stem

@@ -93,7 +93,8 @@ def add_sessions_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--breakglass", action="store_true", help="only break-glass sessions")
     p.add_argument("--live", action="store_true", help="only live sessions")
     p.add_argument("--limit", type=int, default=None, help="at most this many (newest first)")
-    p.add_argument("--json", action="store_true")
+    if "--json" not in p._option_string_actions:
+        p.add_argument("--json", action="store_true")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

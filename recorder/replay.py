@@ -185,6 +185,10 @@ class TerminalKeys:
     def close(self) -> None:
         import termios
 
+        # Recorded output may contain sequences that make the reviewer's terminal answer on its
+        # input (status/title reports): drop whatever is pending, so none of it reaches the
+        # reviewer's shell after replay.
+        termios.tcflush(self.fd, termios.TCIFLUSH)
         termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
 
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from proxy.cli.review_cmds import os_user
 from recorder.audit import AuditLog, read_audit
 from recorder.index import SqliteIndex, refresh
 from recorder.review import ReviewRefused, load_reviews, record_review, review_queue
@@ -57,9 +58,11 @@ def as_user(monkeypatch, name: str) -> None:
 
 def test_review_queue_lifecycle(cfg, rec, monkeypatch, capsys):
     c = str(cfg.path)
+    me = os_user()  # the reviewer: the real uid running the command
     now = time.time()
     old = write_shell_session(rec, user="ina", breakglass=True, started_at=now - 2 * DAY)
     new = write_shell_session(rec, user="ina", breakglass=True, started_at=now - 60)
+    mine = write_shell_session(rec, user=me, breakglass=True, started_at=now - 30)
     write_pg_session(rec, user="erin")  # not break-glass: never queued
 
     rc, items = cli_json(capsys, "-c", c, "review", "list")
@@ -67,29 +70,30 @@ def test_review_queue_lifecycle(cfg, rec, monkeypatch, capsys):
     assert [(i["session"]["session_id"], i["status"]) for i in items] == [
         (old.stem, "overdue"),
         (new.stem, "pending"),
+        (mine.stem, "pending"),
     ]
     rc, items = cli_json(capsys, "-c", c, "review", "list", "--overdue")
     assert [i["session"]["session_id"] for i in items] == [old.stem]
 
-    # the owner cannot review their own session
-    as_user(monkeypatch, "ina")
+    # nobody reviews their own session, whatever their environment claims
+    as_user(monkeypatch, "sam")
     capsys.readouterr()
-    assert run_cli(["-c", c, "review", old.stem[-10:], "--notes", "all fine"]) == 1
+    assert run_cli(["-c", c, "review", mine.stem[-10:], "--notes", "all fine"]) == 1
     assert "their own session" in capsys.readouterr().err
 
-    as_user(monkeypatch, "sam")
     assert run_cli(["-c", c, "review", old.stem, "--notes", "checked: restart only"]) == 0
     rc, items = cli_json(capsys, "-c", c, "review", "list")
-    assert [i["session"]["session_id"] for i in items] == [new.stem]
+    assert [i["session"]["session_id"] for i in items] == [new.stem, mine.stem]
     rc, items = cli_json(capsys, "-c", c, "review", "list", "--all")
     assert [(i["session"]["session_id"], i["status"]) for i in items] == [
         (old.stem, "ok"),
         (new.stem, "pending"),
+        (mine.stem, "pending"),
     ]
     (done,) = read_audit(cfg.audit_dir, type="review.done")
     assert (done["session"], done["actor"], done["subject"], done["outcome"]) == (
         old.stem,
-        "sam",
+        me,
         "ina",
         "ok",
     )
@@ -221,6 +225,9 @@ def test_search_and_sessions_filters_through_the_cli(cfg, rec, capsys):
     assert [r["session"] for r in res] == [pg.stem] and res[0]["hits"][0]["denied"]
     rc, res = cli_json(capsys, "-c", c, "search", "maintenance window", "--since", "1d")
     assert rc == 1 and res == []
+    searched = read_audit(cfg.audit_dir, type="recording.searched")
+    assert len(searched) == 4 and searched[0]["matched"] == [shell.stem]
+    assert "cat /etc/motd" not in json.dumps(searched)  # the search text may be a secret
     rc, rows = cli_json(capsys, "-c", c, "sessions", "--since", "1d")
     assert [r["session_id"] for r in rows] == [pg.stem]
     rc, rows = cli_json(capsys, "-c", c, "sessions", "--denied")

@@ -20,7 +20,7 @@ from policy.durations import format_duration
 from policy.grants import utc_text
 from proxy.cli.output import CliError, emit_json, table
 from proxy.config import Config, load_config
-from proxy.context import current_actor, trusted_recorder_keys
+from proxy.context import trusted_recorder_keys
 
 WHERE = ("input", "output", "commands", "queries")
 
@@ -185,6 +185,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------ plumbing
 
 
+def os_user() -> str:
+    """Who runs this command: the name of the real uid. Not ``getpass.getuser()``, which
+    believes $LOGNAME/$USER - anyone could set those and review their own session."""
+    import os
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid:{os.getuid()}"
+
+
 def _open_index(cfg: Config):
     from proxy.alerts import index_path
     from recorder.index import SqliteIndex
@@ -273,7 +285,7 @@ def _resolve(cfg: Config, index, ref: str):
     return s, Path(s.path)
 
 
-def _audit_access(cfg: Config, what: str, session: str, **fields: Any) -> None:
+def _audit_access(cfg: Config, what: str, session: str | None, **fields: Any) -> None:
     """Record that somebody looked at a recording (best effort: warn if it cannot be written)."""
     from proxy.context import open_audit
 
@@ -283,7 +295,7 @@ def _audit_access(cfg: Config, what: str, session: str, **fields: Any) -> None:
         print(f"breakglass: warning: cannot write the audit log ({e})", file=sys.stderr)
         return
     try:
-        audit.append(what, session=session, actor=current_actor(), **fields)
+        audit.append(what, session=session, actor=os_user(), **fields)
     finally:
         audit.close()
 
@@ -527,6 +539,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
         if hits:
             results.append((s, hits))
+    import hashlib
+
+    # who searched, where, and how many sessions matched; the search text itself may be a
+    # secret (a leaked password being looked for), so only its hash is kept
+    _audit_access(
+        cfg,
+        "recording.searched",
+        None,
+        text_sha256=hashlib.sha256(args.text.encode("utf-8", "surrogateescape")).hexdigest(),
+        where=",".join(args.where),
+        matched=[s.session_id for s, _ in results][:100],
+    )
     if args.json:
         emit_json(
             [
@@ -641,7 +665,7 @@ def _review_one(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     with _open_index(cfg) as index:
         summary, _path = _resolve(cfg, index, args.session)
-    reviewer = current_actor()
+    reviewer = os_user()
     try:
         check_review(summary, reviewer, args.outcome, args.notes)
     except ReviewRefused as e:

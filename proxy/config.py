@@ -105,6 +105,7 @@ class Config:
     templates: dict[str, Template]
     ssh_targets: dict[str, SshTarget]
     postgres_targets: dict[str, PostgresTarget]
+    state_url: str | None = field(default=None, repr=False)  # PostgreSQL state (a secret: no repr)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def known_targets(self) -> dict[str, str]:
@@ -300,9 +301,41 @@ def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
     return tpl if len(r.problems) == n else None
 
 
+def _state_url(r: _Reader, st: dict) -> str | None:
+    """``state.url`` or the variable named by ``state.url_env``: PostgreSQL state for several gateways."""
+    if "url" in st:
+        url = r.string(st, "url", "state.url")
+    elif "url_env" in st:
+        var = r.string(st, "url_env", "state.url_env") or ""
+        url = os.environ.get(var)
+        if not url:
+            r.bad("state.url_env", f"environment variable {var} is not set")
+            return None
+    else:
+        return None
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        r.bad("state.url" if "url" in st else "state.url_env", "expected a postgresql:// URL")
+        return None
+    return url
+
+
 def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) -> Config:
     r = _Reader(base)
-    known_top = {"gateway", "issuer", "recorder", "state", "groups", "templates", "targets"}
+    # service/identity: the grant service (proxy/service.py); review/alerts: proxy/alerts.py and
+    # recorder/review.py. Those modules validate their own sections.
+    known_top = {
+        "gateway",
+        "issuer",
+        "recorder",
+        "state",
+        "groups",
+        "templates",
+        "targets",
+        "service",
+        "identity",
+        "review",
+        "alerts",
+    }
     for k in doc:
         if k not in known_top:
             r.bad(k, f"unknown section (known: {', '.join(sorted(known_top))})")
@@ -463,6 +496,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         ),
         commit_interval=r.number(rec, "commit_interval", "recorder.commit_interval", 0.05),
         state_database=r.file(st, "database", "state.database", "state.db", must_exist=False),
+        state_url=_state_url(r, st),
         groups=groups,
         templates=templates,
         ssh_targets=ssh_targets,

@@ -37,6 +37,11 @@ def issuer_key(cfg: Config) -> tuple[str, Ed25519PrivateKey]:
 
 
 def open_state(cfg: Config) -> StateStore:
+    """PostgreSQL state when ``state.url``/``url_env`` is set (shared by gateways), else SQLite."""
+    if cfg.state_url:
+        from policy.state_pg import PgState
+
+        return PgState(cfg.state_url)
     return SqliteState(cfg.state_database)
 
 

@@ -134,6 +134,21 @@ class Gateway:
             await asyncio.sleep(REVOCATION_POLL)
 
 
+def _revocation_watch(gw: Gateway):
+    """LISTEN/NOTIFY on a PostgreSQL state database; polling on SQLite."""
+    from policy.state_pg import PgState, watch
+
+    if not isinstance(gw.state, PgState):
+        return gw.watch_revocations()
+
+    async def on_revoke(r) -> None:
+        if r.jti not in gw.revoked:
+            gw.revoked.add(r.jti)
+            await gw.registry.revoke(r.jti, r.reason)
+
+    return watch(gw.state, on_revoke)
+
+
 def make_recorder_factory(cfg: Config):
     from recorder.writer import RecordingWriter
 
@@ -176,7 +191,7 @@ async def start_gateway(cfg: Config) -> Gateway:
     gw.verifier = grant_verifier(cfg, is_revoked=gw.revoked.__contains__)
     for r in await state.revocations_since(0):
         gw.revoked.add(r.jti)
-    gw.servers.append(asyncio.ensure_future(gw.watch_revocations()))
+    gw.servers.append(asyncio.ensure_future(_revocation_watch(gw)))
     gw.servers.append(await start_admin_server(cfg.admin_socket, registry))
     if cfg.postgres_listen:
         from proxy.postgres.server import start_postgres_listener

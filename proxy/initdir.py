@@ -141,8 +141,14 @@ commit_interval = 0.05
 {recorder_kid} = "keys/{recorder_kid}.pub"
 
 [state]
-# Embedded SQLite database: grants issued and revocations.
+# Embedded SQLite database: grants issued, revocations, requests.
 database = "state.db"
+# Several gateways and the grant service share a PostgreSQL database instead
+# (revocations then reach every gateway through LISTEN/NOTIFY):
+# url_env = "BREAKGLASS_STATE_URL"   # or url = "postgresql://..."
+
+# The grant service (`breakglass serve`): [service], [identity] and auto-approval
+# rules are described in docs/service-api.md.
 
 [groups]
 # Named groups, used as "@name" in templates.

@@ -95,3 +95,19 @@ def test_password_read_lazily(tmp_path, monkeypatch):
     monkeypatch.setenv("BREAKGLASS_ORDERS_APP_RO_PASSWORD", "s3cret")
     assert target.password("app_ro") == "s3cret"
     assert "s3cret" not in repr(cfg)
+
+
+def test_state_url_from_environment(tmp_path, monkeypatch):
+    init_workdir(tmp_path)
+    doc = tomllib.loads((tmp_path / "config.toml").read_text())
+    doc["state"]["url_env"] = "BG_TEST_STATE_URL"
+    monkeypatch.delenv("BG_TEST_STATE_URL", raising=False)
+    assert any(
+        "state.url_env: environment variable BG_TEST_STATE_URL is not set" in x
+        for x in problems(doc, tmp_path)
+    )
+    monkeypatch.setenv("BG_TEST_STATE_URL", "mysql://nope")
+    assert any("state.url_env: expected a postgresql:// URL" in x for x in problems(doc, tmp_path))
+    monkeypatch.setenv("BG_TEST_STATE_URL", "postgresql://u:secret@127.0.0.1/db")
+    cfg = parse_config(doc, tmp_path)
+    assert cfg.state_url.endswith("/db") and "secret" not in repr(cfg)

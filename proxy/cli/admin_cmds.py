@@ -144,8 +144,15 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_grant(grant_file: str | None, env_var: str = "BREAKGLASS_GRANT") -> str:
-    """The grant token from a file or the environment; never from the command line."""
+def read_grant(
+    grant_file: str | None,
+    env_var: str = "BREAKGLASS_GRANT",
+    *,
+    target: str | None = None,
+    target_type: str | None = None,
+) -> str:
+    """The grant token from a file, the environment, or the grants fetched with
+    `breakglass grant get` (for ``target``); never from the command line."""
     path = grant_file or os.environ.get(f"{env_var}_FILE")
     if path:
         try:
@@ -154,8 +161,15 @@ def read_grant(grant_file: str | None, env_var: str = "BREAKGLASS_GRANT") -> str
             raise CliError(f"cannot read grant file {path}: {e.strerror}") from None
     else:
         token = os.environ.get(env_var, "").strip()
+    if not token and target is not None:
+        from proxy.cli.service_cmds import find_stored_grant
+
+        token = (find_stored_grant(target, target_type) or "").strip()
     if not token:
-        raise CliError(f"no grant: pass --grant-file FILE or set ${env_var} / ${env_var}_FILE")
+        raise CliError(
+            f"no grant: pass --grant-file FILE, set ${env_var} / ${env_var}_FILE, "
+            "or fetch one with `breakglass grant get ID`"
+        )
     return token
 
 
@@ -185,7 +199,7 @@ def cmd_psql(args: argparse.Namespace) -> int:
     import jwt
 
     split_front_door_args(args, ("user", "grant-file", "host", "port"), "psql_args")
-    token = read_grant(args.grant_file)
+    token = read_grant(args.grant_file, target=args.target, target_type="postgres")
     try:
         subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
     except jwt.PyJWTError:

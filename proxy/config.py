@@ -457,9 +457,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
                         r.bad(
                             f"templates.{tname}", f"{pat.type} target {n} has no {field_}.{account}"
                         )
-    if r.problems:
-        raise ConfigError(r.problems, source)
-    return Config(
+    fields = dict(
         path=source,
         gateway_name=gateway_name,
         ssh_listen=ssh_listen,
@@ -503,6 +501,10 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         postgres_targets=pg_targets,
         raw=doc,
     )
+    # Every value above is read before this check, so no problem goes unreported.
+    if r.problems:
+        raise ConfigError(r.problems, source)
+    return Config(**fields)
 
 
 def find_config_path(explicit: str | os.PathLike | None) -> Path:

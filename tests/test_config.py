@@ -111,3 +111,12 @@ def test_state_url_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BG_TEST_STATE_URL", "postgresql://u:secret@127.0.0.1/db")
     cfg = parse_config(doc, tmp_path)
     assert cfg.state_url.endswith("/db") and "secret" not in repr(cfg)
+
+
+def test_problems_in_late_fields_are_reported(tmp_path):
+    init_workdir(tmp_path)
+    doc = tomllib.loads((tmp_path / "config.toml").read_text())
+    doc["gateway"]["warn_before_expiry"] = "soon"
+    doc["recorder"]["commit_interval"] = -1
+    p = "\n".join(problems(doc, tmp_path))
+    assert "gateway.warn_before_expiry:" in p and "recorder.commit_interval: must be at least" in p

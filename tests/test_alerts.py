@@ -215,3 +215,28 @@ def test_review_overdue_alert_sent_once_across_checks(receiver, tmp_path):
     a.close()
     assert receiver.events() == ["review.overdue"]
     assert receiver.received[0]["breakglass"]["fields"]["session"] == old.stem
+
+
+def test_settings_from_the_config_document(tmp_path):
+    import dataclasses
+
+    from tests.test_index_helpers import make_workdir
+
+    cfg = make_workdir(tmp_path / "bg")
+    assert alerts.index_path(cfg) == (tmp_path / "bg" / "index.db").resolve()
+    assert alerts.review_settings(cfg).deadline == 86400
+    assert alerts.alert_settings(cfg).webhooks == ()
+    raw = dict(cfg.raw)
+    raw.update(
+        index={"database": "data/idx.sqlite"},
+        review={"deadline": "12h"},
+        alerts={"denials": 3, "webhooks": [{"name": "local", "url": "http://127.0.0.1:9/h"}]},
+    )
+    cfg2 = dataclasses.replace(cfg, raw=raw)
+    assert alerts.index_path(cfg2) == (tmp_path / "bg" / "data" / "idx.sqlite").resolve()
+    assert alerts.review_settings(cfg2).deadline == 12 * 3600
+    s = alerts.alert_settings(cfg2)
+    assert s.denials == 3 and [w.name for w in s.webhooks] == ["local"]
+    bad = dataclasses.replace(cfg, raw={**raw, "review": {"deadline": "soon", "x": 1}})
+    with pytest.raises(ConfigError, match=r"review.deadline: .*\n.*review.x: unknown key|review.x"):
+        alerts.review_settings(bad)

@@ -321,8 +321,8 @@ def _state_url(r: _Reader, st: dict) -> str | None:
 
 def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) -> Config:
     r = _Reader(base)
-    # service/identity: the grant service (proxy/service.py); review/alerts: proxy/alerts.py and
-    # recorder/review.py. Those modules validate their own sections.
+    # service/identity: the grant service (proxy/service.py); review/alerts/index: proxy/alerts.py.
+    # Those modules validate their own sections.
     known_top = {
         "gateway",
         "issuer",
@@ -335,6 +335,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         "identity",
         "review",
         "alerts",
+        "index",
     }
     for k in doc:
         if k not in known_top:

@@ -171,6 +171,10 @@ def make_recorder_factory(cfg: Config):
 
 async def start_gateway(cfg: Config) -> Gateway:
     """Start every configured listener; returns once they accept connections."""
+    from proxy import alerts
+    from proxy.context import trusted_recorder_keys
+
+    alerter = alerts.setup(cfg)  # validates [alerts]/[review]; notify() never blocks a session
     state = open_state(cfg)
     audit = open_audit(cfg)
     registry = SessionRegistry(
@@ -179,6 +183,7 @@ async def start_gateway(cfg: Config) -> Gateway:
         audit=audit,
         gateway_name=cfg.gateway_name,
         warn_before=cfg.warn_before_expiry,
+        trusted_keys=trusted_recorder_keys(cfg),
     )
     gw = Gateway(
         cfg=cfg,
@@ -193,6 +198,8 @@ async def start_gateway(cfg: Config) -> Gateway:
         gw.revoked.add(r.jti)
     gw.servers.append(asyncio.ensure_future(_revocation_watch(gw)))
     gw.servers.append(await start_admin_server(cfg.admin_socket, registry))
+    if alerter.enabled:
+        gw.servers.append(asyncio.ensure_future(alerts.watch_overdue_reviews(cfg, alerter)))
     if cfg.postgres_listen:
         from proxy.postgres.server import start_postgres_listener
 
@@ -220,6 +227,9 @@ async def stop_gateway(gw: Gateway) -> None:
                 await s
             elif hasattr(s, "wait_closed"):
                 await asyncio.wait_for(s.wait_closed(), 2)
+    from proxy import alerts
+
+    await asyncio.to_thread(alerts.shutdown, 5.0)
     gw.audit.append("gateway.stop", gateway=gw.cfg.gateway_name)
     gw.audit.close()
     await gw.state.close()

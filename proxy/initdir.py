@@ -150,6 +150,31 @@ database = "state.db"
 # The grant service (`breakglass serve`): [service], [identity] and auto-approval
 # rules are described in docs/service-api.md.
 
+[index]
+# Session index for `sessions`, `search` and `review`; a cache: `breakglass index --rebuild`
+# rebuilds it from the recordings.
+database = "index.db"
+
+[review]
+# Break-glass sessions not reviewed this long after they started are overdue (and alerted).
+deadline = "24h"
+
+[alerts]
+# N denied commands/statements in one session within the window -> one alert for that session.
+denials = 5
+denials_window = "5m"
+# Delivery retries: backoff in seconds, doubling, capped at 5 min. Alerts never slow a session.
+retries = 8
+backoff = 1.0
+timeout = 5.0
+queue_limit = 1000
+# Slack-compatible webhooks. The URL is a secret: prefer url_env or url_file.
+# Plain http only to 127.0.0.1/::1/localhost.
+# [[alerts.webhooks]]
+# name = "security-slack"
+# url_env = "BREAKGLASS_SLACK_WEBHOOK"
+# events = ["breakglass.used", "denials", "recording.verify_failed", "review.overdue"]
+
 [groups]
 # Named groups, used as "@name" in templates.
 incident-managers = [{incident_managers}]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from policy.grants import Grant, GrantTarget, utc_text
+from proxy import alerts
 from proxy.logs import log
 
 #: A terminating handler gets this long to say goodbye before the connection is aborted.
@@ -133,6 +134,26 @@ class Session:
             self.recorder.close(end, **fields)
         except Exception as e:
             log.error("recording.close_failed", session=self.id, error=str(e))
+        alerter = alerts.current()
+        if alerter is not None:
+            alerter.check_recording(
+                Path(self.recorder.path),
+                self.registry.trusted_keys,
+                user=self.grant.subject,
+                target=self.target.name,
+            )
+            alerter.session_ended(self.id)
+
+    def count_denial(self) -> None:
+        """One refused command or statement (alerts on N within a window)."""
+        self.denials += 1
+        alerts.notify(
+            "denial",
+            session=self.id,
+            user=self.grant.subject,
+            target=self.target.name,
+            protocol=self.protocol,
+        )
 
     def recorder_failed(self, exc: BaseException) -> None:
         """The recording cannot be written: no recording, no access."""
@@ -154,12 +175,14 @@ class SessionRegistry:
         audit: Any,
         gateway_name: str,
         warn_before: float = 120.0,
+        trusted_keys: dict[str, Any] | None = None,
     ) -> None:
         self.recordings_dir = recordings_dir
         self.make_recorder = make_recorder
         self.audit = audit
         self.gateway_name = gateway_name
         self.warn_before = warn_before
+        self.trusted_keys = trusted_keys or {}  # recorder keys, to verify closed recordings
         self.sessions: dict[str, Session] = {}
         self._ended = asyncio.Event()
         self._closing: set[asyncio.Task] = set()
@@ -221,6 +244,19 @@ class SessionRegistry:
         log.info(
             "session.start", session=sid, protocol=protocol, user=grant.subject, target=target.name
         )
+        if grant.breakglass:
+            alerts.notify(
+                "breakglass.used",
+                session=sid,
+                user=grant.subject,
+                target=target.name,
+                account=target.account,
+                protocol=protocol,
+                client=client,
+                jti=grant.jti,
+                reason=grant.reason,
+                ticket=grant.ticket,
+            )
         return session
 
     def _schedule(self, session: Session) -> None:

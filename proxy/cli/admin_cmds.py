@@ -7,12 +7,10 @@ import asyncio
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
-from policy.durations import format_duration
-from policy.grants import utc_text
-from proxy.cli.output import CliError, emit_json, table
+from proxy.cli import review_cmds
+from proxy.cli.output import CliError, emit_json
 from proxy.config import load_config
 from proxy.context import current_actor
 
@@ -30,11 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "sessions",
-        help="list live sessions on the local gateway",
-        description="List the live sessions of the gateway running with this config (admin socket).",
+        help="list finished and live sessions",
+        description="Sessions from the recordings index, newest first, with duration, end reason "
+        "and integrity; live sessions of the local gateway come from its admin socket.",
     )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_sessions)
+    review_cmds.add_sessions_options(p)
+    p.set_defaults(func=review_cmds.cmd_sessions)
 
     p = sub.add_parser(
         "kill",
@@ -98,38 +97,6 @@ def _admin(args: argparse.Namespace, request: dict) -> dict:
     if not reply.get("ok"):
         raise CliError(reply.get("error", "the gateway refused the request"))
     return reply
-
-
-def cmd_sessions(args: argparse.Namespace) -> int:
-    sessions = _admin(args, {"op": "sessions"})["sessions"]
-    if args.json:
-        emit_json(sessions)
-        return 0
-    if not sessions:
-        print("no live sessions")
-        return 0
-    now = time.time()
-    rows = [
-        (
-            s["id"],
-            s["user"],
-            f"{s['protocol']}:{s['target']}",
-            s["account"],
-            format_duration(now - s["started_at"]),
-            f"{utc_text(s['expires_at'])} ({format_duration(max(0, s['expires_at'] - now))} left)",
-            s["commands"],
-            s["denials"],
-            "yes" if s["breakglass"] else "",
-        )
-        for s in sorted(sessions, key=lambda s: s["started_at"], reverse=True)
-    ]
-    print(
-        table(
-            rows,
-            ("SESSION", "USER", "TARGET", "AS", "AGE", "EXPIRES", "CMDS", "DENIED", "BREAKGLASS"),
-        )
-    )
-    return 0
 
 
 def cmd_kill(args: argparse.Namespace) -> int:

@@ -400,7 +400,7 @@ class PgConnection:
 
     def _count_denial(self) -> None:
         if self.session:
-            self.session.denials += 1
+            self.session.count_denial()
 
     def _count_statement(self) -> None:
         if self.session:

@@ -279,7 +279,19 @@ async def test_asyncpg_cancel_within_a_second(gw, pg_server):
         await direct.close()
 
 
-def test_psql_ctrl_c_cancels(gw):
+def _wait_running(pg_server, query: str, timeout: float = 10) -> None:
+    """Until ``query`` is active on the server (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = pg_server.query(
+            f"select count(*) from pg_stat_activity where query = '{query}' and state = 'active'"
+        )
+        if n.strip() != "0":
+            return
+    raise AssertionError(f"{query} never started")
+
+
+def test_psql_ctrl_c_cancels(gw, pg_server):
     pexpect = pytest.importorskip("pexpect")
     env = dict(os.environ, PGPASSWORD=gw.grant(), PGSSLMODE="require")
     child = pexpect.spawn(
@@ -292,6 +304,7 @@ def test_psql_ctrl_c_cancels(gw):
         child.expect("shop=>")
         child.sendline("select pg_sleep(60);")
         child.expect_exact("select pg_sleep(60);")
+        _wait_running(pg_server, "select pg_sleep(60);")
         t0 = time.monotonic()
         child.sendintr()
         child.expect("canceling statement due to user request")

@@ -42,7 +42,7 @@ from proxy.config import SshTarget
 from proxy.logs import log
 from proxy.sessions import Termination
 from proxy.ssh.restricted_shell import LineEditor, RestrictedShell, to_crlf
-from proxy.ssh.upstream import ENCRYPTION_ALGS, UpstreamError, connect_upstream
+from proxy.ssh.upstream import UpstreamError, connect_upstream
 from recorder.format import RecorderError
 
 #: Exit status of an exec the grant does not allow (like a shell's "cannot execute").
@@ -55,6 +55,12 @@ RECORDER_LOW_WATER = 8 * 1024 * 1024
 RECORDER_POLL = 0.01
 #: How long a terminated session's channels get to deliver the goodbye line.
 GOODBYE_WAIT = 0.3
+#: Ciphers offered to engineers' clients: AES-GCM only. OpenSSH clients prefer
+#: chacha20-poly1305 and then AES-CTR whenever a server offers them; asyncssh runs those with
+#: far more per-packet Python work than AES-GCM (one OpenSSL call per packet), and the
+#: gateway's bulk path is bound by per-packet work. Every OpenSSH since 6.2 and PuTTY since
+#: 0.76 speak AES-GCM.
+SERVER_ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 #: Client -> gateway flow control.
 SERVER_WINDOW = 8 * 1024 * 1024
 SERVER_MAX_PKTSIZE = 256 * 1024
@@ -1198,7 +1204,7 @@ def server_options(gw: Any) -> dict[str, Any]:
         "public_key_auth": False,
         "host_based_auth": False,
         "gss_host": None,
-        "encryption_algs": ENCRYPTION_ALGS,
+        "encryption_algs": SERVER_ENCRYPTION_ALGS,
         "compression_algs": ["none"],
         "window": SERVER_WINDOW,
         "max_pktsize": SERVER_MAX_PKTSIZE,

@@ -43,7 +43,7 @@ def test_breakglass_ssh_runs_command_with_grant_from_env(ssh_gateway: GatewayHar
 def test_breakglass_ssh_grant_file_and_refusal(ssh_gateway: GatewayHarness, tmp_path):  # noqa: F811
     gf = tmp_path / "grant"
     gf.write_text(ssh_gateway.token(commands=["uptime"], ttl=-1) + "\n")
-    res = front_door(ssh_gateway, "--grant-file", str(gf), "web-1", "uptime", env={})
+    res = front_door(ssh_gateway, "web-1", "--grant-file", str(gf), "uptime", env={})
     assert res.returncode == 255
     assert b"breakglass: access refused: grant expired" in res.stderr
 
@@ -76,3 +76,19 @@ def test_token_never_on_the_command_line(ssh_gateway: GatewayHarness, tmp_path):
     )
     assert other.returncode != 0 and other.stdout == ""
     assert oct(Path(env["BREAKGLASS_ASKPASS_FILE"]).stat().st_mode & 0o777) == "0o600"
+
+
+def test_options_after_target_and_command_words(tmp_path):
+    from proxy.ssh.client_cmd import take_leading_options
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(
+        ["web-1", "--grant-file", "F", "-t", "--port=2222", "ls", "-l", "--login", "x"]
+    )
+    take_leading_options(args)
+    assert (args.grant_file, args.tty, args.port) == ("F", True, 2222)
+    assert args.command == ["ls", "-l", "--login", "x"]
+    args = p.parse_args(["web-1", "-t", "--", "-x", "y"])
+    take_leading_options(args)
+    assert args.command == ["-x", "y"] and args.tty

@@ -59,6 +59,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="remote command")
 
 
+_VALUE_OPTIONS = {
+    "--login": "login",
+    "--grant-file": "grant_file",
+    "--host": "host",
+    "--port": "port",
+    "--known-hosts": "known_hosts",
+}
+
+
+def take_leading_options(args: argparse.Namespace) -> None:
+    """Let our options also follow TARGET (``breakglass ssh web-1 --grant-file F uptime``):
+    leading options we know are taken out of the remote command; the command starts at the
+    first other word, or after a literal ``--``."""
+    rest = list(args.command)
+    while rest:
+        word = rest[0]
+        if word == "--":
+            rest.pop(0)
+            break
+        name, eq, value = word.partition("=")
+        if name in _VALUE_OPTIONS:
+            rest.pop(0)
+            if not eq:
+                if not rest:
+                    raise ClientError(f"{name} needs a value")
+                value = rest.pop(0)
+            dest = _VALUE_OPTIONS[name]
+            if dest == "port":
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise ClientError(f"--port expects a number, got {value!r}") from None
+            setattr(args, dest, value)
+        elif word == "-t":
+            rest.pop(0)
+            args.tty = True
+        elif word == "-o" and len(rest) > 1:
+            rest.pop(0)
+            args.ssh_options.append(rest.pop(0))
+        else:
+            break
+    args.command = rest
+
+
 def _read_grant(args: argparse.Namespace) -> tuple[str | None, Path | None]:
     """(token, file): a file is used as is; a token from elsewhere is written to a temp file."""
     path = args.grant_file or os.environ.get("BREAKGLASS_GRANT_FILE")
@@ -158,8 +202,7 @@ def build_command(
         argv.append("-t")
     for opt in args.ssh_options:
         argv += ["-o", opt]
-    command = [a for a in args.command if a != "--"] if args.command[:1] == ["--"] else args.command
-    argv += ["-l", user, host, *command]
+    argv += ["-l", user, host, *args.command]
     env = {k: v for k, v in os.environ.items() if k not in ("BREAKGLASS_GRANT", "DISPLAY")}
     env.update(
         SSH_ASKPASS=str(askpass),
@@ -173,6 +216,7 @@ def build_command(
 def run_ssh_client(args: argparse.Namespace) -> int:
     """Run ssh to ``args.target`` through the gateway; returns ssh's exit status."""
     try:
+        take_leading_options(args)
         token, _ = _read_grant(args)
         assert token is not None
         tmp = Path(tempfile.mkdtemp(prefix="breakglass-ssh-"))

@@ -131,7 +131,7 @@ def instructions(d: Path, env: dict[str, str]) -> str:
             f"  {c} ssh web-1 --grant-file {env['BREAKGLASS_SSH_GRANT']} 'uptime; id'   # refused: metacharacter",
             f"  {c} ssh web-1 --grant-file {env['BREAKGLASS_SSH_GRANT']}                # restricted shell: type help",
             f"  {c} ssh web-1 --grant-file {env['BREAKGLASS_SSH_SHELL_GRANT']}          # break-glass shell (as ina)",
-            f"  ssh -p {port} -o UserKnownHostsFile={d / 'known_hosts'} erin@web-1@127.0.0.1 uptime",
+            f"  ssh -p {port} -o UserKnownHostsFile={d / 'known_hosts'} web-1@127.0.0.1 uptime   # paste the grant",
         ]
     lines += [
         "",

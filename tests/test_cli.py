@@ -259,3 +259,38 @@ def test_demo_runs_and_prints_working_lines(pg_server, tmp_path):
     assert proc.returncode == 0, err
     r = bg("verify", str(d / "recordings"), config=d / "config.toml")
     assert r.returncode == 0, r.stdout
+
+
+def test_demo_ssh_lines_work(pg_server, ssh_server, tmp_path):
+    """The demo's SSH target and grants: an allowed command runs, a metacharacter is refused."""
+    d = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli.main", "demo", "--dir", str(d)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:  # bounded by the test timeout
+            if "Ctrl-C stops the demo" in line:
+                break
+        import shlex
+
+        env_vars = {
+            k: shlex.split(v)[0]
+            for k, v in (
+                line.removeprefix("export ").split("=", 1)
+                for line in (d / "demo.env").read_text().splitlines()
+            )
+        }
+        assert env_vars["BREAKGLASS_SSH_TARGET"] == "web-1"
+        grant = env_vars["BREAKGLASS_SSH_GRANT"]
+        r = bg("ssh", "web-1", "--grant-file", grant, "uptime", config=d / "config.toml")
+        assert r.returncode == 0, r.stderr
+        assert "load average" in r.stdout
+        r = bg("ssh", "web-1", "--grant-file", grant, "uptime; id", config=d / "config.toml")
+        assert r.returncode == 126 and "metacharacter" in r.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

@@ -60,6 +60,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="-- PSQL ARGS")
     p.set_defaults(func=cmd_psql)
 
+    from proxy.ssh.client_cmd import add_arguments, run_ssh_client
+
+    p = sub.add_parser(
+        "ssh",
+        help="run ssh to a target through the gateway with your grant",
+        description="Run the machine's OpenSSH client to TARGET through the gateway. The grant "
+        "comes from --grant-file, $BREAKGLASS_GRANT_FILE, $BREAKGLASS_GRANT or a stored grant, "
+        "and reaches ssh through SSH_ASKPASS, never the command line.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=run_ssh_client)
+
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from proxy.gateway import run_async, run_gateway

@@ -372,7 +372,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
             self.kind = "exec"
             self.verdict = verdict
         else:
-            self.o.session.denials += 1
+            self.o.session.count_denial()
             self.kind = "denied"
             self.deny_text = f"breakglass: denied: {verdict.message}\n"
         log.info("ssh.exec", session=self.o.session.id, allowed=verdict.allowed, rule=verdict.rule)
@@ -389,7 +389,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
             self.kind = "subsystem"
             self.subsystem = subsystem
         else:
-            self.o.session.denials += 1
+            self.o.session.count_denial()
             self.kind = "denied"
             hint = (
                 " (OpenSSH's scp uses sftp by default: use 'scp -O' with a grant whose "
@@ -598,7 +598,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
                 rule=verdict.rule,
             )
             if action.kind == "deny":
-                self.o.session.denials += 1
+                self.o.session.count_denial()
                 self.say(action.text)
                 self._prompt()
             else:
@@ -1009,7 +1009,7 @@ class GatewayConnection(asyncssh.SSHServer):
             allowed=allowed,
         )
         if not allowed:
-            self.session.denials += 1
+            self.session.count_denial()
             raise ChannelOpenError(
                 OPEN_ADMINISTRATIVELY_PROHIBITED,
                 "breakglass: port forwarding is not allowed by this grant",
@@ -1043,7 +1043,7 @@ class GatewayConnection(asyncssh.SSHServer):
                 allowed=False,
                 message="remote port forwarding is not supported by the gateway",
             )
-            self.session.denials += 1
+            self.session.count_denial()
         return False
 
     def unix_connection_requested(self, dest_path: str) -> bool:
@@ -1051,7 +1051,7 @@ class GatewayConnection(asyncssh.SSHServer):
             self.record_decision(
                 kind="forward", direction="unix", text=printable(dest_path), allowed=False
             )
-            self.session.denials += 1
+            self.session.count_denial()
         return False
 
     def unix_server_requested(self, listen_path: str) -> bool:

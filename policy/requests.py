@@ -27,12 +27,8 @@ STATUSES = (PENDING, APPROVED, DENIED, EXPIRED)
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-class RequestRefused(Exception):
+class RequestRefused(IssuanceRefused):
     """A request/approval/denial that breaks a rule. ``rule`` is a short id."""
-
-    def __init__(self, rule: str, message: str) -> None:
-        super().__init__(message)
-        self.rule = rule
 
 
 @dataclass(frozen=True)

@@ -238,17 +238,22 @@ async def stop_gateway(gw: Gateway) -> None:
 async def run_gateway(cfg: Config, ready: Any = None) -> None:
     """Run until SIGINT/SIGTERM."""
     gw = await start_gateway(cfg)
+    if ready is not None:
+        ready(gw)
+    try:
+        await wait_for_stop_signal()
+    finally:
+        await stop_gateway(gw)
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGINT or SIGTERM (for long-running commands: gateway, serve, demo)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready(gw)
-    try:
-        await stop.wait()
-    finally:
-        await stop_gateway(gw)
+    await stop.wait()
 
 
 def run_async(coro: Any) -> None:

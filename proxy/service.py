@@ -46,7 +46,6 @@ import ipaddress
 import json
 import os
 import secrets
-import signal
 import ssl
 import time
 import tomllib
@@ -979,16 +978,13 @@ async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None)
         alerter = alerts.setup(cfg)
     except ImportError:
         pass
+    from proxy.gateway import wait_for_stop_signal
+
     running = await start_service(cfg, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready(running)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         await running.stop()
         if alerter is not None:

@@ -8,15 +8,19 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Config
+from proxy.config import Config, load_config
 from proxy.demo_setup import build_local_workdir, issue_local_grant
 from proxy.gateway import Gateway, start_gateway, stop_gateway
 
 
 class GatewayThread:
-    def __init__(self, directory: Path, *, pg=None, ssh=None) -> None:
+    def __init__(self, directory: Path, *, pg=None, ssh=None, edit_config=None) -> None:
         self.dir = Path(directory)
         self.cfg: Config = build_local_workdir(self.dir, pg=pg, ssh=ssh, name="test-gw")
+        if edit_config is not None:  # e.g. add webhooks: text -> text
+            path = self.dir / "config.toml"
+            path.write_text(edit_config(path.read_text()))
+            self.cfg = load_config(path)
         self.loop = asyncio.new_event_loop()
         self.gw: Gateway | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -67,8 +66,11 @@ def open_audit(cfg: Config):
 
 
 def current_actor() -> str:
-    """Who is running this command (the OS user), for audit events."""
+    """Who runs this command, for audit events: the name of the real uid. Not
+    ``getpass.getuser()``, which believes $LOGNAME/$USER (anyone can set those)."""
+    import pwd
+
     try:
-        return getpass.getuser()
-    except Exception:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
         return f"uid:{os.getuid()}"

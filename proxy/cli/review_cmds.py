@@ -186,15 +186,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def os_user() -> str:
-    """Who runs this command: the name of the real uid. Not ``getpass.getuser()``, which
-    believes $LOGNAME/$USER - anyone could set those and review their own session."""
-    import os
-    import pwd
+    """Who runs this command (the real uid's name; see ``proxy.context.current_actor``)."""
+    from proxy.context import current_actor
 
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"uid:{os.getuid()}"
+    return current_actor()
 
 
 def _open_index(cfg: Config):

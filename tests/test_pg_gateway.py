@@ -605,3 +605,29 @@ async def test_recording_failure_ends_the_session(gw):
     from recorder.audit import read_audit
 
     assert read_audit(gw.cfg.audit_dir, type="session.recording_failed")
+
+
+async def test_large_statements_are_judged_off_the_event_loop(gw):
+    """Big statements go through the worker-thread path and are judged exactly the same."""
+    from tests.sql_corpus import HUGE_HIDDEN_DELETE
+
+    conn = await connect(gw, gw.grant())
+    other = await connect(gw, gw.grant())
+    try:
+        big_select = "SELECT count(*) FROM orders WHERE " + " OR ".join(
+            f"id = {i}" for i in range(3000)
+        )
+        assert len(big_select) > 16 * 1024
+        assert await conn.fetchval(big_select) == 500
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(HUGE_HIDDEN_DELETE)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch(
+                big_select.replace("SELECT count(*) FROM orders", "DELETE FROM orders", 1)
+            )
+        check = asyncio.ensure_future(conn.fetchval(big_select + " OR id = -1"))
+        assert await other.fetchval("select 1") == 1  # another session is served meanwhile
+        assert await check == 500
+    finally:
+        await conn.close()
+        await other.close()

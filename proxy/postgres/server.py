@@ -34,6 +34,8 @@ from proxy.sessions import Session, Termination
 from recorder.format import RecorderError
 
 STARTUP_TIMEOUT = 30.0
+#: Query/Parse messages larger than this are judged on a worker thread.
+LARGE_STATEMENT = 16 * 1024
 UPSTREAM_TIMEOUT = 10.0
 AUTH_MAX_MESSAGE = 32 * 1024
 READ_SIZE = 256 * 1024
@@ -381,6 +383,7 @@ class PgConnection:
         client_side = _Side(self, relay.from_client, up_t, "client")
         up_side = _Side(self, relay.from_server, client_t, "upstream")
         client_side.peer, up_side.peer = up_side, client_side
+        client_side.source, up_side.source = client_t, up_t
         pending_client = self.early + _take_stream_buffer(self.reader)
         pending_up = _take_stream_buffer(self.up_reader)
         client_t.set_protocol(client_side)
@@ -390,6 +393,20 @@ class PgConnection:
         if pending_up:
             up_side.data_received(pending_up)
         await self.done
+
+    def prewarm_verdicts(self, messages: list) -> None:
+        """On a worker thread: judge big statements so the relay finds their verdicts cached."""
+        checker = self.relay.checker if self.relay is not None else None
+        if checker is None:
+            return
+        for m in messages:
+            try:
+                if m.type == b"Q":
+                    checker.check(codec.decode_query(m.body))
+                elif m.type == b"P":
+                    checker.check(codec.decode_parse(m.body).query, single=True)
+            except ProtocolError:
+                pass  # the relay reports it, in order
 
     def side_failed(self, exc: BaseException | None) -> None:
         if self.done is not None and not self.done.done():
@@ -483,6 +500,7 @@ class _Side(asyncio.Protocol):
         self.name = name
         self.reader = MessageReader()
         self.transport: asyncio.Transport | None = None
+        self.source: asyncio.Transport | None = None  # the transport this side reads from
         self.peer: _Side | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover
@@ -493,20 +511,40 @@ class _Side(asyncio.Protocol):
             reader = self.reader
             whole = reader.buffered == 0  # data starts on a message boundary
             messages = reader.feed_and_split(data)
-            out = self.judge(messages)
-            if out is None:  # unchanged: forward without copying when data was whole messages
-                out = (
-                    data if whole and reader.buffered == 0 else b"".join([m.raw for m in messages])
-                )
-            if out:
-                self.out.write(out)
-            relay = self.conn.relay
-            if relay.broken:
-                raise SessionBroken(relay.broken)
-            if relay.terminated and self.name == "client":
-                self.conn.side_failed(None)
+            if self.name == "client" and any(
+                len(m.raw) > LARGE_STATEMENT and m.type in (b"Q", b"P") for m in messages
+            ):
+                # Parsing a big statement can take a while: judge it on a worker thread so
+                # other sessions are not stalled; this side reads nothing more meanwhile.
+                self.source.pause_reading()
+                asyncio.ensure_future(self._judge_off_loop(data, whole, messages))
+                return
+            self._forward(data, whole, messages)
         except Exception as e:
             self.conn.side_failed(e)
+
+    async def _judge_off_loop(self, data: bytes, whole: bool, messages: list) -> None:
+        try:
+            await asyncio.to_thread(self.conn.prewarm_verdicts, messages)
+            self._forward(data, whole, messages)
+            if not self.source.is_closing():
+                self.source.resume_reading()
+        except Exception as e:
+            self.conn.side_failed(e)
+
+    def _forward(self, data: bytes, whole: bool, messages: list) -> None:
+        """Judge and record ``messages``, then write what passes to the peer."""
+        reader = self.reader
+        out = self.judge(messages)
+        if out is None:  # unchanged: forward without copying when data was whole messages
+            out = data if whole and reader.buffered == 0 else b"".join([m.raw for m in messages])
+        if out:
+            self.out.write(out)
+        relay = self.conn.relay
+        if relay.broken:
+            raise SessionBroken(relay.broken)
+        if relay.terminated and self.name == "client":
+            self.conn.side_failed(None)
 
     def eof_received(self) -> bool:
         self.conn.side_failed(None)

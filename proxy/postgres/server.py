@@ -34,8 +34,8 @@ from proxy.sessions import Session, Termination
 from recorder.format import RecorderError
 
 STARTUP_TIMEOUT = 30.0
-#: Query/Parse messages larger than this are judged on a worker thread.
-LARGE_STATEMENT = 16 * 1024
+#: Query/Parse messages larger than this are judged on a worker thread (parsing costs ~1 µs/byte).
+LARGE_STATEMENT = 4 * 1024
 UPSTREAM_TIMEOUT = 10.0
 AUTH_MAX_MESSAGE = 32 * 1024
 READ_SIZE = 256 * 1024

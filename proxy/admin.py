@@ -21,14 +21,17 @@ MAX_REQUEST = 64 * 1024
 
 
 async def _handle(
-    registry: SessionRegistry, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    registry: SessionRegistry,
+    on_cancel: Any,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
 ) -> None:
     try:
         line = await asyncio.wait_for(reader.readline(), 10)
         if len(line) > MAX_REQUEST:
             reply: dict[str, Any] = {"ok": False, "error": "request too large"}
         else:
-            reply = await _dispatch(registry, line)
+            reply = await _dispatch(registry, on_cancel, line)
     except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
         reply = {"ok": False, "error": "bad request"}
     try:
@@ -38,7 +41,7 @@ async def _handle(
         writer.close()
 
 
-async def _dispatch(registry: SessionRegistry, line: bytes) -> dict[str, Any]:
+async def _dispatch(registry: SessionRegistry, on_cancel: Any, line: bytes) -> dict[str, Any]:
     try:
         req = json.loads(line)
         op = req.get("op")
@@ -58,17 +61,25 @@ async def _dispatch(registry: SessionRegistry, line: bytes) -> dict[str, Any]:
             }
         await registry.kill(matches[0], str(actor), str(req.get("reason") or ""))
         return {"ok": True, "killed": matches[0]}
+    if op == "cancel" and on_cancel is not None:  # a CancelRequest another worker received
+        try:
+            pid, key = int(req["pid"]), bytes.fromhex(str(req["key"]))
+        except (KeyError, ValueError, TypeError):
+            return {"ok": False, "error": "cancel needs pid and key"}
+        return {"ok": True, "cancelled": await on_cancel(pid, key)}
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
-async def start_admin_server(path: Path, registry: SessionRegistry) -> asyncio.AbstractServer:
+async def start_admin_server(
+    path: Path, registry: SessionRegistry, on_cancel: Any = None
+) -> asyncio.AbstractServer:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     old = os.umask(0o177)
     try:
         server = await asyncio.start_unix_server(
-            lambda r, w: _handle(registry, r, w), path=str(path)
+            lambda r, w: _handle(registry, on_cancel, r, w), path=str(path)
         )
     finally:
         os.umask(old)
@@ -88,3 +99,15 @@ async def admin_request(
     finally:
         writer.close()
     return json.loads(line)
+
+
+def worker_socket(base: Path, worker: int, workers: int) -> Path:
+    """The admin socket of one gateway worker (``admin.sock``, or ``admin.sock.N`` with workers)."""
+    return base if workers == 1 else base.with_name(f"{base.name}.{worker}")
+
+
+def admin_sockets(base: Path) -> list[Path]:
+    """Every admin socket of the gateway configured with ``base``: one per worker."""
+    found = [base] if base.exists() else []
+    found += sorted(p for p in base.parent.glob(base.name + ".*") if p.suffix[1:].isdigit())
+    return found

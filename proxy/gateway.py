@@ -13,7 +13,7 @@ from typing import Any
 
 from policy.grants import Grant, GrantTarget, GrantVerifier, Refusal, RefusalKind
 from policy.state import StateStore
-from proxy.admin import start_admin_server
+from proxy.admin import start_admin_server, worker_socket
 from proxy.config import Config
 from proxy.context import grant_verifier, open_audit, open_state, recorder_key
 from proxy.logs import log
@@ -59,6 +59,16 @@ class Gateway:
     limiter: AuthRateLimiter
     revoked: set[str] = field(default_factory=set)
     servers: list[Any] = field(default_factory=list)
+    worker: int = 0  # this process's index among `workers` sharing the ports
+    workers: int = 1
+    postgres: Any = None  # the PostgresListener, when configured
+
+    @property
+    def admin_socket(self) -> Path:
+        return worker_socket(self.cfg.admin_socket, self.worker, self.workers)
+
+    def admin_socket_of(self, worker: int) -> Path:
+        return worker_socket(self.cfg.admin_socket, worker, self.workers)
 
     async def authorize(
         self,
@@ -117,6 +127,10 @@ class Gateway:
         assert t is not None  # authorize() checked it
         return t
 
+    async def cancel_local(self, pid: int, key: bytes) -> bool:
+        """A CancelRequest for one of this worker's PostgreSQL sessions (from another worker)."""
+        return self.postgres is not None and await self.postgres.cancel_local(pid, key)
+
     async def watch_revocations(self) -> None:
         since = 0.0
         while True:
@@ -169,8 +183,11 @@ def make_recorder_factory(cfg: Config):
     return make
 
 
-async def start_gateway(cfg: Config) -> Gateway:
-    """Start every configured listener; returns once they accept connections."""
+async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gateway:
+    """Start every configured listener; returns once they accept connections.
+
+    With ``workers`` > 1 several processes listen on the same ports (SO_REUSEPORT); each
+    has its own admin socket, and a CancelRequest reaching the wrong one is forwarded."""
     from proxy import alerts
     from proxy.context import trusted_recorder_keys
 
@@ -197,7 +214,8 @@ async def start_gateway(cfg: Config) -> Gateway:
     for r in await state.revocations_since(0):
         gw.revoked.add(r.jti)
     gw.servers.append(asyncio.ensure_future(_revocation_watch(gw)))
-    gw.servers.append(await start_admin_server(cfg.admin_socket, registry))
+    gw.worker, gw.workers = worker, workers
+    gw.servers.append(await start_admin_server(gw.admin_socket, registry, gw.cancel_local))
     if alerter.enabled:
         gw.servers.append(asyncio.ensure_future(alerts.watch_overdue_reviews(cfg, alerter)))
     if cfg.postgres_listen:
@@ -235,9 +253,9 @@ async def stop_gateway(gw: Gateway) -> None:
     await gw.state.close()
 
 
-async def run_gateway(cfg: Config, ready: Any = None) -> None:
+async def run_gateway(cfg: Config, ready: Any = None, worker: int = 0, workers: int = 1) -> None:
     """Run until SIGINT/SIGTERM."""
-    gw = await start_gateway(cfg)
+    gw = await start_gateway(cfg, worker, workers)
     if ready is not None:
         ready(gw)
     try:
@@ -264,3 +282,44 @@ def run_async(coro: Any) -> None:
         asyncio.run(coro)
         return
     uvloop.run(coro)
+
+
+def supervise_workers(argv: list[str], workers: int) -> int:
+    """Run ``workers`` gateway processes (``argv`` + ``--worker I/N``) until a signal; if one
+    dies, stop the others and fail loudly (the service manager restarts the whole gateway)."""
+    import subprocess
+    import sys
+    import time
+
+    procs = [subprocess.Popen([*argv, "--worker", f"{i}/{workers}"]) for i in range(workers)]
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    rc = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            for p in procs:
+                if p.poll() is not None and p.returncode != 0 and not stopping:
+                    print(
+                        f"breakglass: gateway worker {p.pid} exited with {p.returncode}; stopping",
+                        file=sys.stderr,
+                    )
+                    rc = 1
+                    stop()
+            time.sleep(0.2)
+    finally:
+        stop()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return rc

@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # I/N: set by the supervisor
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser(
@@ -79,8 +80,22 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     configure_logging(args.log_format, args.log_level)
+    worker, workers = 0, 1
+    if args.worker:
+        try:
+            worker, workers = (int(x) for x in args.worker.split("/"))
+        except ValueError:
+            raise CliError("--worker takes I/N") from None
+    elif cfg.workers > 1:
+        from proxy.gateway import supervise_workers
+
+        argv = [sys.executable, "-m", "proxy.cli.main", "-c", str(cfg.path), "gateway"]
+        argv += ["--log-format", args.log_format, "--log-level", args.log_level]
+        return supervise_workers(argv, cfg.workers)
 
     def ready(gw) -> None:
+        if worker:
+            return
         listeners = [
             f"ssh {cfg.ssh_listen}" if cfg.ssh_listen else "",
             f"postgres {cfg.postgres_listen}" if cfg.postgres_listen else "",
@@ -90,25 +105,31 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    run_async(run_gateway(cfg, ready))
+    run_async(run_gateway(cfg, ready, worker, workers))
     return 0
 
 
 def _admin(args: argparse.Namespace, request: dict) -> dict:
-    from proxy.admin import admin_request
+    """Send ``request`` to each worker of the local gateway; the first that succeeds answers."""
+    from proxy.admin import admin_request, admin_sockets
 
     cfg = load_config(args.config)
-    try:
-        reply = asyncio.run(admin_request(cfg.admin_socket, request))
-    except (FileNotFoundError, ConnectionRefusedError):
+    sockets = admin_sockets(cfg.admin_socket)
+    if not sockets:
         raise CliError(
             f"no gateway is running with this config (no admin socket at {cfg.admin_socket})"
-        ) from None
-    except (OSError, TimeoutError) as e:
-        raise CliError(f"cannot talk to the gateway at {cfg.admin_socket}: {e}") from None
-    if not reply.get("ok"):
-        raise CliError(reply.get("error", "the gateway refused the request"))
-    return reply
+        )
+    reply: dict = {}
+    for path in sockets:
+        try:
+            reply = asyncio.run(admin_request(path, request))
+        except (FileNotFoundError, ConnectionRefusedError):
+            continue
+        except (OSError, TimeoutError) as e:
+            raise CliError(f"cannot talk to the gateway at {path}: {e}") from None
+        if reply.get("ok"):
+            return reply
+    raise CliError(reply.get("error", "no gateway is running with this config"))
 
 
 def cmd_kill(args: argparse.Namespace) -> int:

@@ -251,18 +251,18 @@ def _alert_failures(cfg: Config, index, failed) -> None:
 
 
 def fetch_live(cfg: Config) -> list[dict[str, Any]] | None:
-    """Live sessions from the gateway running with this config, or None if none answers."""
-    from proxy.admin import admin_request
+    """Live sessions from the gateway (every worker) running with this config, or None."""
+    from proxy.admin import admin_request, admin_sockets
 
-    if not cfg.admin_socket.exists():
-        return None
-    try:
-        reply = asyncio.run(admin_request(cfg.admin_socket, {"op": "sessions"}, timeout=3.0))
-    except (OSError, TimeoutError, ValueError):
-        return None
-    if not reply.get("ok"):
-        return None
-    return reply.get("sessions") or []
+    sessions: list[dict[str, Any]] | None = None
+    for path in admin_sockets(cfg.admin_socket):
+        try:
+            reply = asyncio.run(admin_request(path, {"op": "sessions"}, timeout=3.0))
+        except (OSError, TimeoutError, ValueError):
+            continue
+        if reply.get("ok"):
+            sessions = (sessions or []) + (reply.get("sessions") or [])
+    return sessions
 
 
 def _resolve(cfg: Config, index, ref: str):

@@ -77,21 +77,28 @@ def upstream_tls_context(target: PostgresTarget) -> ssl.SSLContext | None:
 class CancelKeys:
     """Gateway-issued BackendKeyData -> live connection (never the upstream's keys)."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: int = 0, workers: int = 1) -> None:
         self.by_pid: dict[int, tuple[bytes, PgConnection]] = {}
+        self.worker, self.workers = worker, workers
+
+    def owner(self, pid: int) -> int:
+        """Which worker issued ``pid`` (they are issued so that pid % workers == worker)."""
+        return pid % self.workers
 
     def issue(self, conn: PgConnection) -> tuple[int, bytes]:
         while True:
-            pid = secrets.randbelow(2**31 - 1) + 1
+            pid = (
+                secrets.randbelow((2**31 - 1) // self.workers - 1) + 1
+            ) * self.workers + self.worker
             if pid not in self.by_pid:
                 break
         key = secrets.token_bytes(4)
         self.by_pid[pid] = (key, conn)
         return pid, key
 
-    def lookup(self, req: CancelRequest) -> PgConnection | None:
-        entry = self.by_pid.get(req.process_id)
-        if entry and hmac.compare_digest(entry[0], req.secret_key):
+    def lookup(self, pid: int, key: bytes) -> PgConnection | None:
+        entry = self.by_pid.get(pid)
+        if entry and hmac.compare_digest(entry[0], key):
             return entry[1]
         return None
 
@@ -575,7 +582,7 @@ class PostgresListener:
         self.gw = gw
         cfg = gw.cfg
         self.tls = server_tls_context(cfg.tls_cert, cfg.tls_key)
-        self.cancel_keys = CancelKeys()
+        self.cancel_keys = CancelKeys(gw.worker, gw.workers)
         self.checkers: dict[Any, Any] = {}
         self.connections: set[PgConnection] = set()
         self.server: asyncio.AbstractServer | None = None
@@ -588,14 +595,34 @@ class PostgresListener:
         return checker
 
     async def cancel(self, req: CancelRequest) -> None:
-        conn = self.cancel_keys.lookup(req)
-        if conn is None:
-            log.info("postgres.cancel_ignored", pid=req.process_id)
+        """A CancelRequest: ours, or forwarded to the worker that issued the key."""
+        owner = self.cancel_keys.owner(req.process_id)
+        if owner == self.gw.worker:
+            await self.cancel_local(req.process_id, req.secret_key)
             return
+        from proxy.admin import admin_request
+
+        try:
+            await admin_request(
+                self.gw.admin_socket_of(owner),
+                {"op": "cancel", "pid": req.process_id, "key": req.secret_key.hex()},
+                timeout=2.0,
+            )
+        except (OSError, TimeoutError, ValueError) as e:
+            log.warning("postgres.cancel_forward_failed", worker=owner, error=str(e))
+
+    async def cancel_local(self, pid: int, key: bytes) -> bool:
+        conn = self.cancel_keys.lookup(pid, key)
+        if conn is None:
+            log.info("postgres.cancel_ignored", pid=pid)
+            return False
         if conn.session is not None:
             with contextlib.suppress(Exception):
-                conn.session.recorder.event("cancel", requested_at=time.time())
+                conn.session.recorder.event(
+                    "cancel", requested_at=time.time(), worker=self.gw.worker
+                )
         await conn.cancel_upstream()
+        return True
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = PgConnection(self, reader, writer)
@@ -608,7 +635,7 @@ class PostgresListener:
     async def start(self) -> asyncio.AbstractServer:
         listen = self.gw.cfg.postgres_listen
         self.server = await asyncio.start_server(
-            self._handle, listen.host, listen.port, limit=READ_SIZE
+            self._handle, listen.host, listen.port, limit=READ_SIZE, reuse_port=self.gw.workers > 1
         )
         log.info("postgres.listening", address=str(listen))
         return self.server

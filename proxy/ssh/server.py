@@ -1222,5 +1222,6 @@ async def start_ssh_listener(gw: Any) -> Any:
         lambda: GatewayConnection(gw),
         cfg.ssh_listen.host,
         cfg.ssh_listen.port,
+        reuse_port=gw.workers > 1,
         **server_options(gw),
     )

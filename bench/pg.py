@@ -112,6 +112,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--clients", default="1,8")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="gateway worker processes ([gateway] workers)"
+    )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
 
@@ -122,6 +125,11 @@ def main() -> None:
     try:
         cfg = build_local_workdir(tmp / "gw", pg=pg, ssh=None, name="bench")
         cfg_path = tmp / "gw" / "config.toml"
+        if args.workers > 1:
+            text = cfg_path.read_text().replace(
+                "[gateway]\n", f"[gateway]\nworkers = {args.workers}\n", 1
+            )
+            cfg_path.write_text(text)
         gw_proc = start_gateway_process(cfg_path, cfg.postgres_listen.port)
         procs.append(gw_proc)
         bouncer_dir = tmp / "bouncer"
@@ -171,7 +179,8 @@ def main() -> None:
                 )
 
         print(
-            f"pgbench -S, {args.seconds}s x {args.repeat} runs each, medians (TLS for pgbouncer and gateway)"
+            f"pgbench -S, {args.seconds}s x {args.repeat} runs each, medians "
+            f"(TLS for pgbouncer and gateway; gateway workers: {args.workers})"
         )
         print(
             f"{'setup':<10} {'clients':>7} {'TPS':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} {'+p99':>7}"

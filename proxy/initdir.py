@@ -111,6 +111,9 @@ warn_before_expiry = "2m"
 leeway = "5s"
 # Failed authentications allowed per source address per minute.
 failed_auth_limit = 10
+# Gateway processes sharing the listening ports (SO_REUSEPORT); each has its own admin
+# socket (admin.sock.N) and cancel requests are routed to the right one.
+workers = 1
 
 [issuer]
 # Grants carry this as iss. signing_key is only needed where grants are issued.

@@ -127,7 +127,7 @@ def main() -> None:
         cfg_path = tmp / "gw" / "config.toml"
         if args.workers > 1:
             text = cfg_path.read_text().replace(
-                "[gateway]\n", f"[gateway]\nworkers = {args.workers}\n", 1
+                "\nworkers = 1\n", f"\nworkers = {args.workers}\n", 1
             )
             cfg_path.write_text(text)
         gw_proc = start_gateway_process(cfg_path, cfg.postgres_listen.port)

@@ -28,12 +28,15 @@ def gw(pg_server, tmp_path_factory):
 
 
 async def test_warning_notice_then_fatal_at_expiry(gw):
-    exp = time.time() + 4
+    import jwt
+
+    token = gw.grant(ttl=4)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     conn = await asyncpg.connect(
         host="127.0.0.1",
         port=gw.pg_port,
         user="erin",
-        password=gw.grant(ttl=4),
+        password=token,
         database="shop",
         ssl=client_tls(gw.dir / "keys/gateway_tls.crt"),
     )

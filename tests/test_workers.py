@@ -39,7 +39,7 @@ def two_workers(pg_server, tmp_path_factory):
     d = tmp_path_factory.mktemp("workers") / "gw"
     cfg = build_local_workdir(d, pg=pg_server, ssh=None, name="test-gw")
     path = d / "config.toml"
-    path.write_text(path.read_text().replace("[gateway]\n", "[gateway]\nworkers = 2\n", 1))
+    path.write_text(path.read_text().replace("\nworkers = 1\n", "\nworkers = 2\n", 1))
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -631,3 +631,32 @@ async def test_large_statements_are_judged_off_the_event_loop(gw):
     finally:
         await conn.close()
         await other.close()
+
+
+async def test_idle_unauthenticated_connections_are_capped_per_address(gw):
+    """A slow-loris from one address gets refused past the cap; the gateway keeps serving."""
+    from proxy.postgres.server import MAX_UNAUTHENTICATED_PER_SOURCE
+
+    idle = [
+        await asyncio.open_connection("127.0.0.1", gw.pg_port)
+        for _ in range(MAX_UNAUTHENTICATED_PER_SOURCE)
+    ]
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", gw.pg_port)
+        data = await asyncio.wait_for(r.read(), 10)
+        w.close()
+        assert b"too many connections from your address" in data
+    finally:
+        for _, w in idle:
+            w.close()
+    # once those are gone, a real client gets in (bounded retries while the gateway notices)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn = await connect(gw, gw.grant())
+            break
+        except (asyncpg.PostgresError, ConnectionError, OSError):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    assert await conn.fetchval("select 3") == 3
+    await conn.close()

@@ -13,6 +13,7 @@ import hmac
 import secrets
 import ssl
 import time
+from collections import Counter
 from typing import Any
 
 from policy.grants import Grant, utc_text
@@ -34,6 +35,8 @@ from proxy.sessions import Session, Termination
 from recorder.format import RecorderError
 
 STARTUP_TIMEOUT = 30.0
+#: Connections one address may have in startup/authentication at once.
+MAX_UNAUTHENTICATED_PER_SOURCE = 32
 #: Query/Parse messages larger than this are judged on a worker thread (parsing costs ~1 µs/byte).
 LARGE_STATEMENT = 4 * 1024
 UPSTREAM_TIMEOUT = 10.0
@@ -135,11 +138,22 @@ class PgConnection:
     # -- entry point ----------------------------------------------------------
 
     async def serve(self) -> None:
+        unauthenticated = self.listener.unauthenticated
         try:
-            startup = await asyncio.wait_for(self._startup(), STARTUP_TIMEOUT)
-            if startup is None:
-                return
-            grant = await asyncio.wait_for(self._authenticate(startup), STARTUP_TIMEOUT)
+            if unauthenticated[self.client_ip] >= MAX_UNAUTHENTICATED_PER_SOURCE:
+                raise Refused(
+                    "too many connections from your address are still logging in", "53300"
+                )
+            unauthenticated[self.client_ip] += 1
+            try:
+                startup = await asyncio.wait_for(self._startup(), STARTUP_TIMEOUT)
+                if startup is None:
+                    return
+                grant = await asyncio.wait_for(self._authenticate(startup), STARTUP_TIMEOUT)
+            finally:
+                unauthenticated[self.client_ip] -= 1
+                if not unauthenticated[self.client_ip]:
+                    del unauthenticated[self.client_ip]
             await self._open_session(startup, grant)
             await self._relay()
         except Refused as e:
@@ -585,6 +599,8 @@ class PostgresListener:
         self.cancel_keys = CancelKeys(gw.worker, gw.workers)
         self.checkers: dict[Any, Any] = {}
         self.connections: set[PgConnection] = set()
+        #: source address -> connections not yet authenticated (slow-loris protection)
+        self.unauthenticated: Counter[str] = Counter()
         self.server: asyncio.AbstractServer | None = None
 
     def checker_for(self, rules: Any, factory: Any) -> Any:

@@ -26,8 +26,13 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # so a command can reconfigure after import
     )
 
+
+# Logs never go to stdout (commands print tokens and JSON there): until a command
+# configures logging, use the readable format on stderr.
+if not structlog.is_configured():
+    configure_logging("auto")
 
 log = structlog.get_logger("breakglass")

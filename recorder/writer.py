@@ -349,6 +349,14 @@ class RecordingWriter:
             return
         self._append(kind, fmt.encode_fields(fields))
 
+    def append_encoded(self, kind: str, encoded_fields: bytes) -> None:
+        """Append an event whose fields are already JSON object members in ASCII, e.g.
+        ``b'"n":7,"text":' + format.encode_str(text)``. For hot paths; the caller is trusted
+        to produce valid JSON (use ``format.encode_str`` for every string)."""
+        if kind in fmt.RESERVED_KINDS or kind in fmt.DATA_KINDS:
+            raise RecorderFieldError(f"event kind {kind!r} cannot be appended pre-encoded")
+        self._append(kind, encoded_fields)
+
     def _append(self, kind: str, encoded_fields: bytes) -> None:
         kind_json = _KIND_JSON.get(kind)
         if kind_json is None:

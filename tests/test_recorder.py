@@ -550,3 +550,23 @@ async def test_async_gateway_usage(tmp_path):
     with pytest.raises(RecorderError):
         w.input(b"q")
     await asyncio.to_thread(w.close, "recording failed")
+
+
+def test_append_encoded_fast_path(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from recorder.format import encode_str
+    from recorder.reader import read_events
+    from recorder.verify import verify_recording
+    from recorder.writer import RecorderFieldError, RecordingWriter
+
+    key = Ed25519PrivateKey.generate()
+    w = RecordingWriter.create(tmp_path / "f.rec", {"session_id": "s"}, key, "k1")
+    w.append_encoded("query", b'"n":1,"text":' + encode_str('select "x" \u00e9\n'))
+    for kind in ("output", "trailer", "header"):
+        with pytest.raises(RecorderFieldError):
+            w.append_encoded(kind, b'"n":1')
+    w.close("done")
+    events = [e for e in read_events(tmp_path / "f.rec") if e["kind"] == "query"]
+    assert events[0]["text"] == 'select "x" \u00e9\n' and events[0]["n"] == 1
+    assert verify_recording(tmp_path / "f.rec", {"k1": key.public_key()}).ok

@@ -19,6 +19,7 @@ from typing import Any
 
 from proxy.postgres import codec
 from proxy.postgres.codec import Message, ProtocolError
+from recorder.format import encode_str
 
 #: Sent upstream in place of a denied statement: a syntax error, so nothing runs.
 REFUSED_PROBE = "/* breakglass: refused by policy */ breakglass_refused"
@@ -163,7 +164,9 @@ class Relay:
         verdict = self.checker.check(text)
         self.counter += 1
         if verdict.allowed:
-            self.recorder.query(n=self.counter, text=text, protocol="simple")
+            self.recorder.append_encoded(
+                "query", b'"n":%d,"text":%s,"protocol":"simple"' % (self.counter, encode_str(text))
+            )
             self.on_statement()
             self.pending.append(Pending("Q", self.counter, text, time.monotonic()))
             out.append(m.raw)
@@ -299,10 +302,16 @@ class Relay:
         p.done = True
         if p.kind == "P" or p.n == 0:
             return
-        fields: dict[str, Any] = {
-            "n": p.n,
-            "duration_ms": round((time.monotonic() - p.started) * 1000, 3),
-        }
+        duration = (time.monotonic() - p.started) * 1000
+        if len(p.tags) == 1 and not p.error:  # the common case, encoded without a dict
+            tag = p.tags[0]
+            rows = rows_from_tag(tag)
+            encoded = b'"n":%d,"duration_ms":%.3f,"tag":%s' % (p.n, duration, encode_str(tag))
+            if rows is not None:
+                encoded += b',"rows":%d' % rows
+            self.recorder.append_encoded("result", encoded)
+            return
+        fields: dict[str, Any] = {"n": p.n, "duration_ms": round(duration, 3)}
         if p.tags:
             fields["tag"] = p.tags[-1] if len(p.tags) == 1 else p.tags
             rows = [r for r in (rows_from_tag(x) for x in p.tags) if r is not None]

@@ -34,7 +34,8 @@ class Client:
         self.stderr = b""
         self._done = threading.Event()
         threading.Thread(target=self._drain, daemon=True).start()
-        threading.Thread(target=self._drain_err, daemon=True).start()
+        self._err_thread = threading.Thread(target=self._drain_err, daemon=True)
+        self._err_thread.start()
 
     def _drain(self) -> None:
         while chunk := self.proc.stdout.read1(1 << 16):
@@ -49,15 +50,23 @@ class Client:
 
     def wait(self, timeout: float) -> float:
         assert self._done.wait(timeout), "client did not exit"
+        self._err_thread.join(timeout)  # stderr is read to its end too
         return self.exited_at
 
 
-def session_of(h: GatewayHarness, jti: str, timeout: float = 10):
-    """The live session of grant ``jti`` (bounded wait for the client to get in)."""
+def _command_started(session) -> bool:
+    """The session's channel is bridged to a running upstream command."""
+    conn = session.on_terminate.__self__  # the GatewayConnection serving this session
+    return bool(conn.channels) and all(ch.ready for ch in conn.channels)
+
+
+def session_of(h: GatewayHarness, jti: str, timeout: float = 10, running: bool = False):
+    """The live session of grant ``jti`` (bounded wait for the client to get in, and with
+    ``running`` for its command to have started upstream)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         live = h.live_sessions(jti)
-        if live:
+        if live and (not running or _command_started(live[0])):
             return live[0]
         time.sleep(0.01)  # bounded poll of the gateway thread's registry
     raise AssertionError("no live session")
@@ -120,7 +129,7 @@ def test_idle_pty_shell_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: 
 def test_kill_running_command(ssh_gateway: GatewayHarness):  # noqa: F811
     claims = ssh_gateway.claims(commands=["sleep *"])
     c = Client(ssh_gateway, ssh_gateway.sign(claims), "sleep 600")
-    session = session_of(ssh_gateway, claims["jti"])
+    session = session_of(ssh_gateway, claims["jti"], running=True)
     t0 = time.time()
     assert ssh_gateway.call(ssh_gateway.gw.registry.kill(session.id, "sec-alice", "test"))
     exited = c.wait(10)

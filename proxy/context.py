@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -74,3 +75,21 @@ def current_actor() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return f"uid:{os.getuid()}"
+
+
+def audit_grant_issued(audit: Any, claims: dict[str, Any], actor: str, **extra: Any) -> None:
+    """The one audit event for a signed grant (local `grant issue` and the grant service)."""
+    audit.append(
+        "grant.issued",
+        actor=actor,
+        subject=claims["sub"],
+        jti=claims["jti"],
+        **extra,
+        template=claims["template"],
+        targets=claims["targets"],
+        reason=claims["reason"],
+        ticket=claims.get("ticket"),
+        approvers=claims["approvers"],
+        breakglass=claims["breakglass"],
+        expires_at=claims["exp"],
+    )

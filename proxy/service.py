@@ -85,7 +85,7 @@ from policy.requests import (
 from policy.state import SqliteState
 from policy.templates import is_member
 from proxy.config import Config, ConfigError, find_config_path, parse_config
-from proxy.context import issuer_key, open_audit
+from proxy.context import audit_grant_issued, issuer_key, open_audit
 from proxy.logs import log
 
 MY_SECTIONS = ("service", "identity")
@@ -506,20 +506,7 @@ class GrantService:
         c = req.claims
         assert c is not None
         await self.state.record_grant(c)
-        self.audit.append(
-            "grant.issued",
-            actor=actor,
-            subject=c["sub"],
-            jti=c["jti"],
-            request=req.id,
-            template=c["template"],
-            targets=c["targets"],
-            reason=c["reason"],
-            ticket=c.get("ticket"),
-            approvers=c["approvers"],
-            breakglass=c["breakglass"],
-            expires_at=c["exp"],
-        )
+        audit_grant_issued(self.audit, c, actor, request=req.id)
         if c["breakglass"]:
             self.audit.append(
                 "breakglass.used",

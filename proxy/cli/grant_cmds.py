@@ -14,7 +14,14 @@ from policy.grants import Grant, Refusal, sign_grant, utc_text
 from policy.issuance import AccessRequest, IssuanceRefused, build_claims
 from proxy.cli.output import CliError, emit_json
 from proxy.config import load_config
-from proxy.context import current_actor, grant_verifier, issuer_key, open_audit, open_state
+from proxy.context import (
+    audit_grant_issued,
+    current_actor,
+    grant_verifier,
+    issuer_key,
+    open_audit,
+    open_state,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -104,19 +111,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
         state = open_state(cfg)
         asyncio.run(state.record_grant(claims))
         asyncio.run(state.close())
-        audit.append(
-            "grant.issued",
-            actor=current_actor(),
-            subject=claims["sub"],
-            jti=claims["jti"],
-            template=claims["template"],
-            targets=claims["targets"],
-            reason=claims["reason"],
-            ticket=claims.get("ticket"),
-            approvers=claims["approvers"],
-            breakglass=claims["breakglass"],
-            expires_at=claims["exp"],
-        )
+        audit_grant_issued(audit, claims, current_actor())
     finally:
         audit.close()
     print(

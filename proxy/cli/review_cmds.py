@@ -308,6 +308,22 @@ def _integrity_text(s) -> str:
 # ------------------------------------------------------------------------------------ commands
 
 
+def _verified_recording(cfg: Config, ref: str, force: bool):
+    """Find SESSION, verify it (refused with exit 3 unless --force, then a loud warning),
+    and return (session id, verify result, events)."""
+    from recorder.replay import IntegrityRefused, check_integrity, load_events
+
+    with _open_index(cfg) as index:
+        summary, path = _resolve(cfg, index, ref)
+    try:
+        result, warning = check_integrity(path, trusted_recorder_keys(cfg), force=force)
+    except IntegrityRefused as e:
+        raise CliError(str(e), code=3) from None
+    if warning:
+        print(warning, file=sys.stderr)
+    return (summary.session_id if summary else path.stem), result, load_events(path)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     with _open_index(cfg) as index:
@@ -404,11 +420,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from recorder.replay import (
-        IntegrityRefused,
         Player,
         TerminalKeys,
-        check_integrity,
-        load_events,
         render_timeline,
         statement_timeline,
         terminal_frames,
@@ -417,16 +430,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         raise CliError("--speed must be positive")
     cfg = load_config(args.config)
-    with _open_index(cfg) as index:
-        summary, path = _resolve(cfg, index, args.session)
-    try:
-        result, warning = check_integrity(path, trusted_recorder_keys(cfg), force=args.force)
-    except IntegrityRefused as e:
-        raise CliError(str(e), code=3) from None
-    if warning:
-        print(warning, file=sys.stderr)
-    events = load_events(path)
-    sid = summary.session_id if summary else path.stem
+    sid, result, events = _verified_recording(cfg, args.session, args.force)
     _audit_access(cfg, "recording.replayed", sid, integrity=result.problem or "ok")
     header = events[0] if events else {}
     protocol = header.get("protocol")
@@ -474,19 +478,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from recorder.export import asciicast_lines, jsonl_lines
-    from recorder.replay import IntegrityRefused, check_integrity, load_events
 
     cfg = load_config(args.config)
-    with _open_index(cfg) as index:
-        summary, path = _resolve(cfg, index, args.session)
-    try:
-        result, warning = check_integrity(path, trusted_recorder_keys(cfg), force=args.force)
-    except IntegrityRefused as e:
-        raise CliError(str(e), code=3) from None
-    if warning:
-        print(warning, file=sys.stderr)
-    events = load_events(path)
-    sid = summary.session_id if summary else path.stem
+    sid, result, events = _verified_recording(cfg, args.session, args.force)
     lines = (
         asciicast_lines(events, include_input=args.include_input)
         if args.format == "asciicast"

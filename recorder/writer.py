@@ -277,18 +277,8 @@ class RecordingWriter:
                     extra,
                     b64,
                 )
-                self._prev = _hexlify(_sha256(line).digest())
-                self._seq = seq + 1
-                if not self._buf:
-                    self._wake.set()
-                self._buf.append(line)
-                self._buffered += len(line)
-                n = self._unsigned
-                if n == 0:
-                    self._ckpt_deadline = now + self._ckpt_interval
-                self._unsigned = n + 1
-                if n + 1 >= self._ckpt_events or now >= self._ckpt_deadline:
-                    self._checkpoint_locked(self._t_offset + now)
+                self._push_locked(line)
+                self._count_locked(now)
                 return
             exc = self._overflow_locked()
         self._report_failure(exc)
@@ -369,12 +359,7 @@ class RecordingWriter:
             if self._buffered <= self._max_buffer:
                 now = _monotonic()
                 self._append_locked_json(kind_json, encoded_fields, self._t_offset + now)
-                n = self._unsigned
-                if n == 0:
-                    self._ckpt_deadline = now + self._ckpt_interval
-                self._unsigned = n + 1
-                if n + 1 >= self._ckpt_events or now >= self._ckpt_deadline:
-                    self._checkpoint_locked(self._t_offset + now)
+                self._count_locked(now)
                 return
             exc = self._overflow_locked()
         self._report_failure(exc)
@@ -394,6 +379,15 @@ class RecordingWriter:
             encoded_fields,
         )
         self._push_locked(line)
+
+    def _count_locked(self, now: float) -> None:
+        """One more unsigned event: sign a checkpoint when the interval or count is reached."""
+        n = self._unsigned
+        if n == 0:
+            self._ckpt_deadline = now + self._ckpt_interval
+        self._unsigned = n + 1
+        if n + 1 >= self._ckpt_events or now >= self._ckpt_deadline:
+            self._checkpoint_locked(self._t_offset + now)
 
     def _push_locked(self, line: bytes) -> None:
         self._prev = _hexlify(_sha256(line).digest())

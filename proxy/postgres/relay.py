@@ -82,7 +82,6 @@ class Relay:
         self.pending: deque[Pending] = deque()
         self.discarding = False  # after a refused extended-protocol message, until Sync
         self.substitutions = 0
-        self.status = "I"
         self.statements: OrderedDict[str, str] = OrderedDict()  # prepared name -> text
         self.portals: OrderedDict[str, tuple[int, str]] = OrderedDict()  # portal -> (n, text)
         self.counter = 0
@@ -142,12 +141,12 @@ class Relay:
             return None
         return b"".join(out)
 
-    def _deny(self, verdict: Any, text: str, protocol: str) -> bytes:
+    def _deny(self, rule: str, message: str, text: str, protocol: str) -> bytes:
         self.recorder.decision(
             kind="sql",
             allowed=False,
-            rule=verdict.rule,
-            message=verdict.message,
+            rule=rule,
+            message=message,
             text=text,
             protocol=protocol,
         )
@@ -155,8 +154,8 @@ class Relay:
         return codec.encode_error(
             "ERROR",
             INSUFFICIENT_PRIVILEGE,
-            f"breakglass: {verdict.message}",
-            detail=f"rule: {verdict.rule}",
+            f"breakglass: {message}",
+            detail=f"rule: {rule}",
         )
 
     def _query(self, m: Message, out: list[bytes]) -> None:
@@ -171,7 +170,7 @@ class Relay:
             self.pending.append(Pending("Q", self.counter, text, time.monotonic()))
             out.append(m.raw)
             return
-        err = self._deny(verdict, text, "simple")
+        err = self._deny(verdict.rule, verdict.message, text, "simple")
         self.substitutions += 1
         self.pending.append(Pending("Q", self.counter, text, time.monotonic(), substitute=err))
         out.append(codec.encode_query(REFUSED_PROBE))
@@ -184,7 +183,7 @@ class Relay:
             self._remember(self.statements, p.name, p.query)
             out.append(m.raw)
             return
-        err = self._deny(verdict, p.query, "extended")
+        err = self._deny(verdict.rule, verdict.message, p.query, "extended")
         self.substitutions += 1
         self.discarding = True
         self.pending.append(Pending("P", 0, p.query, time.monotonic(), substitute=err))
@@ -220,11 +219,12 @@ class Relay:
             out.append(m.raw)
             return
 
-        class _V:
-            rule = "function-call"
-            message = "FunctionCall messages are not allowed by this grant"
-
-        err = self._deny(_V, f"FunctionCall oid {fc.oid}", "function-call")
+        err = self._deny(
+            "function-call",
+            "FunctionCall messages are not allowed by this grant",
+            f"FunctionCall oid {fc.oid}",
+            "function-call",
+        )
         self.substitutions += 1
         self.pending.append(Pending("F", self.counter, "", time.monotonic(), substitute=err))
         out.append(codec.encode_query(REFUSED_PROBE))
@@ -281,7 +281,6 @@ class Relay:
                     head.tags.append("(suspended)")
                     self._finish(head)
             elif t == b"Z":
-                self.status = codec.decode_ready_for_query(m.body)
                 self._ready()
             elif t == b"S":
                 name, value = codec.decode_parameter_status(m.body)

@@ -8,6 +8,9 @@ Threading model
 * One background *committer* thread per live writer writes the buffer and fsyncs it: when the
   buffer becomes non-empty it commits at once, then waits ``commit_interval`` before the next
   commit (group commit), so an append is on disk within about ``commit_interval`` plus one fsync.
+  Once 4 MiB are buffered it stops waiting (bulk output is written as it comes).
+* Large data payloads are hashed and buffered as pieces (line head, base64, tail) rather than
+  copied into one line; the file holds the same bytes.
   It also signs a time-based checkpoint when a signed event would otherwise wait longer than
   ``checkpoint_interval``.
 * A checkpoint is signed inline by the append that makes ``checkpoint_events`` unsigned events,
@@ -57,6 +60,16 @@ _sha256 = hashlib.sha256
 _b2a = binascii.b2a_base64
 _hexlify = binascii.hexlify
 _monotonic = time.monotonic
+
+#: A data event's line ends with this after the base64 payload.
+_DATA_TAIL = b'"}\n'
+#: Data events with a shorter base64 payload are joined into one line; longer ones are
+#: buffered as pieces (copying a 44 KiB SSH packet into a line cost more than hashing it).
+_JOIN_BELOW = 4096
+
+#: The committer does not wait out ``commit_interval`` once this much is buffered (bulk
+#: transfers: small, steady writes keep the page cache warm and the session unthrottled).
+_HURRY_BYTES = 4 << 20
 
 _IOV_CHUNK = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
 
@@ -135,6 +148,8 @@ class RecordingWriter:
         self._io_lock = threading.Lock()  # serialises write+fsync, keeps file order = chain order
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # the buffer passed _HURRY_BYTES: commit now
+        self._hurried = False  # _hurry was set for the current buffer
         self._buf: list[bytes] = []
         self._buffered = 0  # bytes in _buf
         self._durable = 0  # lines written and fsynced
@@ -267,17 +282,18 @@ class RecordingWriter:
             if self._dead:
                 raise self._dead_error()
             if self._buffered <= self._max_buffer:
-                seq = self._seq
                 now = _monotonic()
-                line = b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s,"data":"%s"}\n' % (
-                    seq,
+                head = b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s,"data":"' % (
+                    self._seq,
                     self._t_offset + now,
                     kind,
                     self._prev,
                     extra,
-                    b64,
                 )
-                self._push_locked(line)
+                if len(b64) < _JOIN_BELOW:
+                    self._push_locked(head + b64 + _DATA_TAIL)
+                else:  # bulk: hash and write the pieces, never copy the payload into a line
+                    self._push_parts_locked(head, b64)
                 self._count_locked(now)
                 return
             exc = self._overflow_locked()
@@ -396,6 +412,25 @@ class RecordingWriter:
             self._wake.set()
         self._buf.append(line)
         self._buffered += len(line)
+        if self._buffered >= _HURRY_BYTES and not self._hurried:
+            self._hurried = True
+            self._hurry.set()
+
+    def _push_parts_locked(self, head: bytes, b64: bytes) -> None:
+        """Like ``_push_locked(head + b64 + _DATA_TAIL)``: the same bytes hashed and written,
+        as three buffer entries (writev joins them in the file)."""
+        h = _sha256(head)
+        h.update(b64)
+        h.update(_DATA_TAIL)
+        self._prev = _hexlify(h.digest())
+        self._seq += 1
+        if not self._buf:
+            self._wake.set()
+        self._buf += (head, b64, _DATA_TAIL)
+        self._buffered += len(head) + len(b64) + len(_DATA_TAIL)
+        if self._buffered >= _HURRY_BYTES and not self._hurried:
+            self._hurried = True
+            self._hurry.set()
 
     def _checkpoint_locked(self, t: float) -> None:
         self._signed_line_locked(fmt.CHECKPOINT, t)
@@ -450,6 +485,7 @@ class RecordingWriter:
                 upto = self._seq
                 if buf:
                     self._buf = []
+                    self._hurried = False
                     self._inflight = self._buffered
                     self._buffered = 0
             if not buf and self._durable >= upto:
@@ -506,8 +542,12 @@ class RecordingWriter:
                     return
                 if self._io_failed is not None:
                     return
-                if self._commit_interval and self._stop.wait(self._commit_interval):
-                    return
+                if self._commit_interval:
+                    # group commit: gather appends for an interval, unless they pile up
+                    self._hurry.wait(self._commit_interval)
+                    self._hurry.clear()
+                    if self._stop.is_set():
+                        return
         except Exception as exc:  # noqa: BLE001 - e.g. signing failed: the recording has failed
             with self._lock:
                 self._dead = True
@@ -549,6 +589,7 @@ class RecordingWriter:
                 self._signed_line_locked(fmt.TRAILER, None)
         self._stop.set()
         self._wake.set()
+        self._hurry.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         _live_writers.discard(self)
@@ -589,7 +630,7 @@ class RecordingWriter:
 
 
 def _write_all(fd: int, buf: list[bytes]) -> None:
-    """Write ``buf`` in order with writev, ``_IOV_CHUNK`` lines per system call: no big join
+    """Write ``buf`` in order with writev, ``_IOV_CHUNK`` pieces per system call: no big join
     holding the GIL (the event loop thread may be waiting for it), no copy."""
     for start in range(0, len(buf), _IOV_CHUNK):
         chunk = buf[start : start + _IOV_CHUNK]

@@ -166,6 +166,7 @@ def test_revoke_then_inspect_says_revoked_and_audit_shows_it(workdir):
 
 
 def test_verify_audit_log_and_detect_tampering(workdir, tmp_path):
+    issue(workdir, "--approved-by", "bob")  # at least one audit event, even when run alone
     r = bg("verify", str(workdir / "audit"), config=workdir / "config.toml")
     assert r.returncode == 0, r.stdout + r.stderr
     assert " 0 failed" in r.stdout

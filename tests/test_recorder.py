@@ -113,6 +113,29 @@ def test_bytes_round_trip_exactly(tmp_path):
     assert cmd["note"] == "caf\u00e9"
 
 
+def test_bulk_payloads_written_in_pieces_chain_and_verify(tmp_path):
+    """Payloads past the join threshold are hashed and written as pieces: the file must hold
+    the same lines, the chain must hold, and a flipped byte deep in a payload is caught."""
+    path = tmp_path / "bulk.rec"
+    w = RecordingWriter.create(path, HEADER, KEY, "rec-1", checkpoint_events=3)
+    blobs = [os.urandom(n) for n in (3000, 3073, 32768, 200_000, 5)]
+    for i, blob in enumerate(blobs):
+        w.output(blob, channel="ch0") if i % 2 else w.input(blob)
+    w.close("done")
+    assert verify_recording(path, TRUSTED).ok
+    events = [e for e in read_events(path) if e["kind"] in ("input", "output")]
+    assert [e["data"] for e in events] == blobs
+    lines = path.read_bytes().splitlines(keepends=True)
+    i = index_of(lines, "output", 1)  # the 200 KB one
+    lines[i] = (
+        lines[i][:100_000]
+        + (b"A" if lines[i][100_000:100_001] != b"A" else b"B")
+        + lines[i][100_001:]
+    )
+    report = verify_recording(rewrite(path, lines), TRUSTED)
+    assert not report.ok
+
+
 def test_fields_decision_query_and_end(tmp_path):
     path = tmp_path / "f.rec"
     w = RecordingWriter.create(path, HEADER, KEY, "rec-1")

@@ -1,4 +1,5 @@
-"""pgbench -S: direct vs PgBouncer (session mode) vs the breakglass gateway, in one run.
+"""pgbench -S: direct vs PgBouncer (session mode) vs a bare uvloop TLS relay vs the breakglass
+gateway, in one run.
 
     python bench/pg.py [--seconds 5] [--repeat 3]
 
@@ -14,6 +15,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -115,6 +117,11 @@ def main() -> None:
     ap.add_argument(
         "--workers", type=int, default=1, help="gateway worker processes ([gateway] workers)"
     )
+    ap.add_argument(
+        "--setups",
+        default="direct,pgbouncer,bare,gateway",
+        help="comma-separated subset (direct is needed for ratios)",
+    )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
 
@@ -136,6 +143,20 @@ def main() -> None:
         bouncer_dir.mkdir()
         bouncer, bouncer_port = pgbouncer(pg, bouncer_dir, cfg.tls_cert, cfg.tls_key)
         procs.append(bouncer)
+        bare_port = free_port()
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("bare_tls_relay.py")),
+                    str(bare_port),
+                    str(pg.port),
+                    str(cfg.tls_cert),
+                    str(cfg.tls_key),
+                ]
+            )
+        )
+        wait_port(bare_port)
         token = issue_local_grant(cfg, "db-readonly", "shop", ttl=3600)
         logdir = tmp / "logs"
         logdir.mkdir()
@@ -152,6 +173,11 @@ def main() -> None:
                 bouncer_port,
                 "app_ro",
             ),
+            "bare": (  # floor: uvloop + TLS, copying bytes (bench/bare_tls_relay.py)
+                dict(base, PGPASSWORD=pg.passwords["app_ro"], PGSSLMODE="require"),
+                bare_port,
+                "app_ro",
+            ),
             "gateway": (
                 dict(
                     base, PGPASSWORD=token, PGSSLMODE="verify-full", PGSSLROOTCERT=str(cfg.tls_cert)
@@ -160,6 +186,8 @@ def main() -> None:
                 "erin",
             ),
         }
+        wanted = set(args.setups.split(",")) | {"direct"}
+        setups = {k: v for k, v in setups.items() if k in wanted}
         results: dict[tuple[str, int], tuple[float, float, float]] = {}
         for c in clients:
             tps: dict[str, list[float]] = {k: [] for k in setups}
@@ -180,7 +208,7 @@ def main() -> None:
 
         print(
             f"pgbench -S, {args.seconds}s x {args.repeat} runs each, medians "
-            f"(TLS for pgbouncer and gateway; gateway workers: {args.workers})"
+            f"(TLS for pgbouncer, bare and gateway; gateway workers: {args.workers})"
         )
         print(
             f"{'setup':<10} {'clients':>7} {'TPS':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} {'+p99':>7}"
@@ -192,10 +220,19 @@ def main() -> None:
                 print(
                     f"{name:<10} {c:>7} {t:>10.0f} {t / d_tps:>6.2f} {p50:>8.3f} {p99:>8.3f} {p50 - d50:>+7.3f} {p99 - d99:>+7.3f}"
                 )
-        for c in clients:
-            print(
-                f"pgbouncer/direct TPS ratio at {c} clients: {results[('pgbouncer', c)][0] / results[('direct', c)][0]:.2f}"
-            )
+        if "pgbouncer" in setups:
+            for c in clients:
+                print(
+                    f"pgbouncer/direct TPS ratio at {c} clients: {results[('pgbouncer', c)][0] / results[('direct', c)][0]:.2f}"
+                )
+        if "gateway" not in setups:
+            return
+        if "bare" in setups:
+            for c in clients:
+                print(
+                    f"gateway/bare relay TPS ratio at {c} clients (share kept by judging and recording): "
+                    f"{results[('gateway', c)][0] / results[('bare', c)][0]:.2f}"
+                )
         last = clients[-1]
         for c in clients[:-1]:
             print(

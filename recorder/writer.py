@@ -9,10 +9,10 @@ Threading model
   buffer becomes non-empty it commits at once, then waits ``commit_interval`` before the next
   commit (group commit), so an append is on disk within about ``commit_interval`` plus one fsync.
   Once 4 MiB are buffered it stops waiting (bulk output is written as it comes).
-* Large data payloads are hashed and buffered as pieces (line head, base64, tail) rather than
-  copied into one line; the file holds the same bytes.
   It also signs a time-based checkpoint when a signed event would otherwise wait longer than
   ``checkpoint_interval``.
+* Large data payloads are hashed and buffered as pieces (line head, base64, tail) rather than
+  copied into one line; the file holds the same bytes.
 * A checkpoint is signed inline by the append that makes ``checkpoint_events`` unsigned events,
   or that finds the oldest unsigned event older than ``checkpoint_interval``.
 * ``flush()`` and ``close()`` are blocking (write + fsync); from async code call them through
@@ -406,15 +406,8 @@ class RecordingWriter:
             self._checkpoint_locked(self._t_offset + now)
 
     def _push_locked(self, line: bytes) -> None:
-        self._prev = _hexlify(_sha256(line).digest())
-        self._seq += 1
-        if not self._buf:
-            self._wake.set()
-        self._buf.append(line)
-        self._buffered += len(line)
-        if self._buffered >= _HURRY_BYTES and not self._hurried:
-            self._hurried = True
-            self._hurry.set()
+        """Chain ``line`` and buffer it."""
+        self._enqueue_locked(_sha256(line), (line,), len(line))
 
     def _push_parts_locked(self, head: bytes, b64: bytes) -> None:
         """Like ``_push_locked(head + b64 + _DATA_TAIL)``: the same bytes hashed and written,
@@ -422,12 +415,16 @@ class RecordingWriter:
         h = _sha256(head)
         h.update(b64)
         h.update(_DATA_TAIL)
-        self._prev = _hexlify(h.digest())
+        self._enqueue_locked(h, (head, b64, _DATA_TAIL), len(head) + len(b64) + len(_DATA_TAIL))
+
+    def _enqueue_locked(self, digest: Any, pieces: tuple[bytes, ...], size: int) -> None:
+        """Make ``digest`` (of the line ``pieces`` form) the chain head and buffer the pieces."""
+        self._prev = _hexlify(digest.digest())
         self._seq += 1
         if not self._buf:
             self._wake.set()
-        self._buf += (head, b64, _DATA_TAIL)
-        self._buffered += len(head) + len(b64) + len(_DATA_TAIL)
+        self._buf += pieces
+        self._buffered += size
         if self._buffered >= _HURRY_BYTES and not self._hurried:
             self._hurried = True
             self._hurry.set()

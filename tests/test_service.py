@@ -49,10 +49,6 @@ max_ttl = "30m"
     gw.stop()
 
 
-def request_id(out: str) -> str:
-    return json.loads(out)["id"]
-
-
 def audit(gw, type_):
     svc_dir = gw.cfg.audit_dir
     return read_audit(svc_dir, type=type_)
@@ -60,23 +56,9 @@ def audit(gw, type_):
 
 async def test_request_approve_fetch_and_use(env):
     gw, svc, cli = env
-    out = cli.ok(
-        "erin",
-        "request",
-        "-t",
-        "db-readonly",
-        "--target",
-        "shop",
-        "--for",
-        "20m",
-        "--reason",
-        "fix order 42",
-        "--ticket",
-        "OPS-1",
-        "--json",
-    )
-    rid = request_id(out)
-    assert json.loads(out)["status"] == "pending"
+    out = cli.request("erin", "fix order 42", "--ticket", "OPS-1", duration="20m")
+    rid = out["id"]
+    assert out["status"] == "pending"
     # The grant is not there before approval.
     rc, _, err = cli.run("erin", "grant", "get", rid)
     assert rc != 0 and "pending" in err
@@ -133,21 +115,7 @@ async def test_request_approve_fetch_and_use(env):
 
 def test_self_approval_refused(env):
     gw, svc, cli = env
-    rid = request_id(
-        cli.ok(
-            "alice",
-            "request",
-            "-t",
-            "db-readonly",
-            "--target",
-            "shop",
-            "--for",
-            "10m",
-            "--reason",
-            "mine",
-            "--json",
-        )
-    )
+    rid = cli.request("alice", "mine")["id"]
     rc, _, err = cli.run("alice", "approve", rid)
     assert rc != 0 and "cannot approve their own request" in err and "self-approval" in err
     rc, _, err = cli.run("erin", "approve", rid)  # not an approver
@@ -157,21 +125,7 @@ def test_self_approval_refused(env):
 
 def test_expired_request_cannot_be_approved(env):
     gw, svc, cli = env
-    rid = request_id(
-        cli.ok(
-            "erin",
-            "request",
-            "-t",
-            "db-readonly",
-            "--target",
-            "shop",
-            "--for",
-            "10m",
-            "--reason",
-            "late",
-            "--json",
-        )
-    )
+    rid = cli.request("erin", "late")["id"]
     st = svc.service.state
     doc = svc.call(st.get_request(rid))
     # The approval window has passed (rewritten in the state rather than waited for).
@@ -186,21 +140,7 @@ def test_expired_request_cannot_be_approved(env):
 
 def test_denied_request_yields_no_grant(env):
     gw, svc, cli = env
-    rid = request_id(
-        cli.ok(
-            "erin",
-            "request",
-            "-t",
-            "db-readonly",
-            "--target",
-            "shop",
-            "--for",
-            "10m",
-            "--reason",
-            "maybe",
-            "--json",
-        )
-    )
+    rid = cli.request("erin", "maybe")["id"]
     rc, _, err = cli.run("bob", "deny", rid)  # --reason is required
     assert rc != 0
     out = json.loads(cli.ok("bob", "deny", rid, "--reason", "use the replica", "--json"))
@@ -229,23 +169,7 @@ def test_breakglass_at_once_alerted_and_queued_for_review(env):
         "--breakglass",
     )
     assert rc != 0 and "requester-not-allowed" in err
-    out = json.loads(
-        cli.ok(
-            "ina",
-            "request",
-            "-t",
-            "breakglass",
-            "--target",
-            "shop",
-            "--for",
-            "10m",
-            "--reason",
-            "outage INC-9",
-            "--breakglass",
-            "--wait",
-            "--json",
-        )
-    )
+    out = cli.request("ina", "outage INC-9", "--breakglass", "--wait", template="breakglass")
     assert out["status"] == "approved" and out["breakglass"] and out["grant_file"]
     svc.service.audit.flush()
     used = [
@@ -259,21 +183,7 @@ def test_breakglass_at_once_alerted_and_queued_for_review(env):
 def test_auto_approval_for_oncall_approver(env):
     gw, svc, cli = env
     # bob is on call and in @approvers: approved at once, by the rule
-    out = json.loads(
-        cli.ok(
-            "bob",
-            "request",
-            "-t",
-            "db-readonly",
-            "--target",
-            "shop",
-            "--for",
-            "15m",
-            "--reason",
-            "on-call check",
-            "--json",
-        )
-    )
+    out = cli.request("bob", "on-call check", duration="15m")
     assert out["status"] == "approved" and out["auto_approved_by"] == "oncall-readonly"
     # erin may not revoke bob's grant; bob may revoke his own
     rc, _, err = cli.run("erin", "grant", "revoke", out["grant_jti"], "--reason", "x")
@@ -281,21 +191,7 @@ def test_auto_approval_for_oncall_approver(env):
     cli.ok("bob", "grant", "revoke", out["grant_jti"], "--reason", "done early")
     assert svc.call(svc.service.state.revocation(out["grant_jti"])).actor == "bob"
     # alice is not on call: she waits for someone
-    out = json.loads(
-        cli.ok(
-            "alice",
-            "request",
-            "-t",
-            "db-readonly",
-            "--target",
-            "shop",
-            "--for",
-            "15m",
-            "--reason",
-            "check",
-            "--json",
-        )
-    )
+    out = cli.request("alice", "check", duration="15m")
     assert out["status"] == "pending"
 
 

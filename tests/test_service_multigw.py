@@ -4,7 +4,6 @@ through the service ends a live session on each gateway within a second (LISTEN/
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import time
 
@@ -58,21 +57,7 @@ async def test_revocation_through_service_ends_sessions_on_every_gateway(cluster
     g1, g2, svc, cli = cluster
     for u in ("erin", "alice"):
         cli.login(u, svc.url)
-    rid = json.loads(
-        cli.ok(
-            "erin",
-            "request",
-            "-t",
-            "db-readonly",
-            "--target",
-            "shop",
-            "--for",
-            "10m",
-            "--reason",
-            "two gateways",
-            "--json",
-        )
-    )["id"]
+    rid = cli.request("erin", "two gateways")["id"]
     cli.ok("alice", "approve", rid)
     token = cli.ok("erin", "grant", "get", rid, "--print").strip()
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]

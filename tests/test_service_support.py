@@ -29,6 +29,7 @@ async def drop_state_db(pg_server, dsn: str) -> None:
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 from concurrent.futures import Future  # noqa: E402
@@ -145,6 +146,32 @@ class Cli:
         rc, out, err = self.run(user, *argv, stdin=stdin)
         assert rc == 0, f"breakglass {' '.join(argv)} as {user}: rc={rc}\n{out}\n{err}"
         return out
+
+    def request(
+        self,
+        user: str,
+        reason: str,
+        *extra: str,
+        template: str = "db-readonly",
+        target: str = "shop",
+        duration: str = "10m",
+    ) -> dict:
+        """``breakglass request ... --json`` as ``user``; returns the request it printed."""
+        out = self.ok(
+            user,
+            "request",
+            "-t",
+            template,
+            "--target",
+            target,
+            "--for",
+            duration,
+            "--reason",
+            reason,
+            *extra,
+            "--json",
+        )
+        return json.loads(out)
 
     def login(self, user: str, server: str, code: str | None = None) -> str:
         code = code or pyotp.TOTP(self.secrets[user]).now()

@@ -6,7 +6,10 @@ The full specification, with a worked example, is docs/recording-format.md. In s
 * Line ``i`` has ``"seq": i`` and ``"prev"``: the lowercase hex SHA-256 of the exact bytes of
   line ``i-1`` including its ``\\n`` (64 zeros for line 0, the header).
 * ``checkpoint`` and ``trailer`` lines carry an Ed25519 signature (hex, ``"sig"``) by the key
-  named in ``"key_id"`` over the ASCII message ``signed_message(kind, seq, prev)``.
+  named in ``"key_id"`` over the ASCII message ``signed_message(kind, seq, prev, format)``.
+* Since ``breakglass-recording/2``: a line with ``"raw_len": N`` is followed by N raw bytes (a
+  *frame*, the event's payload, e.g. bulk terminal output) whose SHA-256 is the line's
+  ``"raw_sha256"``. The chain hashes the line, which commits to the frame through that digest.
 
 Nothing here does I/O.
 """
@@ -18,7 +21,11 @@ import binascii
 import json
 from typing import Any
 
-FORMAT = "breakglass-recording/1"
+FORMAT_V1 = "breakglass-recording/1"
+#: What the writer writes: /1 plus raw frames for large data payloads.
+FORMAT = "breakglass-recording/2"
+#: Formats the reader and the verifier accept.
+FORMATS = (FORMAT_V1, FORMAT)
 ZERO_HASH = "0" * 64
 
 # Event kinds. The set is open: any other non-empty string is a valid kind for a generic event.
@@ -44,6 +51,14 @@ RESERVED_FIELDS = frozenset({"seq", "t", "kind", "prev"})
 #: Fields the writer puts in the header; the caller's header dict cannot override them.
 HEADER_FIELDS = frozenset({"format", "recording_id", "key_id"})
 
+#: Field giving the length of the raw frame that follows a line (format /2), and the field
+#: with its hex SHA-256.
+RAW_LEN = "raw_len"
+RAW_SHA256 = "raw_sha256"
+#: Largest frame a reader accepts (and the writer writes): a crafted length must not make a
+#: reader allocate without bound.
+MAX_RAW_LEN = 16 << 20
+
 #: Key of the one-entry JSON object that stands for a bytes value in non-data fields.
 BYTES_KEY = "$b"
 
@@ -56,14 +71,14 @@ class RecorderFieldError(RecorderError, TypeError):
     """An event field cannot be recorded (not JSON-serialisable, reserved name, ...)."""
 
 
-def signed_message(kind: str, seq: int, prev: str) -> bytes:
+def signed_message(kind: str, seq: int, prev: str, format: str = FORMAT) -> bytes:
     """The exact bytes a checkpoint or trailer signature covers.
 
-    ``kind`` is ``"checkpoint"`` or ``"trailer"`` (domain separation: a checkpoint can never be
+    ``format`` is the recording's format (its header's ``"format"``), ``kind`` is ``"checkpoint"`` or ``"trailer"`` (domain separation: a checkpoint can never be
     passed off as a trailer), ``seq`` the signed line's own sequence number and ``prev`` the hex
     SHA-256 of the line before it, which commits to the whole chain back to the header.
     """
-    return f"{FORMAT} {kind} {seq} {prev}".encode("ascii")
+    return f"{format} {kind} {seq} {prev}".encode("ascii")
 
 
 def b64(data: bytes) -> str:
@@ -144,9 +159,27 @@ def decode_value(obj: Any) -> Any:
     return obj
 
 
-def decode_event(event: dict[str, Any]) -> dict[str, Any]:
-    """A parsed line with its bytes fields decoded back to ``bytes``."""
+def frame_length(event: dict[str, Any]) -> int | None:
+    """Length of the raw frame that follows this parsed line of a /2 recording (None: no
+    frame). ``ValueError`` when the line announces a frame it cannot have."""
+    n = event.get(RAW_LEN)
+    if n is None:
+        return None
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_RAW_LEN:
+        raise ValueError(f"invalid {RAW_LEN!r} {n!r}")
+    digest = event.get(RAW_SHA256)
+    if not isinstance(digest, str) or len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError(f"a frame needs {RAW_SHA256!r}: 64 lowercase hex digits")
+    return n
+
+
+def decode_event(event: dict[str, Any], payload: bytes | None = None) -> dict[str, Any]:
+    """A parsed line with its bytes fields decoded back to ``bytes``; ``payload``, the raw frame
+    that followed the line, becomes its ``data`` (in place of ``raw_len``/``raw_sha256``)."""
     out = decode_value(event)
-    if event.get("kind") in DATA_KINDS and isinstance(event.get("data"), str):
+    if payload is not None:
+        del out[RAW_LEN], out[RAW_SHA256]
+        out["data"] = payload
+    elif event.get("kind") in DATA_KINDS and isinstance(event.get("data"), str):
         out["data"] = unb64(event["data"])
     return out

@@ -77,7 +77,20 @@ class VerifyResult:
 
 
 class _Line:
-    __slots__ = ("index", "raw", "hash", "obj", "error", "complete", "offset")
+    """One event: its line (``raw``, whose hash the chain holds), and in a /2 recording the
+    raw frame that may follow it (checked against the line's ``raw_sha256``)."""
+
+    __slots__ = (
+        "index",
+        "raw",
+        "hash",
+        "obj",
+        "error",
+        "complete",
+        "offset",
+        "frame_error",
+        "short_frame",
+    )
 
     def __init__(self, index: int, raw: bytes, offset: int) -> None:
         self.index = index
@@ -87,6 +100,8 @@ class _Line:
         self.hash = hashlib.sha256(raw).hexdigest()
         self.obj: dict[str, Any] | None = None
         self.error: str | None = None
+        self.frame_error: str | None = None
+        self.short_frame: bytes | None = None  # the frame, when the file ends inside it
         try:
             obj = json.loads(raw, object_pairs_hook=_no_duplicates)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -130,6 +145,8 @@ def _shape_error(obj: Any) -> str | None:
         t = obj.get("t")
         if not isinstance(t, int | float) or isinstance(t, bool):
             return "missing or invalid 't'"
+    if kind in fmt.DATA_KINDS and not isinstance(obj.get("data"), str) and fmt.RAW_LEN not in obj:
+        return f"{kind} event without data"
     return None
 
 
@@ -141,6 +158,8 @@ class _Lines:
         self._ahead: deque[_Line] = deque()
         self._next_index = 0
         self._offset = 0
+        self.format = fmt.FORMAT_V1  # the header's, once read: what signatures cover
+        self._framed = False  # lines may be followed by raw frames (format /2)
 
     def _read_one(self) -> _Line | None:
         raw = self._f.readline()
@@ -149,7 +168,28 @@ class _Lines:
         line = _Line(self._next_index, raw, self._offset)
         self._next_index += 1
         self._offset += len(raw)
+        if line.index == 0 and line.obj is not None and line.obj.get("format") in fmt.FORMATS:
+            self.format = line.obj["format"]
+            self._framed = self.format != fmt.FORMAT_V1
+        if self._framed and line.obj is not None and line.complete:
+            self._read_frame(line)
         return line
+
+    def _read_frame(self, line: _Line) -> None:
+        assert line.obj is not None
+        try:
+            size = fmt.frame_length(line.obj)
+        except ValueError as exc:
+            line.error, line.obj = str(exc), None
+            return
+        if size is None:
+            return
+        frame = self._f.read(size)
+        self._offset += len(frame)
+        if len(frame) < size:
+            line.complete, line.short_frame = False, frame
+        elif hashlib.sha256(frame).hexdigest() != line.obj[fmt.RAW_SHA256]:
+            line.frame_error = "its raw frame does not match its raw_sha256"
 
     def peek(self, n: int) -> _Line | None:
         """The n-th line after the current one (0 = the next one to be taken)."""
@@ -229,7 +269,11 @@ def verify_recording(path: Path, trusted_keys: dict[str, Ed25519PublicKey]) -> V
 
 
 def _check_signature(
-    line: _Line, trusted_keys: dict[str, Ed25519PublicKey], what: str, lines: _Lines | None = None
+    line: _Line,
+    trusted_keys: dict[str, Ed25519PublicKey],
+    what: str,
+    lines: _Lines,
+    classify: bool = True,
 ) -> str:
     obj = line.obj
     assert obj is not None
@@ -237,7 +281,7 @@ def _check_signature(
     sig = obj.get("sig")
     i = line.index
     if not isinstance(key_id, str) or not isinstance(sig, str):
-        problem = MALFORMED if lines is None else _altered_or(lines, line, MALFORMED)
+        problem = _altered_or(lines, line, MALFORMED) if classify else MALFORMED
         raise _Fail(problem, i, f"{what} at event {i} has no key_id/sig")
     key = trusted_keys.get(key_id)
     if key is None:
@@ -245,7 +289,9 @@ def _check_signature(
     if not _HEX128.match(sig):
         raise _Fail(BAD_SIGNATURE, i, f"{what} at event {i} has a bad signature (not 64 hex bytes)")
     try:
-        key.verify(bytes.fromhex(sig), fmt.signed_message(obj["kind"], i, obj["prev"]))
+        key.verify(
+            bytes.fromhex(sig), fmt.signed_message(obj["kind"], i, obj["prev"], lines.format)
+        )
     except InvalidSignature:
         raise _Fail(
             BAD_SIGNATURE,
@@ -256,9 +302,9 @@ def _check_signature(
     return key_id
 
 
-def _signature_valid(line: _Line, trusted_keys: dict[str, Ed25519PublicKey]) -> bool:
+def _signature_valid(line: _Line, trusted_keys: dict[str, Ed25519PublicKey], lines: _Lines) -> bool:
     try:
-        _check_signature(line, trusted_keys, "x")
+        _check_signature(line, trusted_keys, "x", lines, classify=False)
     except _Fail:
         return False
     return True
@@ -280,6 +326,8 @@ def _walk(
         if not line.complete:
             if _looks_like_trailer(line, i, prev_hash):
                 raise _Fail(ALTERED, i, f"trailer at event {i} altered (its final newline)")
+            if _frame_length_altered(line, i):
+                raise _Fail(ALTERED, i, f"event {i} altered (its raw_len overruns its frame)")
             torn = True  # the last line was cut short (no newline): a tail cut or a torn write
             break
         if trailer_seen:
@@ -315,16 +363,19 @@ def _walk(
             raise _Fail(REORDERED, i, f"event {seq} reordered: it appears again at position {i}")
         if seq != i:
             raise _Fail(ALTERED, i, f"event {i} altered (its sequence number reads {seq})")
+        if line.frame_error is not None:
+            raise _Fail(ALTERED, i, f"event {i} altered ({line.frame_error})")
 
         kind = obj["kind"]
         if i == 0:
             if kind != fmt.HEADER:
                 raise _Fail(_altered_or(lines, line, MALFORMED), 0, "event 0 is not a header")
-            if obj.get("format") != fmt.FORMAT:
+            if obj.get("format") not in fmt.FORMATS:
                 raise _Fail(
                     _altered_or(lines, line, MALFORMED),
                     0,
-                    f"unsupported recording format {obj.get('format')!r} (want {fmt.FORMAT!r})",
+                    f"unsupported recording format {obj.get('format')!r} "
+                    f"(want one of {', '.join(fmt.FORMATS)})",
                 )
             try:
                 r.header = fmt.decode_event(obj)
@@ -406,6 +457,23 @@ def _looks_like_trailer(line: _Line, i: int, prev_hash: str) -> bool:
     return False
 
 
+def _frame_length_altered(line: _Line, i: int) -> bool:
+    """The file ends inside ``line``'s frame. Cut there, or was its ``raw_len`` made larger?
+    Altered if the frame as written (it matches ``raw_sha256``) is followed by event i+1."""
+    frame = line.short_frame
+    if frame is None or line.obj is None:
+        return False
+    needle = b'{"seq":%d,' % (i + 1)
+    at = frame.find(needle)
+    for _ in range(8):  # bounded: a crafted frame full of needles must not stall the verifier
+        if at < 0:
+            break
+        if hashlib.sha256(frame[:at]).hexdigest() == line.obj[fmt.RAW_SHA256]:
+            return True
+        at = frame.find(needle, at + 1)
+    return False
+
+
 def _own_prev_altered(
     line: _Line, lines: _Lines, trusted_keys: dict[str, Ed25519PublicKey]
 ) -> bool:
@@ -419,7 +487,7 @@ def _own_prev_altered(
         return False
     if line.kind in (fmt.CHECKPOINT, fmt.TRAILER):
         # last line and signed: the signature covers the prev as the writer wrote it
-        return not _signature_valid(line, trusted_keys)
+        return not _signature_valid(line, trusted_keys, lines)
     return False
 
 

@@ -11,8 +11,9 @@ Threading model
   Once 4 MiB are buffered it stops waiting (bulk output is written as it comes).
   It also signs a time-based checkpoint when a signed event would otherwise wait longer than
   ``checkpoint_interval``.
-* Large data payloads are hashed and buffered as pieces (line head, base64, tail) rather than
-  copied into one line; the file holds the same bytes.
+* Data payloads of ``raw_min`` bytes or more are written as raw frames after their line
+  (format /2): hashed once, never base64-encoded or copied (the bytes object itself is
+  buffered and handed to ``writev``). Smaller ones stay base64 inside their line.
 * A checkpoint is signed inline by the append that makes ``checkpoint_events`` unsigned events,
   or that finds the oldest unsigned event older than ``checkpoint_interval``.
 * ``flush()`` and ``close()`` are blocking (write + fsync); from async code call them through
@@ -61,11 +62,10 @@ _b2a = binascii.b2a_base64
 _hexlify = binascii.hexlify
 _monotonic = time.monotonic
 
-#: A data event's line ends with this after the base64 payload.
-_DATA_TAIL = b'"}\n'
-#: Data events with a shorter base64 payload are joined into one line; longer ones are
-#: buffered as pieces (copying a 44 KiB SSH packet into a line cost more than hashing it).
-_JOIN_BELOW = 4096
+#: Data payloads this long or longer are written as raw frames (base64 and copying a 32 KiB
+#: SSH packet into a line cost more CPU than relaying it); shorter ones, keystrokes and
+#: prompts, stay readable base64 in their line.
+RAW_MIN = 4096
 
 #: The committer does not wait out ``commit_interval`` once this much is buffered (bulk
 #: transfers: small, steady writes keep the page cache warm and the session unthrottled).
@@ -106,13 +106,15 @@ class RecordingWriter:
         commit_interval: float = 0.05,
         on_failure: Callable[[Exception], None] | None = None,
         max_buffer: int = 256 * 1024 * 1024,
+        raw_min: int = RAW_MIN,
     ) -> RecordingWriter:
         """Create ``path`` exclusively and write (and fsync) the header and a first checkpoint.
 
         Synchronous; does not need an event loop. Raises ``RecorderError`` if the file exists or
         cannot be created, ``RecorderFieldError`` if ``header`` cannot be recorded.
         ``max_buffer``: if this many bytes are waiting for the disk, the writer fails rather than
-        grow without bound (the disk is not keeping up).
+        grow without bound (the disk is not keeping up). ``raw_min``: data payloads this long
+        or longer are written as raw frames rather than base64.
         """
         if not isinstance(signing_key, Ed25519PrivateKey):
             raise TypeError("signing_key must be an Ed25519PrivateKey")
@@ -143,6 +145,7 @@ class RecordingWriter:
         self._commit_interval = float(commit_interval)
         self._on_failure = on_failure
         self._max_buffer = int(max_buffer)
+        self._raw_min = max(1, int(raw_min))
 
         self._lock = threading.Lock()  # chain state + buffer
         self._io_lock = threading.Lock()  # serialises write+fsync, keeps file order = chain order
@@ -277,23 +280,50 @@ class RecordingWriter:
             extra = self._field_cache.get((channel, stream))
             if extra is None:
                 extra = self._extra_fields(channel, stream)
-        b64 = _b2a(data, newline=False)  # TypeError for non-bytes, before we touch the chain
+        size = len(data)  # a str fails with TypeError below, before the chain is touched
+        if size < self._raw_min:
+            self._data_line(kind, _b2a(data, newline=False), extra)
+            return
+        if type(data) is not bytes:
+            data = bytes(data)  # buffered by reference until written: must not change
+        for start in range(0, size, fmt.MAX_RAW_LEN):
+            piece = data if size <= fmt.MAX_RAW_LEN else data[start : start + fmt.MAX_RAW_LEN]
+            self._data_frame(kind, piece, _sha256(piece).hexdigest().encode("ascii"), extra)
+
+    def _data_line(self, kind: bytes, b64: bytes, extra: bytes) -> None:
+        """A data event with its payload as base64 in the line."""
         with self._lock:
             if self._dead:
                 raise self._dead_error()
             if self._buffered <= self._max_buffer:
                 now = _monotonic()
-                head = b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s,"data":"' % (
+                line = b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s,"data":"%s"}\n' % (
                     self._seq,
                     self._t_offset + now,
                     kind,
                     self._prev,
                     extra,
+                    b64,
                 )
-                if len(b64) < _JOIN_BELOW:
-                    self._push_locked(head + b64 + _DATA_TAIL)
-                else:  # bulk: hash and write the pieces, never copy the payload into a line
-                    self._push_parts_locked(head, b64)
+                self._push_locked(line)
+                self._count_locked(now)
+                return
+            exc = self._overflow_locked()
+        self._report_failure(exc)
+        raise exc
+
+    def _data_frame(self, kind: bytes, data: bytes, digest: bytes, extra: bytes) -> None:
+        """A data event whose line announces a raw frame: ``data`` follows the line as is."""
+        with self._lock:
+            if self._dead:
+                raise self._dead_error()
+            if self._buffered <= self._max_buffer:
+                now = _monotonic()
+                line = (
+                    b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s,"raw_len":%d,"raw_sha256":"%s"}\n'
+                    % (self._seq, self._t_offset + now, kind, self._prev, extra, len(data), digest)
+                )
+                self._enqueue_locked(_sha256(line), (line, data), len(line) + len(data))
                 self._count_locked(now)
                 return
             exc = self._overflow_locked()
@@ -409,16 +439,9 @@ class RecordingWriter:
         """Chain ``line`` and buffer it."""
         self._enqueue_locked(_sha256(line), (line,), len(line))
 
-    def _push_parts_locked(self, head: bytes, b64: bytes) -> None:
-        """Like ``_push_locked(head + b64 + _DATA_TAIL)``: the same bytes hashed and written,
-        as three buffer entries (writev joins them in the file)."""
-        h = _sha256(head)
-        h.update(b64)
-        h.update(_DATA_TAIL)
-        self._enqueue_locked(h, (head, b64, _DATA_TAIL), len(head) + len(b64) + len(_DATA_TAIL))
-
     def _enqueue_locked(self, digest: Any, pieces: tuple[bytes, ...], size: int) -> None:
-        """Make ``digest`` (of the line ``pieces`` form) the chain head and buffer the pieces."""
+        """Make ``digest`` (of the line) the chain head and buffer ``pieces`` (the line, and
+        its frame if it has one)."""
         self._prev = _hexlify(digest.digest())
         self._seq += 1
         if not self._buf:

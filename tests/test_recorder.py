@@ -21,10 +21,25 @@ TRUSTED = {"rec-1": KEY.public_key()}
 HEADER = {"session": "s-1", "user": "alice", "target": "web1", "protocol": "ssh"}
 
 
-def make_recording(path: Path, n: int = 40, checkpoint_events: int = 10) -> list[bytes]:
+def split_events(data: bytes) -> list[bytes]:
+    """A recording's bytes cut into events: each line with the raw frame that follows it."""
+    events, at = [], 0
+    while at < len(data):
+        end = data.index(b"\n", at) + 1
+        size = json.loads(data[at:end]).get("raw_len", 0)
+        events.append(data[at : end + size])
+        at = end + size
+    return events
+
+
+def make_recording(
+    path: Path, n: int = 40, checkpoint_events: int = 10, raw_min: int = 4096
+) -> list[bytes]:
     """A finalized recording: header, checkpoint, resize, n outputs/inputs, query, end, trailer.
-    Returns its lines."""
-    w = RecordingWriter.create(path, HEADER, KEY, "rec-1", checkpoint_events=checkpoint_events)
+    Returns its events (lines, with their frames for payloads of ``raw_min`` bytes or more)."""
+    w = RecordingWriter.create(
+        path, HEADER, KEY, "rec-1", checkpoint_events=checkpoint_events, raw_min=raw_min
+    )
     w.resize(80, 24)
     for i in range(n):
         if i % 3 == 0:
@@ -33,7 +48,7 @@ def make_recording(path: Path, n: int = 40, checkpoint_events: int = 10) -> list
             w.output(b"line %d \xff\xfe\r\n" % i, channel="ch0")
     w.query(text="select 1", params=[b"\x00\x01", None, 7], tag="SELECT 1", rows=1)
     w.close("client disconnected")
-    return path.read_bytes().splitlines(keepends=True)
+    return split_events(path.read_bytes())
 
 
 def rewrite(path: Path, lines: list[bytes], mode: int = 0o440) -> Path:
@@ -45,7 +60,7 @@ def rewrite(path: Path, lines: list[bytes], mode: int = 0o440) -> Path:
 
 
 def index_of(lines: list[bytes], kind: str, nth: int = 0) -> int:
-    found = [i for i, line in enumerate(lines) if json.loads(line)["kind"] == kind]
+    found = [i for i, line in enumerate(lines) if json.loads(line.split(b"\n")[0])["kind"] == kind]
     return found[nth]
 
 
@@ -68,7 +83,7 @@ def test_untouched_recording_verifies_with_counts(rec):
     # one checkpoint after the header, then one every 10 events
     assert r.checkpoints == sum(1 for line in lines if b'"kind":"checkpoint"' in line)
     assert r.checkpoints >= 4
-    assert r.header["user"] == "alice" and r.header["format"] == "breakglass-recording/1"
+    assert r.header["user"] == "alice" and r.header["format"] == "breakglass-recording/2"
     assert r.message.startswith("OK")
     kinds = [json.loads(line)["kind"] for line in lines]
     assert kinds[:3] == ["header", "checkpoint", "resize"]
@@ -113,27 +128,78 @@ def test_bytes_round_trip_exactly(tmp_path):
     assert cmd["note"] == "caf\u00e9"
 
 
-def test_bulk_payloads_written_in_pieces_chain_and_verify(tmp_path):
-    """Payloads past the join threshold are hashed and written as pieces: the file must hold
-    the same lines, the chain must hold, and a flipped byte deep in a payload is caught."""
+def test_large_payloads_are_raw_frames_that_chain_and_verify(tmp_path):
+    """Payloads of raw_min bytes or more follow their line as raw frames: read back exactly,
+    committed to by the line's raw_sha256, and a flipped byte deep in one is caught there."""
     path = tmp_path / "bulk.rec"
     w = RecordingWriter.create(path, HEADER, KEY, "rec-1", checkpoint_events=3)
-    blobs = [os.urandom(n) for n in (3000, 3073, 32768, 200_000, 5)]
+    blobs = [os.urandom(n) for n in (3000, 4095, 4096, 32768, 200_000, 5)]
     for i, blob in enumerate(blobs):
-        w.output(blob, channel="ch0") if i % 2 else w.input(blob)
+        w.output(blob, channel="ch0", stream="stderr") if i % 2 else w.input(blob)
     w.close("done")
     assert verify_recording(path, TRUSTED).ok
     events = [e for e in read_events(path) if e["kind"] in ("input", "output")]
     assert [e["data"] for e in events] == blobs
-    lines = path.read_bytes().splitlines(keepends=True)
-    i = index_of(lines, "output", 1)  # the 200 KB one
-    lines[i] = (
-        lines[i][:100_000]
-        + (b"A" if lines[i][100_000:100_001] != b"A" else b"B")
-        + lines[i][100_001:]
-    )
-    report = verify_recording(rewrite(path, lines), TRUSTED)
-    assert not report.ok
+    assert [e.get("channel") for e in events] == [None, "ch0"] * 3
+    assert all("raw_len" not in e for e in events)
+    chunks = split_events(path.read_bytes())
+    framed = [json.loads(c.split(b"\n")[0]) for c in chunks if b'"raw_len"' in c.split(b"\n")[0]]
+    assert [f["raw_len"] for f in framed] == [4096, 32768, 200_000]
+    assert all("data" not in f for f in framed)
+    assert chunks[index_of(chunks, "output", 1)].endswith(blobs[3])  # the frame is the payload
+
+    k = index_of(chunks, "input", 2)  # the 200 KB one
+    bad = bytearray(chunks[k])
+    bad[-100_000] ^= 0x40
+    report = verify_recording(rewrite(path, [*chunks[:k], bytes(bad), *chunks[k + 1 :]]), TRUSTED)
+    assert (report.problem, report.event_index) == ("altered", k), report.message
+    assert "raw frame" in report.message
+
+
+@pytest.mark.parametrize("delta", [+1, -1, +5000])
+def test_a_changed_frame_length_is_caught_at_its_event(tmp_path, delta):
+    path = tmp_path / "len.rec"
+    w = RecordingWriter.create(path, HEADER, KEY, "rec-1")
+    w.output(b"a" * 5000)
+    w.output(b"tail")
+    w.close("done")
+    chunks = split_events(path.read_bytes())
+    k = index_of(chunks, "output")
+    chunks[k] = chunks[k].replace(b'"raw_len":5000', b'"raw_len":%d' % (5000 + delta))
+    report = verify_recording(rewrite(path, chunks), TRUSTED)
+    assert (report.problem, report.event_index) == ("altered", k), report.message
+
+
+def test_a_live_recording_cut_inside_a_frame_reads_and_verifies_up_to_it(tmp_path):
+    path = tmp_path / "live.rec"
+    w = RecordingWriter.create(path, HEADER, KEY, "rec-1")
+    w.output(b"before")
+    w.output(b"x" * 10_000)
+    w.flush()
+    data = path.read_bytes()
+    w.close("done")
+    os.chmod(path, 0o640)
+    path.write_bytes(data[:-3000])  # the writer died in the middle of writing the frame
+    assert [e["data"] for e in read_events(path) if e["kind"] == "output"] == [b"before"]
+    report = verify_recording(path, TRUSTED)
+    assert (report.problem, report.live) == ("missing-trailer", True), report.message
+
+
+def test_frames_hold_the_bytes_given_and_split_past_the_maximum(tmp_path):
+    from recorder.format import MAX_RAW_LEN
+
+    path = tmp_path / "big.rec"
+    w = RecordingWriter.create(path, HEADER, KEY, "rec-1")
+    buf = bytearray(b"q" * 8192)
+    w.output(buf)
+    buf[:] = b"z" * 8192  # the caller reuses its buffer: the recording keeps what was given
+    big = os.urandom(MAX_RAW_LEN + 10)
+    w.output(big)
+    w.close("done")
+    assert verify_recording(path, TRUSTED).ok
+    outs = [e["data"] for e in read_events(path) if e["kind"] == "output"]
+    assert outs[0] == b"q" * 8192
+    assert [len(o) for o in outs[1:]] == [MAX_RAW_LEN, 10] and b"".join(outs[1:]) == big
 
 
 def test_fields_decision_query_and_end(tmp_path):
@@ -349,7 +415,8 @@ def test_every_single_byte_change_is_caught_at_that_line(tmp_path):
     """Exhaustive: flip one bit of any byte of a small recording -> the first problem reported
     is at the changed line, as altered, bad-signature or unknown-key."""
     path = tmp_path / "small.rec"
-    lines = make_recording(path, n=4, checkpoint_events=3)
+    lines = make_recording(path, n=4, checkpoint_events=3, raw_min=8)  # outputs: raw frames
+    assert sum(b'"raw_len"' in line for line in lines) == 2
     target = tmp_path / "t.rec"
     for k, line in enumerate(lines):
         for pos in range(len(line)):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
@@ -660,3 +662,23 @@ def test_append_encoded_fast_path(tmp_path):
     events = [e for e in read_events(tmp_path / "f.rec") if e["kind"] == "query"]
     assert events[0]["text"] == 'select "x" \u00e9\n' and events[0]["n"] == 1
     assert verify_recording(tmp_path / "f.rec", {"k1": key.public_key()}).ok
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="util-linux fincore not installed")
+def test_written_recording_pages_are_dropped_from_the_page_cache(tmp_path):
+    """Bulk output must not fill the page cache: once fsynced, whole pages are dropped."""
+    path = tmp_path / "cache.rec"
+    w = RecordingWriter.create(path, HEADER, KEY, "rec-1")
+    for _ in range(256):
+        w.output(os.urandom(32768))  # 8 MiB
+    w.flush()
+    size = path.stat().st_size
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert size > 8 << 20 and int(out.stdout.strip()) <= 4096, out.stdout
+    w.close("done")
+    assert verify_recording(path, TRUSTED).ok

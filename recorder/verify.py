@@ -171,7 +171,7 @@ class _Lines:
         if line.index == 0 and line.obj is not None and line.obj.get("format") in fmt.FORMATS:
             self.format = line.obj["format"]
             self._framed = self.format != fmt.FORMAT_V1
-        if self._framed and line.obj is not None and line.complete:
+        if self._framed and line.obj is not None and fmt.RAW_LEN in line.obj and line.complete:
             self._read_frame(line)
         return line
 
@@ -182,8 +182,7 @@ class _Lines:
         except ValueError as exc:
             line.error, line.obj = str(exc), None
             return
-        if size is None:
-            return
+        assert size is not None  # the line has raw_len
         frame = self._f.read(size)
         self._offset += len(frame)
         if len(frame) < size:

@@ -94,7 +94,10 @@ logfile = {workdir}/pgbouncer.log
 pidfile = {workdir}/pgbouncer.pid
 """
     )
-    cmd = [shutil.which("pgbouncer"), str(workdir / "pgbouncer.ini")]
+    exe = shutil.which("pgbouncer") or shutil.which("/usr/sbin/pgbouncer")
+    if exe is None:
+        sys.exit("bench/pg.py: pgbouncer is not installed (Debian: apt-get install pgbouncer)")
+    cmd = [exe, str(workdir / "pgbouncer.ini")]
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
         subprocess.run(["chown", "-R", "postgres", str(workdir)], check=True)

@@ -294,6 +294,98 @@ def test_sftp_refused_by_default(ssh_gateway: GatewayHarness, files):  # noqa: F
     assert any(e.get("decision_kind") == "subsystem" and not e["allowed"] for e in evs)
 
 
+def test_sftp_allowed_by_grant_records_each_operation(
+    ssh_gateway: GatewayHarness,  # noqa: F811
+    files,
+    tmp_path,
+):
+    """A grant with sftp: the real OpenSSH sftp client works through the gateway, and the
+    recording holds each operation (paths, flags, bytes, outcome), not just packets."""
+    if shutil.which("sftp") is None:
+        pytest.skip("sftp not installed")
+    claims = ssh_gateway.claims(commands=["uptime"], sftp=True)
+    gf = ssh_gateway.grant_file(ssh_gateway.sign(claims))
+    area = files / "sftp-area"
+    area.mkdir()
+    up = tmp_path / "upload.bin"
+    up.write_bytes(os.urandom(200_000))
+    script = "\n".join(
+        [
+            f"put {up} {area}/up.bin",
+            f"get {area}/up.bin {tmp_path}/down.bin",
+            f"rename {area}/up.bin {area}/renamed.bin",
+            f"mkdir {area}/sub",
+            f"rmdir {area}/sub",
+            f"chmod 600 {area}/renamed.bin",
+            f"ls {area}",
+            f"rm {area}/renamed.bin",
+            f"rm {area}/no-such-file",
+            "",
+        ]
+    )
+    res = subprocess.run(
+        ["sftp", "-P", str(ssh_gateway.port), *ssh_gateway.client_options(), "web-1@127.0.0.1"],
+        input=script.encode(),
+        capture_output=True,
+        env=ssh_gateway.client_env(gf),
+        timeout=60,
+    )
+    assert (tmp_path / "down.bin").read_bytes() == up.read_bytes(), res.stderr
+    assert sorted(p.name for p in area.iterdir()) == []
+    ssh_gateway.wait_session_ended(claims["jti"])
+    ops = [e for e in ssh_gateway.events(claims["jti"]) if e["kind"] == "sftp"]
+
+    def find(op: str, path: str, **want) -> dict:
+        hits = [
+            o for o in ops if o["op"] == op and o.get("path") == path and want.items() <= o.items()
+        ]
+        assert hits, f"no {op} {path} {want} in {ops}"
+        return hits[0]
+
+    assert "write" in find("open", f"{area}/up.bin", status="ok")["flags"].split(",")
+    closes = [o for o in ops if o["op"] == "close" and o.get("path") == f"{area}/up.bin"]
+    assert [(c["written"], c["read"]) for c in closes] == [(200_000, 0), (0, 200_000)]
+    find("rename", f"{area}/up.bin", to=f"{area}/renamed.bin", status="ok")
+    find("mkdir", f"{area}/sub", status="ok")
+    find("rmdir", f"{area}/sub", status="ok")
+    assert any(o["op"] in ("setstat", "lsetstat") and o.get("mode") == "0600" for o in ops), ops
+    assert find("opendir", f"{area}/", status="ok")["op"] == "opendir"  # ls adds the slash
+    find("remove", f"{area}/renamed.bin", status="ok")
+    assert "No such file" in find("remove", f"{area}/no-such-file", status="error")["error"]
+
+
+def test_sftp_stream_that_cannot_be_decoded_is_closed_and_recorded(
+    ssh_gateway: GatewayHarness,  # noqa: F811
+):
+    """Operations the gateway cannot record are not relayed: garbage on an allowed sftp
+    channel closes that channel with a message; the connection and gateway carry on."""
+    claims = ssh_gateway.claims(commands=["uptime"], sftp=True)
+    tok = ssh_gateway.sign(claims)
+
+    async def go():
+        async with await ssh_gateway.connect(tok) as conn:
+            proc = await conn.create_process(subsystem="sftp", encoding=None)
+            proc.stdin.write(b"\x00\x00\x00\x05\x01\x00\x00\x00\x03")  # INIT v3
+            version = await proc.stdout.read(4)
+            proc.stdin.write(b"\x00\x00\x00\x05\x63junk")  # request type 99
+            err = await asyncio.wait_for(proc.stderr.read(), 10)
+            await asyncio.wait_for(proc.wait_closed(), 10)
+            again = await conn.run("uptime", encoding=None)
+            return version, err, again
+
+    version, err, again = run(go())
+    assert len(version) == 4  # the target answered INIT: the stream was relayed until then
+    assert b"SFTP session closed (it could not be recorded)" in err
+    assert again.exit_status == 0
+    ssh_gateway.wait_session_ended(claims["jti"])
+    evs = ssh_gateway.events(claims["jti"])
+    bad = [e for e in evs if e["kind"] == "sftp"]
+    assert [e["op"] for e in bad] == ["undecodable"] and "type 99" in bad[0]["error"]
+    # the undecodable request never reached the target
+    sent = b"".join(e["data"] for e in evs if e["kind"] == "input")
+    assert sent.endswith(b"junk")
+
+
 def test_scp_legacy_allowed_by_pattern_and_sftp_mode_refused(
     ssh_gateway: GatewayHarness,  # noqa: F811
     files,

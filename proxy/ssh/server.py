@@ -42,6 +42,7 @@ from proxy.config import SshTarget
 from proxy.logs import log
 from proxy.sessions import Termination
 from proxy.ssh.restricted_shell import LineEditor, RestrictedShell, to_crlf
+from proxy.ssh.sftp_log import SftpDecodeError, SftpLog
 from proxy.ssh.upstream import UpstreamError, connect_upstream
 from recorder.format import RecorderError
 
@@ -135,6 +136,8 @@ class Bridge:
     """Client-side channel of a connection, bridged to an upstream channel, recorded."""
 
     kind = "?"
+    #: An allowed sftp subsystem: its operations, decoded from the bytes both ways.
+    sftp: SftpLog | None = None
 
     def __init__(self, owner: GatewayConnection, cid: str) -> None:
         self.o = owner
@@ -177,6 +180,8 @@ class Bridge:
             except RecorderError:
                 o.recording_failed()
                 return
+            if self.sftp is not None and not self._record_sftp(self.sftp.server_data, data):
+                return
             self.chan.write(data, datatype)
             if o.recorder.pending_bytes > RECORDER_HIGH_WATER:
                 o.throttle()
@@ -199,8 +204,28 @@ class Bridge:
         except RecorderError:
             self.o.recording_failed()
             return
+        if self.sftp is not None and not self._record_sftp(self.sftp.client_data, data):
+            return
         assert self.up is not None
         self.up.chan.write(data)
+
+    def _record_sftp(self, decode: Callable[[bytes], list[dict[str, Any]]], data: bytes) -> bool:
+        """Record the SFTP operations ``data`` completes; False (channel closed) when the
+        stream cannot be decoded or recorded: what cannot be recorded is not relayed."""
+        try:
+            ops = decode(data)
+        except SftpDecodeError as e:
+            self.sftp = None
+            self.o.record_event("sftp", channel=self.cid, op="undecodable", error=str(e))
+            log.warning("ssh.sftp_undecodable", session=self.o.session.id, error=str(e))
+            self.fail(f"breakglass: {e}; SFTP session closed (it could not be recorded)\n")
+            if self.up is not None and self.up.chan is not None:
+                self.up.chan.close()
+            return False
+        for op in ops:
+            if not self.o.record_event("sftp", channel=self.cid, **op):
+                return False
+        return True
 
     def eof_received(self) -> bool:
         self.client_eof = True
@@ -388,6 +413,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
         if allowed:
             self.kind = "subsystem"
             self.subsystem = subsystem
+            self.sftp = SftpLog()
         else:
             self.o.session.count_denial()
             self.kind = "denied"

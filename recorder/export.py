@@ -22,6 +22,7 @@ from typing import Any
 
 from . import format as fmt
 from .replay import session_start, statement_timeline
+from .term_filter import TerminalFilter
 
 __all__ = ["asciicast_lines", "jsonl_lines"]
 
@@ -41,8 +42,12 @@ def _size(events: list[dict[str, Any]]) -> tuple[int, int]:
     return DEFAULT_SIZE
 
 
-def asciicast_lines(events: list[dict[str, Any]], *, include_input: bool = False) -> Iterator[str]:
-    """The asciicast v2 file, line by line (each without its newline)."""
+def asciicast_lines(
+    events: list[dict[str, Any]], *, include_input: bool = False, raw: bool = False
+) -> Iterator[str]:
+    """The asciicast v2 file, line by line (each without its newline). Output goes through
+    :class:`~recorder.term_filter.TerminalFilter` (``asciinema play`` writes it to the
+    reviewer's terminal) unless ``raw``."""
     header = events[0] if events and events[0].get("kind") == fmt.HEADER else {}
     t0 = session_start(events)
     width, height = _size(events)
@@ -62,6 +67,7 @@ def asciicast_lines(events: list[dict[str, Any]], *, include_input: bool = False
     head["env"] = {"TERM": term if isinstance(term, str) else "xterm-256color", "SHELL": ""}
     yield json.dumps(head, ensure_ascii=True)
     decoders: dict[tuple[str, Any], Any] = {}
+    screen = None if raw else TerminalFilter()
     seen_size = False
     for ev in events:
         kind = ev.get("kind")
@@ -75,6 +81,8 @@ def asciicast_lines(events: list[dict[str, Any]], *, include_input: bool = False
             data = ev.get("data")
             if not isinstance(data, bytes | bytearray) or not data:
                 continue
+            if kind == fmt.OUTPUT and screen is not None:
+                data = screen.feed(bytes(data))
             key = (kind, ev.get("channel"), ev.get("stream"))
             dec = decoders.get(key)
             if dec is None:
@@ -102,7 +110,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-_COMMAND_KINDS = {"command", "exec", "upstream", "builtin", "exit", "terminate", "signal"}
+_COMMAND_KINDS = {"command", "exec", "upstream", "builtin", "exit", "terminate", "signal", "sftp"}
 
 
 def jsonl_lines(events: list[dict[str, Any]]) -> Iterator[str]:

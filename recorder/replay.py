@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import format as fmt
 from .format import RecorderError
 from .reader import read_events
+from .term_filter import TerminalFilter
 from .verify import MISSING_TRAILER, VerifyResult, verify_recording
 
 __all__ = [
@@ -123,12 +124,16 @@ def terminal_frames(
     start: float | None = None,
     show_input: bool = False,
     idle_limit: float | None = None,
+    raw: bool = False,
 ) -> list[Frame]:
     """The output (and with ``show_input``, input) of a session as timed frames.
 
-    Output frames carry the recorded bytes unchanged (stdout and stderr of every channel, in
-    recorded order). Input frames are rendered as a visible, reverse-video marker."""
+    Output frames carry the recorded output (stdout and stderr of every channel, in recorded
+    order) through :class:`~recorder.term_filter.TerminalFilter`, so the reviewer's terminal
+    only draws (``raw``: the recorded bytes unchanged). Input frames are rendered as a
+    visible, reverse-video marker."""
     events = list(events)
+    screen = None if raw else TerminalFilter()
     t0 = start if start is not None else session_start(events)
     frames: list[Frame] = []
     for ev in events:
@@ -139,7 +144,9 @@ def terminal_frames(
         t = ev.get("t")
         off = max(0.0, float(t) - t0) if isinstance(t, int | float) else 0.0
         if kind == fmt.OUTPUT:
-            frames.append(Frame(off, bytes(data), ev.get("seq", -1), "o"))
+            shown = bytes(data) if screen is None else screen.feed(bytes(data))
+            if shown:
+                frames.append(Frame(off, shown, ev.get("seq", -1), "o"))
         elif kind == fmt.INPUT and show_input:
             frames.append(Frame(off, _input_marker(bytes(data)), ev.get("seq", -1), "i"))
     vt, last = 0.0, 0.0
@@ -176,9 +183,9 @@ class TerminalKeys:
         b = os.read(self.fd, 8)
         if not b:
             return "q"
-        if b.startswith(b"\x1b[C"):
+        if b.startswith((b"\x1b[C", b"\x1bOC")):  # normal or application cursor keys
             return "right"
-        if b.startswith(b"\x1b[D"):
+        if b.startswith((b"\x1b[D", b"\x1bOD")):
             return "left"
         return b[:1].decode("latin-1")
 

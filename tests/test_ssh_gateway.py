@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -352,6 +353,11 @@ def test_sftp_allowed_by_grant_records_each_operation(
     assert find("opendir", f"{area}/", status="ok")["op"] == "opendir"  # ls adds the slash
     find("remove", f"{area}/renamed.bin", status="ok")
     assert "No such file" in find("remove", f"{area}/no-such-file", status="error")["error"]
+    # and `breakglass export --format jsonl` carries them
+    from recorder.export import jsonl_lines
+
+    exported = [json.loads(x) for x in jsonl_lines(ssh_gateway.events(claims["jti"]))]
+    assert [x["op"] for x in exported if x["type"] == "sftp"] == [o["op"] for o in ops]
 
 
 def test_sftp_stream_that_cannot_be_decoded_is_closed_and_recorded(

@@ -125,6 +125,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--idle-limit", type=parse_seconds, default=None, help="shorten pauses to at most this"
     )
     p.add_argument("--show-input", action="store_true", help="show keystrokes (reverse video)")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="play the recorded control sequences unfiltered (by default clipboard, title, "
+        "query and device-control sequences are shown as markers, not sent to your terminal)",
+    )
     p.add_argument("--timeline", action="store_true", help="print the timeline, do not play")
     p.add_argument("--force", action="store_true", help="replay even if verification fails")
     p.add_argument("--json", action="store_true", help="timeline as JSON (with --timeline)")
@@ -140,6 +146,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("asciicast", "jsonl"), required=True)
     p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     p.add_argument("--include-input", action="store_true", help="asciicast: keystrokes too")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="asciicast: keep every recorded control sequence (by default those that are not "
+        "drawing are replaced by markers, since asciinema plays them on a terminal)",
+    )
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -445,7 +457,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
             print(render_timeline(tl))
         return 0
-    frames = terminal_frames(events, show_input=args.show_input, idle_limit=args.idle_limit)
+    frames = terminal_frames(
+        events, show_input=args.show_input, idle_limit=args.idle_limit, raw=args.raw
+    )
     out = sys.stdout.buffer
     keys = None
     if sys.stdin.isatty() and sys.stdout.isatty():
@@ -482,7 +496,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     sid, result, events = _verified_recording(cfg, args.session, args.force)
     lines = (
-        asciicast_lines(events, include_input=args.include_input)
+        asciicast_lines(events, include_input=args.include_input, raw=args.raw)
         if args.format == "asciicast"
         else jsonl_lines(events)
     )

@@ -17,21 +17,11 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from recorder.reader import read_events
 from recorder.verify import verify_recording
 from recorder.writer import RecordingWriter
+from tests.test_recorder import split_events
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "recording-format.md"
 #: The worked example of the format's first version, as the writer of that time wrote it.
 FORMAT1_EXAMPLE = Path(__file__).resolve().parent / "data" / "format1-example.rec"
-
-
-def split_events(data: bytes) -> list[bytes]:
-    """A recording's bytes cut into events: each line with the raw frame that follows it."""
-    events, at = [], 0
-    while at < len(data):
-        end = data.index(b"\n", at) + 1
-        size = json.loads(data[at:end]).get("raw_len", 0)
-        events.append(data[at : end + size])
-        at = end + size
-    return events
 
 
 def block_after(marker: str) -> str:

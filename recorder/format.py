@@ -74,9 +74,10 @@ class RecorderFieldError(RecorderError, TypeError):
 def signed_message(kind: str, seq: int, prev: str, format: str = FORMAT) -> bytes:
     """The exact bytes a checkpoint or trailer signature covers.
 
-    ``format`` is the recording's format (its header's ``"format"``), ``kind`` is ``"checkpoint"`` or ``"trailer"`` (domain separation: a checkpoint can never be
-    passed off as a trailer), ``seq`` the signed line's own sequence number and ``prev`` the hex
-    SHA-256 of the line before it, which commits to the whole chain back to the header.
+    ``format`` is the recording's format (its header's ``"format"``), ``kind`` is
+    ``"checkpoint"`` or ``"trailer"`` (domain separation: a checkpoint can never be passed off
+    as a trailer), ``seq`` the signed line's own sequence number and ``prev`` the hex SHA-256
+    of the line before it, which commits to the whole chain back to the header.
     """
     return f"{format} {kind} {seq} {prev}".encode("ascii")
 

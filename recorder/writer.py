@@ -292,48 +292,36 @@ class RecordingWriter:
                 extra = self._extra_fields(channel, stream)
         size = len(data)  # a str fails with TypeError below, before the chain is touched
         if size < self._raw_min:
-            self._data_line(kind, _b2a(data, newline=False), extra)
+            self._push_data(kind, extra, b',"data":"%s"}\n' % _b2a(data, newline=False), None)
             return
         if type(data) is not bytes:
             data = bytes(data)  # buffered by reference until written: must not change
         for start in range(0, size, fmt.MAX_RAW_LEN):
             piece = data if size <= fmt.MAX_RAW_LEN else data[start : start + fmt.MAX_RAW_LEN]
-            self._data_frame(kind, piece, _sha256(piece).hexdigest().encode("ascii"), extra)
+            digest = _sha256(piece).hexdigest().encode("ascii")
+            tail = b',"raw_len":%d,"raw_sha256":"%s"}\n' % (len(piece), digest)
+            self._push_data(kind, extra, tail, piece)
 
-    def _data_line(self, kind: bytes, b64: bytes, extra: bytes) -> None:
-        """A data event with its payload as base64 in the line."""
+    def _push_data(self, kind: bytes, extra: bytes, tail: bytes, frame: bytes | None) -> None:
+        """Append a data event: its line ends with ``tail`` (base64 ``data``, or the frame's
+        length and digest), and ``frame``, if given, follows the line as is."""
         with self._lock:
             if self._dead:
                 raise self._dead_error()
             if self._buffered <= self._max_buffer:
                 now = _monotonic()
-                line = b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s,"data":"%s"}\n' % (
+                line = b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s%s' % (
                     self._seq,
                     self._t_offset + now,
                     kind,
                     self._prev,
                     extra,
-                    b64,
+                    tail,
                 )
-                self._push_locked(line)
-                self._count_locked(now)
-                return
-            exc = self._overflow_locked()
-        self._report_failure(exc)
-        raise exc
-
-    def _data_frame(self, kind: bytes, data: bytes, digest: bytes, extra: bytes) -> None:
-        """A data event whose line announces a raw frame: ``data`` follows the line as is."""
-        with self._lock:
-            if self._dead:
-                raise self._dead_error()
-            if self._buffered <= self._max_buffer:
-                now = _monotonic()
-                line = (
-                    b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s,"raw_len":%d,"raw_sha256":"%s"}\n'
-                    % (self._seq, self._t_offset + now, kind, self._prev, extra, len(data), digest)
-                )
-                self._enqueue_locked(_sha256(line), (line, data), len(line) + len(data))
+                if frame is None:
+                    self._push_locked(line)
+                else:
+                    self._enqueue_locked(_sha256(line), (line, frame), len(line) + len(frame))
                 self._count_locked(now)
                 return
             exc = self._overflow_locked()

@@ -168,15 +168,29 @@ def _show(b: int) -> str:
     return chr(b) if 0x20 < b < 0x7F else f"{b:#x}"
 
 
+#: CSI sequences with intermediates that only draw: cursor shape (DECSCUSR), soft reset.
+_CSI_PASS_WITH_INTERMEDIATE = frozenset({b" q", b"!p"})
+#: Finals allowed after a ``?`` (DEC private) prefix: modes, selective erase, XTSAVE/XTRESTORE.
+#: Others with ``?`` are queries (``CSI ? u``, ``CSI ? 6 n``, ...) that the terminal answers.
+_CSI_PRIVATE_FINALS = frozenset(b"hlJKsr")
+
+
 def _csi_allowed(seq: bytearray) -> bool:
     final = seq[-1]
+    params = bytes(seq[2:-1])
+    inter = bytes(c for c in params if 0x20 <= c <= 0x2F)
+    if inter:  # DECRQM, DECRQSS-like requests ... unless it only draws
+        body = params[: params.index(inter[0])]
+        drawing = inter + bytes([final]) in _CSI_PASS_WITH_INTERMEDIATE
+        return drawing and (body == b"" or body.isdigit())
     if final not in _CSI_PASS_FINALS:
         return False
-    params = bytes(seq[2:-1])
-    if any(0x20 <= c <= 0x2F for c in params):  # intermediates: DECRQM, DECSTR, DECSCUSR ...
-        return False
-    if final in b"hl" and params.startswith(b"?"):
-        return not any(m in _REPORTING_MODES for m in params[1:].decode("ascii").split(";"))
+    if params.startswith(b"?"):
+        if final not in _CSI_PRIVATE_FINALS:
+            return False
+        if final in b"hl":
+            return not any(m in _REPORTING_MODES for m in params[1:].decode("ascii").split(";"))
+        return True
     return not params.startswith((b">", b"=")) or final == ord("m")  # xterm key modifiers
 
 

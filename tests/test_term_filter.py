@@ -23,6 +23,7 @@ DRAWING = [
     b"\x1b(0lqqk\x1b(B\x1b)0\x0e\x0f\x1b7\x1b[5;10H\x1b8\x1b=\x1b>\x1bM\x1bD\x1bE\x1bH\x1b#8",
     b"\x1b[3@\x1b[2P\x1b[4L\x1b[1M\x1b[2X\x1b[3S\x1b[1T\x1b[10G\x1b[5d\x1b[3g\x1b[2b\x1b[Z",
     b"\x1b[?1h\x1b[?7l\x1b[4h\x1b[4l\x1b[?2004h\x1b[?2004l\x1b[s\x1b[u\x1b[>4;2m\x1bc",
+    b"\x1b[2 q\x1b[ q\x1b[!p\x1b[?1J\x1b[?25s\x1b[?25r",  # cursor shape, soft reset, XTSAVE
     "caf\u00e9 \u00b0C \u2713 \u00a0nbsp \U0001f600\ttab\x08\x07\r\n".encode(),
 ]
 
@@ -46,6 +47,10 @@ ATTACKS = [  # (bytes, the marker that must replace them)
     (b"\x1b[?1049;1004h", "CSI ?1049;1004h"),  # focus reporting hidden beside a harmless mode
     (b"\x1b[?2026$p", "CSI ?2026$p"),  # DECRQM
     (b"\x1b[5i", "CSI 5i"),  # media copy: to the printer
+    (b"\x1b[?u", "CSI ?u"),  # kitty keyboard flags query
+    (b"\x1b[?6n", "CSI ?6n"),  # DEC cursor position report
+    (b"\x1b[?4m", "CSI ?4m"),  # modifier-keys query
+    (b"\x1b[1$w", "CSI 1$w"),  # DECRQPSR
     (b"\x05", "^E"),  # ENQ: answerback
     (b"\x00", "^@"),
     (b"\x1bZ", "ESC Z"),  # DECID

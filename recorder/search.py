@@ -1,4 +1,5 @@
-"""Find text in recordings: keystrokes, terminal output, commands, SQL statements.
+"""Find text in recordings: keystrokes, terminal output, commands (and sftp operations), SQL
+statements.
 
 Keystrokes and output are searched as byte *streams* (one per channel and direction): what the
 engineer typed arrives one byte per event in a PTY, and output is cut into arbitrary chunks, so
@@ -144,6 +145,9 @@ def search_recording(
         elif kind in ("upstream", fmt.COMMAND, "exec"):
             w = "commands"
             texts = _text_fields(ev, ("command", "text"))
+        elif kind == "sftp":  # an sftp operation: "remove /etc/app.conf", "rename a b"
+            w = "commands"
+            texts = [" ".join(_text_fields(ev, ("op", "path", "to")))]
         if not w or w not in where:
             continue
         for s in texts:

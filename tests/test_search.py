@@ -59,3 +59,14 @@ def test_commands(rec):
     assert [(h.kind, h.denied) for h in hits] == [("decision", True)]
     hits = search_recording(path, "systemctl status", where=["commands"])
     assert {h.kind for h in hits} == {"decision", "upstream"}
+
+
+def test_sftp_operations_are_found_as_commands(rec):
+    w = rec.open(protocol="ssh")
+    w.event("sftp", channel="0", op="open", path="/etc/app.conf", flags="write", status="ok")
+    w.event("sftp", channel="0", op="rename", path="/tmp/a", to="/etc/cron.d/x", status="ok")
+    w.close("client disconnected")
+    hits = search_recording(w.path, "/etc/cron.d", where=["commands"])
+    assert [(h.kind, h.context) for h in hits] == [("sftp", "rename /tmp/a /etc/cron.d/x")]
+    assert [h.kind for h in search_recording(w.path, "open /etc/app")] == ["sftp"]
+    assert not search_recording(w.path, "/etc/app.conf", where=["input", "output"])

@@ -147,6 +147,11 @@ def test_what_does_not_decode_is_refused(garbage):
     log = started()
     with pytest.raises(SftpDecodeError):
         log.client_data(garbage)
+    # and stays refused: nothing after a desynchronised stream is taken as operations
+    with pytest.raises(SftpDecodeError):
+        log.client_data(pkt(sftp.FXP_REMOVE, UInt32(2), String("/a")))
+    with pytest.raises(SftpDecodeError):
+        log.server_data(ok(2))
 
 
 def test_malformed_reply_is_refused():

@@ -212,10 +212,13 @@ class Bridge:
     def _record_sftp(self, decode: Callable[[bytes], list[dict[str, Any]]], data: bytes) -> bool:
         """Record the SFTP operations ``data`` completes; False (channel closed) when the
         stream cannot be decoded or recorded: what cannot be recorded is not relayed."""
+        assert self.sftp is not None
+        failed_before = self.sftp.error is not None
         try:
             ops = decode(data)
         except SftpDecodeError as e:
-            self.sftp = None
+            if failed_before:  # already refused and closing: drop whatever still arrives
+                return False
             self.o.record_event("sftp", channel=self.cid, op="undecodable", error=str(e))
             log.warning("ssh.sftp_undecodable", session=self.o.session.id, error=str(e))
             self.fail(f"breakglass: {e}; SFTP session closed (it could not be recorded)\n")

@@ -109,17 +109,32 @@ class SftpLog:
         self._handles: dict[bytes, dict[str, Any]] = {}  # open handle -> its open event
         self._reads: dict[int, bytes] = {}  # READ / READDIR request id -> handle
         self.version: int | None = None
-
-    # ------------------------------------------------------------------ client -> target
+        #: The first decode error; once set, every later call raises it (the stream is out of
+        #: sync, so nothing after it can be recorded as operations).
+        self.error: SftpDecodeError | None = None
 
     def client_data(self, data: bytes) -> list[dict[str, Any]]:
+        return self._decode(self._requests, self._request, "request", data)
+
+    def server_data(self, data: bytes) -> list[dict[str, Any]]:
+        return self._decode(self._replies, self._reply, "reply", data)
+
+    def _decode(self, frames: _Frames, handle: Any, what: str, data: bytes) -> list[dict[str, Any]]:
+        if self.error is not None:
+            raise self.error
         out: list[dict[str, Any]] = []
-        for raw in self._requests.feed(data):
-            try:
-                self._request(SSHPacket(raw), out)
-            except PacketDecodeError as exc:
-                raise SftpDecodeError(f"malformed SFTP request: {exc}") from None
+        try:
+            for raw in frames.feed(data):
+                try:
+                    handle(SSHPacket(raw), out)
+                except PacketDecodeError as exc:
+                    raise SftpDecodeError(f"malformed SFTP {what}: {exc}") from None
+        except SftpDecodeError as exc:
+            self.error = exc
+            raise
         return out
+
+    # ------------------------------------------------------------------ client -> target
 
     def _request(self, p: SSHPacket, out: list[dict[str, Any]]) -> None:
         kind = p.get_byte()
@@ -201,15 +216,6 @@ class SftpLog:
         return op
 
     # ------------------------------------------------------------------ target -> client
-
-    def server_data(self, data: bytes) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for raw in self._replies.feed(data):
-            try:
-                self._reply(SSHPacket(raw), out)
-            except PacketDecodeError as exc:
-                raise SftpDecodeError(f"malformed SFTP reply: {exc}") from None
-        return out
 
     def _reply(self, p: SSHPacket, out: list[dict[str, Any]]) -> None:
         kind = p.get_byte()

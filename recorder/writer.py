@@ -166,7 +166,7 @@ class RecordingWriter:
         self._durable = 0  # lines written and fsynced
         self._durable_cond = threading.Condition(threading.Lock())
         self._inflight = 0  # bytes being written by a commit
-        self._file_size = 0  # bytes written to the file (after the header, once created)
+        self._file_size = 0  # bytes written to the file so far
         self._dropped = 0  # the file's first bytes already dropped from the page cache
         self._seq = 0
         self._prev = fmt.ZERO_HASH.encode("ascii")
@@ -290,12 +290,15 @@ class RecordingWriter:
             extra = self._field_cache.get((channel, stream))
             if extra is None:
                 extra = self._extra_fields(channel, stream)
-        size = len(data)  # a str fails with TypeError below, before the chain is touched
+        if type(data) is not bytes:
+            # a frame is buffered by reference until written, so take a copy the caller cannot
+            # change; also counts bytes, not items. TypeError for str or int, before the chain
+            # is touched.
+            data = memoryview(data).tobytes()
+        size = len(data)
         if size < self._raw_min:
             self._push_data(kind, extra, b',"data":"%s"}\n' % _b2a(data, newline=False), None)
             return
-        if type(data) is not bytes:
-            data = bytes(data)  # buffered by reference until written: must not change
         for start in range(0, size, fmt.MAX_RAW_LEN):
             piece = data if size <= fmt.MAX_RAW_LEN else data[start : start + fmt.MAX_RAW_LEN]
             digest = _sha256(piece).hexdigest().encode("ascii")

@@ -195,13 +195,16 @@ def test_frames_hold_the_bytes_given_and_split_past_the_maximum(tmp_path):
     buf = bytearray(b"q" * 8192)
     w.output(buf)
     buf[:] = b"z" * 8192  # the caller reuses its buffer: the recording keeps what was given
+    w.output(memoryview(b"wxyz" * 1024).cast("I"))  # 1024 items, 4096 bytes: one frame
+    with pytest.raises(TypeError):
+        w.output("text is not bytes" * 500)
     big = os.urandom(MAX_RAW_LEN + 10)
     w.output(big)
     w.close("done")
     assert verify_recording(path, TRUSTED).ok
     outs = [e["data"] for e in read_events(path) if e["kind"] == "output"]
-    assert outs[0] == b"q" * 8192
-    assert [len(o) for o in outs[1:]] == [MAX_RAW_LEN, 10] and b"".join(outs[1:]) == big
+    assert outs[0] == b"q" * 8192 and outs[1] == b"wxyz" * 1024
+    assert [len(o) for o in outs[2:]] == [MAX_RAW_LEN, 10] and b"".join(outs[2:]) == big
 
 
 def test_fields_decision_query_and_end(tmp_path):

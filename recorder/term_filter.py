@@ -104,12 +104,9 @@ class TerminalFilter:
                 self._step(_C1_AS_ESC[b], out)
             elif 0x80 <= b <= 0x9F:
                 out += _marker(f"C1 {b:#x}")
-            else:
+            else:  # an ordinary two-byte character, or a lone 0xC2: judged as usual
                 out += b"\xc2"
-                if 0x20 <= b < 0x7F or b in _C0_PASS or (b >= 0x80 and b != 0xC2):
-                    out.append(b)
-                else:
-                    self._ground(b, out)
+                self._ground(b, out)
             return
         if state == _DISCARD:  # the rest of an over-long sequence, up to its end
             if b == ESC:

@@ -52,7 +52,8 @@ def grant_verifier(cfg: Config, is_revoked=None) -> GrantVerifier:
 
 
 def open_audit(cfg: Config):
-    """The audit log segment for this process."""
+    """The audit log segment for this process. Every append is written through: once it
+    returns, the event is in the file (fsync follows within the commit interval)."""
     from recorder.audit import AuditLog
 
     cfg.audit_dir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +64,7 @@ def open_audit(cfg: Config):
         checkpoint_interval=cfg.checkpoint_interval,
         checkpoint_events=cfg.checkpoint_events,
         commit_interval=cfg.commit_interval,
+        write_through=True,
     )
 
 

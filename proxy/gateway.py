@@ -18,6 +18,7 @@ from proxy.config import Config
 from proxy.context import grant_verifier, open_audit, open_state, recorder_key
 from proxy.logs import log
 from proxy.sessions import SessionRegistry, Termination
+from recorder.format import RecorderError
 
 REVOCATION_POLL = 0.25
 
@@ -102,17 +103,20 @@ class Gateway:
                 )
         if isinstance(result, Refusal):
             self.limiter.failed(source)
-            self.audit.append(
-                "auth.refused",
-                protocol=protocol,
-                target=target_name,
-                client=source,
-                user=user,
-                subject=result.subject,
-                jti=result.jti,
-                refusal=str(result.kind),
-                message=result.message,
-            )
+            try:
+                self.audit.append(
+                    "auth.refused",
+                    protocol=protocol,
+                    target=target_name,
+                    client=source,
+                    user=user,
+                    subject=result.subject,
+                    jti=result.jti,
+                    refusal=str(result.kind),
+                    message=result.message,
+                )
+            except RecorderError:  # refused anyway; the log line below still says so
+                log.error("audit.lost", type="auth.refused", client=source)
             log.info(
                 "auth.refused",
                 protocol=protocol,
@@ -189,11 +193,17 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     With ``workers`` > 1 several processes listen on the same ports (SO_REUSEPORT); each
     has its own admin socket, and a CancelRequest reaching the wrong one is forwarded."""
     from proxy import alerts
+    from proxy.audit_guard import GuardedAudit
     from proxy.context import trusted_recorder_keys
 
     alerter = alerts.setup(cfg)  # validates [alerts]/[review]; notify() never blocks a session
     state = open_state(cfg)
-    audit = open_audit(cfg)
+    registry_ref: list[SessionRegistry] = []
+    audit = GuardedAudit(
+        lambda: open_audit(cfg),
+        cfg.audit_dir,
+        on_fault=lambda message: registry_ref and registry_ref[0].audit_failed(message),
+    )
     registry = SessionRegistry(
         recordings_dir=cfg.recordings_dir,
         make_recorder=make_recorder_factory(cfg),
@@ -210,6 +220,8 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
         registry=registry,
         limiter=AuthRateLimiter(cfg.failed_auth_limit),
     )
+    registry_ref.append(registry)
+    registry.revoked = gw.revoked  # the forwarding gate checks it
     gw.verifier = grant_verifier(cfg, is_revoked=gw.revoked.__contains__)
     for r in await state.revocations_since(0):
         gw.revoked.add(r.jti)
@@ -226,7 +238,10 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
         from proxy.ssh.server import start_ssh_listener
 
         gw.servers.append(await start_ssh_listener(gw))
-    audit.append("gateway.start", gateway=cfg.gateway_name)
+    try:
+        audit.append("gateway.start", gateway=cfg.gateway_name)
+    except RecorderError as e:  # serve anyway: sessions are refused until the log recovers
+        log.error("audit.lost", type="gateway.start", error=str(e))
     return gw
 
 
@@ -248,7 +263,10 @@ async def stop_gateway(gw: Gateway) -> None:
     from proxy import alerts
 
     await asyncio.to_thread(alerts.shutdown, 5.0)
-    gw.audit.append("gateway.stop", gateway=gw.cfg.gateway_name)
+    try:
+        gw.audit.append("gateway.stop", gateway=gw.cfg.gateway_name)
+    except RecorderError as e:
+        log.error("audit.lost", type="gateway.stop", error=str(e))
     gw.audit.close()
     await gw.state.close()
 

@@ -20,6 +20,8 @@ from typing import Any
 from policy.grants import Grant, GrantTarget, utc_text
 from proxy import alerts
 from proxy.logs import log
+from recorder.format import RecorderError
+from recorder.space import SpaceReserve, is_storage_error
 
 #: A terminating handler gets this long to say goodbye before the connection is aborted.
 TERMINATE_GRACE = 0.5
@@ -29,6 +31,10 @@ TERMINATE_GRACE = 0.5
 class Termination:
     kind: str  # expired | revoked | killed | recorder-failed
     message: str  # shown to the engineer, e.g. "grant expired"
+
+
+class SessionRefused(Exception):
+    """A session cannot start now (storage or audit log unavailable); the message says why."""
 
 
 def new_session_id() -> str:
@@ -87,16 +93,44 @@ class Session:
             "recording": str(getattr(self.recorder, "path", "")),
         }
 
-    async def terminate(self, termination: Termination) -> None:
-        """End the session for ``termination``; bounded in time, safe to call twice."""
+    def forwarding_allowed(self) -> bool:
+        """The hard gate, checked before anything is forwarded either way: False once the
+        session is ending, its grant is revoked or past ``exp``. A timer that runs late under
+        load therefore never lets a byte through; the gate starts the termination itself."""
+        if self.termination is not None or self.ended:
+            return False
+        if self.grant.jti in self.registry.revoked:
+            self.end_now(Termination("revoked", "grant revoked"))
+            return False
+        if time.time() >= self.grant.expires_at:
+            self.end_now(Termination("expired", f"grant expired at {utc_text(self.deadline)}"))
+            return False
+        return True
+
+    def end_now(self, termination: Termination) -> asyncio.Future | None:
+        """Close the gate at once and start ending the session (the goodbye and closing run
+        as a task, returned). Safe to call more than once; later calls return None."""
         if self.ended or self.termination is not None:
-            return
+            return None
         self.termination = termination
         log.info("session.terminate", session=self.id, kind=termination.kind)
         try:
             self.recorder.event("terminate", reason=termination.kind, message=termination.message)
+            self.recorder.write()
         except Exception:
             pass
+        task = asyncio.ensure_future(self._terminate(termination))
+        self.registry._closing.add(task)
+        task.add_done_callback(self.registry._closing.discard)
+        return task
+
+    async def terminate(self, termination: Termination) -> None:
+        """End the session for ``termination``; bounded in time, safe to call twice."""
+        task = self.end_now(termination)
+        if task is not None:
+            await task
+
+    async def _terminate(self, termination: Termination) -> None:
         if self.on_terminate is not None:
             try:
                 await asyncio.wait_for(self.on_terminate(termination), TERMINATE_GRACE)
@@ -126,6 +160,9 @@ class Session:
         task.add_done_callback(self.registry._closing.discard)
 
     async def _finish_async(self, end: str, fields: dict[str, Any]) -> None:
+        # the end event and trailer are written now, on the loop (its time is the session's
+        # end); fsync and the read-only mode follow on a thread
+        self.recorder.finish(end, **fields)
         await asyncio.to_thread(self._close_recording, end, fields)
         self.registry._forget(self, end)
 
@@ -156,12 +193,18 @@ class Session:
         )
 
     def recorder_failed(self, exc: BaseException) -> None:
-        """The recording cannot be written: no recording, no access."""
+        """The recording cannot be written: no recording, no access. A storage error (disk
+        full, EIO, read-only) ends every session writing there: their next write would fail."""
+        if self.ended or (self.termination and self.termination.kind == "recorder-failed"):
+            return
         log.error("recording.failed", session=self.id, error=str(exc))
-        self.registry.audit.append("session.recording_failed", session=self.id, error=str(exc))
-        asyncio.ensure_future(
-            self.terminate(Termination("recorder-failed", "recording failed, so access ends"))
-        )
+        try:
+            self.registry.audit.append("session.recording_failed", session=self.id, error=str(exc))
+        except RecorderError:
+            log.error("audit.lost", type="session.recording_failed", session=self.id)
+        if is_storage_error(exc):
+            self.registry.storage_failed(exc)
+        self.end_now(Termination("recorder-failed", "the recording failed, so access ends"))
 
 
 class SessionRegistry:
@@ -186,11 +229,23 @@ class SessionRegistry:
         self.sessions: dict[str, Session] = {}
         self._ended = asyncio.Event()
         self._closing: set[asyncio.Task] = set()
+        #: jtis known revoked (the gateway's set): the forwarding gate checks it
+        self.revoked: set[str] = set()
+        self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        self.reserve = SpaceReserve(self.recordings_dir)
+        #: why new sessions are refused while the recordings storage cannot be written
+        self.storage_fault: str | None = None
+        if not self.reserve.ensure():
+            self.storage_fault = "the recordings directory has no free space"
 
     def open(
         self, *, protocol: str, grant: Grant, target: GrantTarget, client: str, **header: Any
     ) -> Session:
-        """Start recording and register a session; raises if the recording cannot be created."""
+        """Start recording, audit the start and register the session. Raises
+        ``SessionRefused`` (with the reason for the engineer) when the recording or the audit
+        log cannot be written; nothing is left behind then."""
+        if self.storage_fault is not None and not self._storage_recovered():
+            raise SessionRefused(self.storage_fault)
         sid = new_session_id()
         hdr = {
             "session_id": sid,
@@ -209,7 +264,6 @@ class SessionRegistry:
             "expires_at": grant.expires_at,
         }
         hdr.update(header)
-        self.recordings_dir.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         holder: list[Session] = []
 
@@ -217,7 +271,36 @@ class SessionRegistry:
             if holder:
                 loop.call_soon_threadsafe(holder[0].recorder_failed, exc)
 
-        recorder = self.make_recorder(self.recordings_dir / f"{sid}.rec", hdr, on_failure)
+        path = self.recordings_dir / f"{sid}.rec"
+        try:
+            recorder = self.make_recorder(path, hdr, on_failure)
+        except RecorderError as e:
+            if is_storage_error(e):
+                self.storage_failed(e.__cause__ or e)
+                raise SessionRefused(self.storage_fault) from e
+            raise SessionRefused(f"the session recording could not be started ({e})") from e
+        try:
+            self.audit.append(
+                "session.start",
+                session=sid,
+                protocol=protocol,
+                user=grant.subject,
+                target=target.name,
+                account=target.account,
+                client=client,
+                jti=grant.jti,
+                breakglass=grant.breakglass,
+            )
+        except RecorderError as e:
+            # nothing was forwarded and nothing audits this session: leave nothing behind
+            try:
+                recorder.close("refused", error="the audit log cannot be written")
+            except RecorderError:
+                pass
+            path.unlink(missing_ok=True)
+            raise SessionRefused(
+                "the audit log cannot be written, so no session can start now"
+            ) from e
         session = Session(
             self,
             protocol=protocol,
@@ -230,17 +313,6 @@ class SessionRegistry:
         holder.append(session)
         self.sessions[sid] = session
         self._schedule(session)
-        self.audit.append(
-            "session.start",
-            session=sid,
-            protocol=protocol,
-            user=grant.subject,
-            target=target.name,
-            account=target.account,
-            client=client,
-            jti=grant.jti,
-            breakglass=grant.breakglass,
-        )
         log.info(
             "session.start", session=sid, protocol=protocol, user=grant.subject, target=target.name
         )
@@ -267,10 +339,8 @@ class SessionRegistry:
         session._timers.append(
             loop.call_later(
                 max(0.0, left),
-                lambda: asyncio.ensure_future(
-                    session.terminate(
-                        Termination("expired", f"grant expired at {utc_text(session.deadline)}")
-                    )
+                lambda: session.end_now(
+                    Termination("expired", f"grant expired at {utc_text(session.deadline)}")
                 ),
             )
         )
@@ -285,17 +355,60 @@ class SessionRegistry:
     def _forget(self, session: Session, end: str) -> None:
         self.sessions.pop(session.id, None)
         self._ended.set()
-        self.audit.append(
-            "session.end",
-            session=session.id,
-            user=session.grant.subject,
-            target=session.target.name,
-            reason=end,
-            commands=session.commands,
-            denials=session.denials,
-            duration=round(time.time() - session.started_at, 3),
-        )
+        try:
+            self.audit.append(
+                "session.end",
+                session=session.id,
+                user=session.grant.subject,
+                target=session.target.name,
+                reason=end,
+                commands=session.commands,
+                denials=session.denials,
+                duration=round(time.time() - session.started_at, 3),
+            )
+        except RecorderError:
+            log.error("audit.lost", type="session.end", session=session.id, reason=end)
         log.info("session.end", session=session.id, reason=end)
+
+    # -- storage faults: fail closed, recover by themselves
+
+    def storage_failed(self, exc: BaseException) -> None:
+        """The recordings storage cannot be written: refuse new sessions, end the running ones
+        (nothing more is forwarded), and free the reserve so their recordings can be
+        finalized."""
+        if self.storage_fault is None:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self.storage_fault = (
+                f"the recordings storage cannot be written ({reason}); "
+                "no new sessions until it recovers"
+            )
+            log.error("recording.storage_fault", error=str(exc), sessions=len(self.sessions))
+            try:
+                self.audit.append("recording.storage_fault", error=str(exc))
+            except RecorderError:
+                log.error("audit.lost", type="recording.storage_fault")
+            self.reserve.release()
+        self.end_all(Termination("recorder-failed", self.storage_fault))
+
+    def audit_failed(self, message: str) -> None:
+        """The audit log cannot be written: nothing may run unaudited."""
+        self.end_all(Termination("recorder-failed", message))
+
+    def end_all(self, termination: Termination) -> None:
+        for s in list(self.sessions.values()):
+            s.end_now(termination)
+
+    def _storage_recovered(self) -> bool:
+        """Probe: can the reserve be allocated again? Then the storage has room again."""
+        if not self.reserve.recovered():
+            return False
+        log.info("recording.storage_recovered", directory=str(self.recordings_dir))
+        try:
+            self.audit.append("recording.storage_recovered")
+        except RecorderError:
+            pass
+        self.storage_fault = None
+        return True
 
     async def wait_idle(self) -> None:
         """Return once no session is live (their recordings are then closed)."""
@@ -307,22 +420,29 @@ class SessionRegistry:
         session = self.sessions.get(session_id)
         if session is None:
             return False
-        self.audit.append(
-            "session.killed",
-            session=session_id,
-            actor=actor,
-            reason=reason,
-            user=session.grant.subject,
-        )
+        try:
+            self.audit.append(
+                "session.killed",
+                session=session_id,
+                actor=actor,
+                reason=reason,
+                user=session.grant.subject,
+            )
+        except RecorderError:
+            log.error("audit.lost", type="session.killed", session=session_id)
         await session.terminate(Termination("killed", f"killed by {actor}"))
         return True
 
     async def revoke(self, jti: str, reason: str = "") -> int:
+        self.revoked.add(jti)
         victims = [s for s in self.sessions.values() if s.grant.jti == jti]
         for s in victims:
-            self.audit.append(
-                "session.revoked", session=s.id, jti=jti, reason=reason, user=s.grant.subject
-            )
+            try:
+                self.audit.append(
+                    "session.revoked", session=s.id, jti=jti, reason=reason, user=s.grant.subject
+                )
+            except RecorderError:
+                log.error("audit.lost", type="session.revoked", session=s.id)
         await asyncio.gather(
             *(s.terminate(Termination("revoked", "grant revoked")) for s in victims)
         )

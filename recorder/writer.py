@@ -1,38 +1,48 @@
 """The chained, signed, group-committed recording writer.
 
-Threading model
----------------
+Write before forward
+--------------------
 * Appends (``input``/``output``/``resize``/``query``/``decision``/``event``) run on the caller's
-  thread, take a short lock, build one line, chain it and put it in a memory buffer. They never
-  touch the disk, so they never block an event loop on I/O. They are thread-safe.
-* One background *committer* thread per live writer writes the buffer and fsyncs it: when the
-  buffer becomes non-empty it commits at once, then waits ``commit_interval`` before the next
-  commit (group commit), so an append is on disk within about ``commit_interval`` plus one fsync.
-  Once 4 MiB are buffered it stops waiting (bulk output is written as it comes).
-  It also signs a time-based checkpoint when a signed event would otherwise wait longer than
+  thread, take a short lock, build one line, chain it and put it in a memory buffer. They are
+  thread-safe and never touch the disk.
+* :meth:`write` hands everything appended so far to the kernel in one ``writev`` and raises
+  ``RecorderError`` if it cannot. A relay appends the events of one socket read, calls
+  ``write()`` once, and forwards only if it returned: so every byte a client or a target sees
+  is in the recording file first, and a ``kill -9`` of the gateway loses nothing either side
+  saw. A write that fails (ENOSPC, EIO, EROFS ...) is cut back off the file (``ftruncate`` to
+  the last whole line), the chain is rolled back to what is in the file, and the writer is
+  failed: nothing that could not be written is forwarded, and no torn line is left behind.
+* One background *committer* thread per live writer makes the writes durable: when the file
+  becomes dirty it fsyncs, then waits ``commit_interval`` before the next fsync (group commit),
+  so a host crash loses at most about ``commit_interval`` plus one fsync. It also writes what
+  was appended but not yet written (events of code paths that do not forward anything) and
+  signs a time-based checkpoint when a signed event would otherwise wait longer than
   ``checkpoint_interval``.
 * Data payloads of ``raw_min`` bytes or more are written as raw frames after their line
   (format /2): hashed once, never base64-encoded or copied (the bytes object itself is
   buffered and handed to ``writev``). Smaller ones stay base64 inside their line.
 * A checkpoint is signed inline by the append that makes ``checkpoint_events`` unsigned events,
   or that finds the oldest unsigned event older than ``checkpoint_interval``.
-* After each fsync the committer tells the kernel to drop the written pages from the page
+* After each fsync the committer tells the kernel to drop the synced pages from the page
   cache: a recording is written once and read rarely, so gigabytes of bulk output should not
   push useful data out of memory; and on virtual machines, reusing freed pages at once costs
   far less CPU than faulting in fresh ones (measured: kernel copy time 0.9-2.3 s per GiB
   without, a steady 0.4 with).
-* ``flush()`` and ``close()`` are blocking (write + fsync); from async code call them through
-  ``asyncio.to_thread``.
+* ``finish()`` appends the end event and the signed trailer and writes them (no fsync), so an
+  event loop can end a recording at the moment a session ends; ``flush()`` and ``close()`` are
+  blocking (write + fsync); from async code call them through ``asyncio.to_thread``.
 
 Failure
 -------
 If writing or fsyncing fails (disk full, EIO, ...), ``failed`` is set, ``on_failure(exc)`` is
-called exactly once - from the committer thread, or from the thread that called ``flush``/
-``close`` if that is where it failed - and every later append raises ``RecorderError``. The
-same happens (from the appending thread) if more than ``max_buffer`` bytes wait for a disk that
-does not keep up; that recording can still be closed and finalized normally. Async callers
-should hop back to their loop with ``loop.call_soon_threadsafe``. ``on_failure`` is never called
-with a writer lock held, so it may call ``close``.
+called exactly once - from the committer thread, or from the thread whose ``write``/``flush``/
+``close`` failed - and every later append and ``write`` raises ``RecorderError``. The same
+happens (from the appending thread) if more than ``max_buffer`` bytes wait for a disk that
+does not keep up. When the failed write could be cut back off the file, ``close`` still tries
+to finalize the recording (end event with ``recorder_error`` and trailer), which succeeds once
+there is room again (see ``recorder/space.py`` for the reserve that makes that room). Async
+callers should hop back to their loop with ``loop.call_soon_threadsafe``. ``on_failure`` is
+never called with a writer lock held, so it may call ``close``.
 """
 
 from __future__ import annotations
@@ -71,10 +81,6 @@ _monotonic = time.monotonic
 #: SSH packet into a line cost more CPU than relaying it); shorter ones, keystrokes and
 #: prompts, stay readable base64 in their line.
 RAW_MIN = 4096
-
-#: The committer does not wait out ``commit_interval`` once this much is buffered (bulk
-#: transfers: small, steady writes keep the page cache warm and the session unthrottled).
-_HURRY_BYTES = 4 << 20
 
 _IOV_CHUNK = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
 
@@ -115,6 +121,7 @@ class RecordingWriter:
         on_failure: Callable[[Exception], None] | None = None,
         max_buffer: int = 256 * 1024 * 1024,
         raw_min: int = RAW_MIN,
+        write_through: bool = False,
     ) -> RecordingWriter:
         """Create ``path`` exclusively and write (and fsync) the header and a first checkpoint.
 
@@ -122,7 +129,9 @@ class RecordingWriter:
         cannot be created, ``RecorderFieldError`` if ``header`` cannot be recorded.
         ``max_buffer``: if this many bytes are waiting for the disk, the writer fails rather than
         grow without bound (the disk is not keeping up). ``raw_min``: data payloads this long
-        or longer are written as raw frames rather than base64.
+        or longer are written as raw frames rather than base64. ``write_through``: every append
+        is written at once (for logs of rare events, such as the audit log: an append that
+        returns is in the file, and one that cannot be written raises).
         """
         if not isinstance(signing_key, Ed25519PrivateKey):
             raise TypeError("signing_key must be an Ed25519PrivateKey")
@@ -154,22 +163,26 @@ class RecordingWriter:
         self._on_failure = on_failure
         self._max_buffer = int(max_buffer)
         self._raw_min = max(1, int(raw_min))
+        self._write_through = bool(write_through)
 
         self._lock = threading.Lock()  # chain state + buffer
         self._io_lock = threading.Lock()  # serialises write+fsync, keeps file order = chain order
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # the file became dirty, or stop
         self._stop = threading.Event()
-        self._hurry = threading.Event()  # the buffer passed _HURRY_BYTES: commit now
-        self._hurried = False  # _hurry was set for the current buffer
+        self._dirty = False  # written since the committer last started an fsync
         self._buf: list[bytes] = []
         self._buffered = 0  # bytes in _buf
         self._durable = 0  # lines written and fsynced
         self._durable_cond = threading.Condition(threading.Lock())
-        self._inflight = 0  # bytes being written by a commit
-        self._file_size = 0  # bytes written to the file so far
+        self._file_size = 0  # bytes handed to the kernel so far (the file ends on a line)
         self._dropped = 0  # the file's first bytes already dropped from the page cache
         self._seq = 0
         self._prev = fmt.ZERO_HASH.encode("ascii")
+        self._written_seq = 0  # chain position of the last line in the file
+        self._written_prev = self._prev
+        self._cut_back = False  # a failed write was cut off the file: it ends on a whole line
+        self._finished = False  # end event and trailer appended
+        self._trailer_written = False  # ... and handed to the kernel
         self._unsigned = 0  # events appended since the last checkpoint
         self._ckpt_deadline = 0.0  # monotonic time the oldest unsigned event must be signed by
         self._dead = False  # closed or failed: appends raise
@@ -199,14 +212,19 @@ class RecordingWriter:
         with self._lock:
             self._append_locked(fmt.HEADER, header_fields, self._now())
             self._checkpoint_locked(self._now())
-        err = self._commit()
+        err = self._write_out()
+        if err is None:
+            err = self._sync()
         if err is None:
             _fsync_dir(self.path.parent)
         else:
+            # nothing was recorded, so nothing may remain: no empty or torn recordings
             self._dead = True
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
             raise RecorderError(f"cannot write recording {self.path}: {err}") from err
 
         self._wake.clear()  # the header is on disk already
@@ -259,7 +277,12 @@ class RecordingWriter:
     @property
     def pending_bytes(self) -> int:
         """Bytes appended but not yet written to the file (for back-pressure)."""
-        return self._buffered + self._inflight
+        return self._buffered
+
+    @property
+    def written_bytes(self) -> int:
+        """Bytes handed to the kernel so far (the file's size)."""
+        return self._file_size
 
     def _now(self) -> float:
         return self._t_offset + _monotonic()
@@ -326,10 +349,14 @@ class RecordingWriter:
                 else:
                     self._enqueue_locked(_sha256(line), (line, frame), len(line) + len(frame))
                 self._count_locked(now)
-                return
-            exc = self._overflow_locked()
-        self._report_failure(exc)
-        raise exc
+                exc = None
+            else:
+                exc = self._overflow_locked()
+        if exc is not None:
+            self._report_failure(exc)
+            raise exc
+        if self._write_through:
+            self.write()
 
     def _extra_fields(self, channel: str | None, stream: str) -> bytes:
         if channel is not None and not isinstance(channel, str):
@@ -407,10 +434,14 @@ class RecordingWriter:
                 now = _monotonic()
                 self._append_locked_json(kind_json, encoded_fields, self._t_offset + now)
                 self._count_locked(now)
-                return
-            exc = self._overflow_locked()
-        self._report_failure(exc)
-        raise exc
+                exc = None
+            else:
+                exc = self._overflow_locked()
+        if exc is not None:
+            self._report_failure(exc)
+            raise exc
+        if self._write_through:
+            self.write()
 
     def _append_locked(self, kind: str, encoded_fields: bytes, t: float) -> None:
         self._append_locked_json(fmt.encode_str(kind), encoded_fields, t)
@@ -432,6 +463,7 @@ class RecordingWriter:
         n = self._unsigned
         if n == 0:
             self._ckpt_deadline = now + self._ckpt_interval
+            self._wake.set()  # the committer sets its timer for the time-based checkpoint
         self._unsigned = n + 1
         if n + 1 >= self._ckpt_events or now >= self._ckpt_deadline:
             self._checkpoint_locked(self._t_offset + now)
@@ -445,13 +477,8 @@ class RecordingWriter:
         its frame if it has one)."""
         self._prev = _hexlify(digest.digest())
         self._seq += 1
-        if not self._buf:
-            self._wake.set()
         self._buf += pieces
         self._buffered += size
-        if self._buffered >= _HURRY_BYTES and not self._hurried:
-            self._hurried = True
-            self._hurry.set()
 
     def _checkpoint_locked(self, t: float) -> None:
         self._signed_line_locked(fmt.CHECKPOINT, t)
@@ -492,49 +519,100 @@ class RecordingWriter:
             self._failed = exc
         return exc
 
-    # ------------------------------------------------------------------ commit
+    # ------------------------------------------------------------------ write and commit
 
-    def _commit(self) -> OSError | None:
-        """Write everything buffered so far and fsync it; return the I/O error, if any (the
-        caller reports it outside the locks). Used by the committer thread, ``flush`` and
-        ``close``; the io lock keeps file order equal to chain order."""
+    def write(self) -> None:
+        """Hand everything appended so far to the kernel (one ``writev``), before forwarding.
+
+        Cheap when nothing is buffered. Raises ``RecorderError`` if the recording has failed
+        or this write fails (then ``on_failure`` has fired, the failed bytes are cut back off
+        the file where possible, and the caller must forward nothing)."""
+        if self._buf:
+            err = self._write_out()
+            if err is not None:
+                self._report_failure(err)
+        if self._failed is not None:
+            raise self._dead_error()
+
+    def _write_out(self, *, final: bool = False) -> OSError | None:
+        """Write what is buffered; return the I/O error, if any (the caller reports it outside
+        the locks). The io lock keeps file order equal to chain order. ``final``: also after a
+        failure that was cut back cleanly (close's last attempt to finalize)."""
         with self._io_lock:
-            if self._io_failed is not None or self._fd < 0:
+            if self._fd < 0:
+                return None
+            if self._io_failed is not None and not (final and self._cut_back):
                 return None
             with self._lock:
                 buf = self._buf
-                upto = self._seq
-                if buf:
-                    self._buf = []
-                    self._hurried = False
-                    self._inflight = self._buffered
-                    self._buffered = 0
-            if not buf and self._durable >= upto:
-                return None  # nothing new since the last fsync
+                if not buf:
+                    return None
+                size = self._buffered
+                self._buf = []
+                self._buffered = 0
+                upto_seq, upto_prev = self._seq, self._prev
+            start = self._file_size
             try:
-                if buf:
-                    self._file_size += _write_all(self._fd, buf)
-                    self._inflight = 0
-                os.fsync(self._fd)
-                self._drop_cached()
+                _write_all(self._fd, buf)
             except OSError as exc:
-                with self._lock:
-                    self._dead = True
-                    self._io_failed = exc
-                    if self._failed is None:
-                        self._failed = exc
-                with self._durable_cond:
-                    self._durable_cond.notify_all()
+                self._cut_back_locked(start, exc)
                 return exc
-            with self._durable_cond:
-                self._durable = upto
-                self._durable_cond.notify_all()
-            return None
+            self._file_size = start + size
+            self._written_seq, self._written_prev = upto_seq, upto_prev
+        if not self._dirty:
+            self._dirty = True
+            self._wake.set()
+        return None
 
-    def _drop_cached(self) -> None:
+    def _cut_back_locked(self, start: int, exc: OSError) -> None:
+        """A write failed: cut what it left of its lines off the file, roll the chain back to
+        the last line in the file, and fail the writer. Called with the io lock."""
+        try:
+            os.ftruncate(self._fd, start)
+            self._cut_back = True
+        except OSError:
+            self._cut_back = False  # EIO/EROFS: the file may end on a torn line
+        with self._lock:
+            self._dead = True
+            self._io_failed = exc
+            if self._failed is None:
+                self._failed = exc
+            self._seq, self._prev = self._written_seq, self._written_prev
+            self._buf = []
+            self._buffered = 0
+            self._unsigned = 0
+        with self._durable_cond:
+            self._durable_cond.notify_all()
+
+    def _sync(self) -> OSError | None:
+        """fsync what is written (without the io lock: writes go on meanwhile) and drop the
+        synced pages from the page cache. Returns the I/O error, if any."""
+        self._dirty = False
+        upto, size = self._written_seq, self._file_size
+        if upto <= self._durable or self._fd < 0:
+            return None
+        try:
+            os.fsync(self._fd)
+            self._drop_cached(size)
+        except OSError as exc:
+            with self._lock:
+                self._dead = True
+                if self._io_failed is None:
+                    self._io_failed = exc
+                if self._failed is None:
+                    self._failed = exc
+            with self._durable_cond:
+                self._durable_cond.notify_all()
+            return exc
+        with self._durable_cond:
+            self._durable = max(self._durable, upto)
+            self._durable_cond.notify_all()
+        return None
+
+    def _drop_cached(self, size: int) -> None:
         """Drop the fsynced (clean) whole pages from the page cache; keep the last partial page,
-        which the next write would otherwise read back from disk. Called with the io lock."""
-        stop = self._file_size - self._file_size % _PAGE
+        which the next write would otherwise read back from disk."""
+        stop = size - size % _PAGE
         if _fadvise is not None and stop > self._dropped:
             _fadvise(self._fd, self._dropped, stop - self._dropped, os.POSIX_FADV_DONTNEED)
             self._dropped = stop
@@ -566,18 +644,14 @@ class RecordingWriter:
                 with self._lock:
                     if self._unsigned and not self._dead and _monotonic() >= self._ckpt_deadline:
                         self._checkpoint_locked(self._now())
-                err = self._commit()
+                err = self._write_out() or self._sync()
                 if err is not None:
                     self._report_failure(err)
                     return
                 if self._io_failed is not None:
                     return
-                if self._commit_interval:
-                    # group commit: gather appends for an interval, unless they pile up
-                    self._hurry.wait(self._commit_interval)
-                    self._hurry.clear()
-                    if self._stop.is_set():
-                        return
+                if self._commit_interval and self._stop.wait(self._commit_interval):
+                    return  # group commit: gather writes for an interval
         except Exception as exc:  # noqa: BLE001 - e.g. signing failed: the recording has failed
             with self._lock:
                 self._dead = True
@@ -588,52 +662,76 @@ class RecordingWriter:
     def flush(self) -> None:
         """Write and fsync everything appended so far. Blocking. Raises ``RecorderError`` if
         the recording cannot be written."""
-        err = self._commit()
+        err = self._write_out() or self._sync()
         if err is not None:
             self._report_failure(err)
         if self._io_failed is not None:
             raise self._dead_error()
 
-    def close(self, reason: str = "closed", **fields: Any) -> None:
-        """Append the ``end`` event and the signed trailer, fsync, make the file read-only.
+    def finish(self, reason: str = "closed", **fields: Any) -> None:
+        """Append the ``end`` event and the signed trailer and write them, without fsync: an
+        event loop can call this the moment a session ends (``close`` then makes it durable
+        and read-only, off the loop). Idempotent; never raises for a failed recording (a write
+        failure is reported through ``on_failure`` as usual)."""
+        with self._lock:
+            if self._finished or self._closed:
+                return
+            self._finished = True
+            self._dead = True
+            if self._io_failed is not None and not self._cut_back:
+                return  # the file cannot take more: it stays unfinalized
+            end = {"reason": str(reason), **fields}
+            if self._failed is not None:
+                end["recorder_error"] = str(self._failed)
+            try:
+                end_fields = fmt.encode_fields(end)
+            except RecorderFieldError:
+                end_fields = fmt.encode_fields({"reason": str(reason)})
+            self._append_locked(fmt.END, end_fields, self._now())
+            self._signed_line_locked(fmt.TRAILER, None)
+        err = self._write_out(final=True)
+        if err is not None:
+            self._report_failure(err)
+        else:
+            self._trailer_written = True
 
-        Idempotent. Blocking (fsync). If writing had already failed it just releases the file
-        (the failure was reported through ``on_failure`` and appends); if finalizing fails now,
-        ``on_failure`` fires and ``RecorderError`` is raised.
+    def close(self, reason: str = "closed", **fields: Any) -> None:
+        """Finish (end event and signed trailer, unless ``finish`` did already), fsync, make
+        the file read-only.
+
+        Idempotent. Blocking (fsync). If writing had failed and the file could not be cut back
+        to a whole line, it just releases the file (the failure was reported through
+        ``on_failure``); if finalizing fails now, ``on_failure`` fires and ``RecorderError`` is
+        raised.
         """
+        with self._lock:
+            if self._closed:
+                return
+            failed_before = self._failed is not None and not self._finished
+        self.finish(reason, **fields)
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._dead = True
-            finalize = self._io_failed is None
-            if finalize:
-                end = {"reason": str(reason), **fields}
-                if self._failed is not None:
-                    end["recorder_error"] = str(self._failed)
-                try:
-                    end_fields = fmt.encode_fields(end)
-                except RecorderFieldError:
-                    end_fields = fmt.encode_fields({"reason": str(reason)})
-                self._append_locked(fmt.END, end_fields, self._now())
-                self._signed_line_locked(fmt.TRAILER, None)
+            finalized = self._trailer_written
         self._stop.set()
         self._wake.set()
-        self._hurry.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         _live_writers.discard(self)
         err: OSError | None = None
-        if finalize:
-            err = self._commit()
         with self._io_lock:
-            if err is None and finalize and self._io_failed is None:
+            if finalized and self._fd >= 0:
                 try:
+                    os.fsync(self._fd)
                     os.fchmod(self._fd, FINAL_MODE)
                     os.fsync(self._fd)
+                    with self._durable_cond:
+                        self._durable = self._written_seq
                 except OSError as exc:
                     with self._lock:
-                        self._io_failed = exc
+                        self._io_failed = self._io_failed or exc
                         self._failed = self._failed or exc
                     err = exc
             if self._fd >= 0:
@@ -644,9 +742,8 @@ class RecordingWriter:
             self._durable_cond.notify_all()
         if err is not None:
             self._report_failure(err)
-        if finalize and self._io_failed is not None:
-            # finalizing failed (here, or in the committer thread while we were closing)
-            raise self._dead_error() from self._io_failed
+        if not failed_before and (err is not None or not finalized):
+            raise self._dead_error() from (err or self._io_failed)
 
     def __enter__(self) -> RecordingWriter:
         return self

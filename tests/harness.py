@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -67,3 +68,38 @@ class GatewayThread:
             return [s.info() for s in self.gw.registry.sessions.values()]
 
         return self.call(_list())
+
+
+def ssh_client_command(
+    directory: Path, cfg: Config, token: str, *remote: str, login_target: str = "web-1"
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for OpenSSH's ``ssh`` to the gateway of ``cfg`` (working
+    directory ``directory``): its host key pinned, no keys or agent, the grant given by a
+    private askpass helper (never on the command line)."""
+    import asyncssh
+
+    kh = directory / "client_known_hosts"
+    key = asyncssh.read_private_key(str(cfg.ssh_host_key))
+    port = cfg.ssh_listen.port
+    kh.write_text(f"[127.0.0.1]:{port} {key.export_public_key().decode().strip()}\n")
+    gf = directory / "client_grant"
+    gf.write_text(token + "\n")
+    gf.chmod(0o600)
+    askpass = directory / "askpass.sh"
+    askpass.write_text('#!/bin/sh\nIFS= read -r line < "$GRANT_FILE" && printf "%s\\n" "$line"\n')
+    askpass.chmod(0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", GRANT_FILE=str(gf))
+    argv = ["ssh", "-F", "/dev/null", "-p", str(port), "-T"]
+    for k, v in {
+        "UserKnownHostsFile": str(kh),
+        "GlobalKnownHostsFile": "/dev/null",
+        "StrictHostKeyChecking": "yes",
+        "PubkeyAuthentication": "no",
+        "PreferredAuthentications": "keyboard-interactive,password",
+        "IdentityAgent": "none",
+        "NumberOfPasswordPrompts": "1",
+        "LogLevel": "ERROR",
+    }.items():
+        argv += ["-o", f"{k}={v}"]
+    return argv + ["-l", login_target, "127.0.0.1", *remote], env

@@ -31,7 +31,7 @@ from proxy.postgres.codec import (
     StartupReader,
 )
 from proxy.postgres.relay import Relay, SessionBroken
-from proxy.sessions import Session, Termination
+from proxy.sessions import Session, SessionRefused, Termination
 from recorder.format import RecorderError
 
 STARTUP_TIMEOUT = 30.0
@@ -275,9 +275,9 @@ class PgConnection:
                 database=target.database,
                 sql_mode=rules.mode,
             )
-        except Exception as e:
-            log.error("recording.open_failed", error=str(e))
-            raise Refused("the session cannot be recorded, so it is not allowed", "53000") from None
+        except SessionRefused as e:
+            log.error("session.refused", target=target.name, error=str(e))
+            raise Refused(f"{e} (no recording, no access)", "53100") from None
         self.session = session
         session.on_terminate = self._terminate
         session.on_warn = self._warn
@@ -554,9 +554,14 @@ class _Side(asyncio.Protocol):
             self.conn.side_failed(e)
 
     def _forward(self, data: bytes, whole: bool, messages: list) -> None:
-        """Judge and record ``messages``, then write what passes to the peer."""
+        """Judge and record ``messages``, hand the records to the kernel, then write what
+        passes to the peer: only while the grant is live (the gate), never unrecorded."""
         reader = self.reader
         out = self.judge(messages)
+        session = self.conn.session
+        session.recorder.write()  # raises RecorderError: nothing is forwarded
+        if not session.forwarding_allowed():
+            return  # expired, revoked or killed: the session is ending and says why
         if out is None:  # unchanged: forward without copying when data was whole messages
             out = data if whole and reader.buffered == 0 else b"".join([m.raw for m in messages])
         if out:
@@ -637,6 +642,7 @@ class PostgresListener:
                 conn.session.recorder.event(
                     "cancel", requested_at=time.time(), worker=self.gw.worker
                 )
+                conn.session.recorder.write()
         await conn.cancel_upstream()
         return True
 

@@ -40,7 +40,7 @@ from policy.commands import CommandRules, check_command, with_safe_env
 from policy.grants import Grant, GrantTarget, Refusal, utc_text
 from proxy.config import SshTarget
 from proxy.logs import log
-from proxy.sessions import Termination
+from proxy.sessions import SessionRefused, Termination
 from proxy.ssh.restricted_shell import LineEditor, RestrictedShell, to_crlf
 from proxy.ssh.sftp_log import SftpDecodeError, SftpLog
 from proxy.ssh.upstream import UpstreamError, connect_upstream
@@ -50,10 +50,6 @@ from recorder.format import RecorderError
 DENIED_STATUS = 126
 #: Exit status when the gateway itself fails the channel (target unreachable ...).
 GATEWAY_ERROR_STATUS = 255
-#: Pause reading from the target while this much recording waits for the disk.
-RECORDER_HIGH_WATER = 32 * 1024 * 1024
-RECORDER_LOW_WATER = 8 * 1024 * 1024
-RECORDER_POLL = 0.01
 #: How long a terminated session's channels get to deliver the goodbye line.
 GOODBYE_WAIT = 0.3
 #: Ciphers offered to engineers' clients: AES-GCM only. OpenSSH clients prefer
@@ -165,8 +161,10 @@ class Bridge:
             self.up.chan.close()
 
     def make_up_data(self, up: UpChannel) -> Callable[[bytes, int | None], None]:
-        """The hot path, target -> client: record, then forward."""
-        output = self.o.recorder.output
+        """The hot path, target -> client: record, write the record, check the gate, forward."""
+        recorder = self.o.recorder
+        output, write = recorder.output, recorder.write
+        session = self.o.session
         cid = self.cid
         o = self.o
 
@@ -177,14 +175,14 @@ class Bridge:
                 data = to_crlf(data)
             try:
                 output(data, cid, "stdout" if datatype is None else "stderr")
+                if self.sftp is not None and not self._record_sftp(self.sftp.server_data, data):
+                    return
+                write()
             except RecorderError:
                 o.recording_failed()
                 return
-            if self.sftp is not None and not self._record_sftp(self.sftp.server_data, data):
-                return
-            self.chan.write(data, datatype)
-            if o.recorder.pending_bytes > RECORDER_HIGH_WATER:
-                o.throttle()
+            if session.forwarding_allowed():
+                self.chan.write(data, datatype)
 
         return data_received
 
@@ -199,15 +197,18 @@ class Bridge:
         self._to_upstream(data)
 
     def _to_upstream(self, data: bytes) -> None:
+        o = self.o
         try:
-            self.o.recorder.input(data, self.cid)
+            o.recorder.input(data, self.cid)
+            if self.sftp is not None and not self._record_sftp(self.sftp.client_data, data):
+                return
+            o.recorder.write()
         except RecorderError:
-            self.o.recording_failed()
+            o.recording_failed()
             return
-        if self.sftp is not None and not self._record_sftp(self.sftp.client_data, data):
-            return
-        assert self.up is not None
-        self.up.chan.write(data)
+        if o.session.forwarding_allowed():
+            assert self.up is not None
+            self.up.chan.write(data)
 
     def _record_sftp(self, decode: Callable[[bytes], list[dict[str, Any]]], data: bytes) -> bool:
         """Record the SFTP operations ``data`` completes; False (channel closed) when the
@@ -226,8 +227,7 @@ class Bridge:
                 self.up.chan.close()
             return False
         for op in ops:
-            if not self.o.record_event("sftp", channel=self.cid, **op):
-                return False
+            self.o.recorder.event("sftp", channel=self.cid, **op)
         return True
 
     def eof_received(self) -> bool:
@@ -309,8 +309,10 @@ class Bridge:
         if record:
             try:
                 self.o.recorder.output(data, self.cid, stream)
+                self.o.recorder.write()
             except RecorderError:
                 self.o.recording_failed()
+                return
         try:
             if stream == "stderr":
                 self.chan.write_stderr(data)
@@ -522,7 +524,8 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
             self._shell_input(data)
         elif self.crlf and b"\x03" in data and self.ready and self.up is not None:
             # A terminal served by the gateway (no upstream PTY): Ctrl-C interrupts.
-            self.o.record_input(data, self.cid)
+            if not self.o.record_input(data, self.cid) or not self.o.session.forwarding_allowed():
+                return
             self.up.chan.send_signal("INT")
             rest = data.replace(b"\x03", b"")
             if rest:
@@ -555,7 +558,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
     def _shell_input(self, data: bytes) -> None:
         if self.closed or self.o.terminating is not None:
             return
-        if not self.o.record_input(data, self.cid):
+        if not self.o.record_input(data, self.cid) or not self.o.session.forwarding_allowed():
             return
         assert self.editor is not None
         if self.running is not None:
@@ -793,8 +796,6 @@ class GatewayConnection(asyncssh.SSHServer):
         self.terminating: Termination | None = None
         self._upstream_closing = False
         self._chan_seq = 0
-        self._rec_throttled = False
-        self._rec_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._channels_gone = asyncio.Event()
         self._failed_recording = False
@@ -812,8 +813,6 @@ class GatewayConnection(asyncssh.SSHServer):
             ch.closed = True
             if ch.up is not None and ch.up.chan is not None:
                 ch.up.chan.abort()
-        if self._rec_timer is not None:
-            self._rec_timer.cancel()
         self._close_upstream()
         for t in list(self._tasks):
             t.cancel()
@@ -894,17 +893,20 @@ class GatewayConnection(asyncssh.SSHServer):
         return False
 
     def _audit_refusal(self, target: str, message: str, grant: Grant | None, kind: str) -> None:
-        self.gw.audit.append(
-            "auth.refused",
-            protocol="ssh",
-            target=printable(target, 128),
-            client=self.client_ip,
-            user=None,
-            subject=grant.subject if grant else None,
-            jti=grant.jti if grant else None,
-            refusal=kind,
-            message=message,
-        )
+        try:
+            self.gw.audit.append(
+                "auth.refused",
+                protocol="ssh",
+                target=printable(target, 128),
+                client=self.client_ip,
+                user=None,
+                subject=grant.subject if grant else None,
+                jti=grant.jti if grant else None,
+                refusal=kind,
+                message=message,
+            )
+        except RecorderError:  # refused anyway; the log line below still says so
+            log.error("audit.lost", type="auth.refused", client=self.client_ip)
         log.info(
             "auth.refused",
             protocol="ssh",
@@ -970,13 +972,10 @@ class GatewayConnection(asyncssh.SSHServer):
                 ssh_user=printable(username, 300),
                 upstream=f"{tcfg.host}:{tcfg.port}",
             )
-        except Exception as e:
-            log.error("ssh.recording_failed", target=target, error=type(e).__name__)
+        except SessionRefused as e:
+            log.error("session.refused", target=target, error=str(e))
             upstream.close()
-            self._audit_refusal(target, "recording could not be started", grant, "recorder")
-            return self._refuse(
-                "the session recording could not be started — no recording, no access"
-            )
+            return self._refuse(f"{e} — no recording, no access")
         self.grant, self.gtarget, self.tcfg, self.rules = grant, gt, tcfg, rules
         self.upstream = upstream
         self.session = session
@@ -1092,49 +1091,35 @@ class GatewayConnection(asyncssh.SSHServer):
     def tap_requested(self, unit: Any) -> bool:
         return False
 
-    # -- recording helpers (False when the recording failed: do not forward)
+    # -- recording helpers: append, then hand to the kernel (False when the recording
+    #    failed: do not forward)
+
+    def _record(self, append: Callable[..., None], *args: Any, **fields: Any) -> bool:
+        if self.recorder is None:
+            return False
+        try:
+            append(*args, **fields)
+            self.recorder.write()
+            return True
+        except RecorderError:
+            self.recording_failed()
+            return False
 
     def record_event(self, kind: str, **fields: Any) -> bool:
-        if self.recorder is None:
-            return False
-        try:
-            self.recorder.event(kind, **fields)
-            return True
-        except RecorderError:
-            self.recording_failed()
-            return False
+        return self.recorder is not None and self._record(self.recorder.event, kind, **fields)
 
     def record_decision(self, **fields: Any) -> bool:
-        if self.recorder is None:
-            return False
-        try:
-            self.recorder.decision(**fields)
-            return True
-        except RecorderError:
-            self.recording_failed()
-            return False
+        return self.recorder is not None and self._record(self.recorder.decision, **fields)
 
     def record_input(self, data: bytes, cid: str) -> bool:
-        try:
-            self.recorder.input(data, cid)
-            return True
-        except RecorderError:
-            self.recording_failed()
-            return False
+        return self._record(self.recorder.input, data, cid)
 
     def record_output(self, data: bytes, cid: str, stream: str) -> bool:
-        try:
-            self.recorder.output(data, cid, stream)
-            return True
-        except RecorderError:
-            self.recording_failed()
-            return False
+        return self._record(self.recorder.output, data, cid, stream)
 
     def record_resize(self, cols: int, rows: int) -> None:
-        try:
-            self.recorder.resize(cols, rows)
-        except RecorderError:
-            self.recording_failed()
+        if self.recorder is not None:
+            self._record(self.recorder.resize, cols, rows)
 
     def recording_failed(self) -> None:
         if self._failed_recording or self.session is None:
@@ -1143,33 +1128,12 @@ class GatewayConnection(asyncssh.SSHServer):
         log.error("ssh.recording_failed", session=self.session.id)
         for ch in list(self.channels):
             ch.pause_up("recorder-failed")
-        asyncio.ensure_future(
-            self.session.terminate(
-                Termination("recorder-failed", "the recording failed (no recording, no access)")
-            )
+        exc = self.recorder.failed
+        if exc is not None:
+            self.session.recorder_failed(exc)  # a storage fault ends every session writing there
+        self.session.end_now(
+            Termination("recorder-failed", "the recording failed (no recording, no access)")
         )
-
-    def throttle(self) -> None:
-        """The disk is behind: stop reading from the target until the recorder catches up."""
-        if self._rec_throttled or self.closed:
-            return
-        self._rec_throttled = True
-        for ch in list(self.channels):
-            ch.pause_up("recorder")
-        self._rec_timer = asyncio.get_running_loop().call_later(RECORDER_POLL, self._check_recorder)
-
-    def _check_recorder(self) -> None:
-        self._rec_timer = None
-        if self.closed:
-            return
-        if self.recorder.pending_bytes <= RECORDER_LOW_WATER or self.recorder.failed:
-            self._rec_throttled = False
-            for ch in list(self.channels):
-                ch.resume_up("recorder")
-        else:
-            self._rec_timer = asyncio.get_running_loop().call_later(
-                RECORDER_POLL, self._check_recorder
-            )
 
     # -- expiry, revocation, kill
 

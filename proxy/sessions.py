@@ -116,7 +116,9 @@ class Session:
         log.info("session.terminate", session=self.id, kind=termination.kind)
         try:
             self.recorder.event("terminate", reason=termination.kind, message=termination.message)
-            self.recorder.write()
+            # nothing passes the gate from here on, so the recording is complete: end it now
+            # (its end time is the session's), fsync and close follow when the sockets are gone
+            self.recorder.finish(termination.kind, commands=self.commands, denials=self.denials)
         except Exception:
             pass
         task = asyncio.ensure_future(self._terminate(termination))

@@ -30,7 +30,8 @@ def _start(server, kind: str):
 @pytest.fixture(scope="session")
 def pg_server():
     """A real PostgreSQL 15 on 127.0.0.1 with db `shop`, roles app_ro/app_rw/app_md5."""
-    server = _start(PostgresServer(), "PostgreSQL server")
+    # room for the 100-session expiry test beside everything else
+    server = _start(PostgresServer(settings={"max_connections": "300"}), "PostgreSQL server")
     yield server
     server.stop()
 

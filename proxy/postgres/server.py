@@ -474,10 +474,11 @@ class PgConnection:
             log.warning("upstream.cancel_failed", error=str(e))
 
     async def _terminate(self, termination: Termination) -> None:
-        if self.relay is not None and self.relay.busy:
-            await self.cancel_upstream()
+        busy = self.relay is not None and self.relay.busy
         self._fatal(ADMIN_SHUTDOWN, f"breakglass: {termination.message} — session closed")
         self._abort()
+        if busy:  # stop what still runs upstream for this session
+            await self.cancel_upstream()
 
     def _abort(self) -> None:
         self.closing = True
@@ -556,12 +557,12 @@ class _Side(asyncio.Protocol):
     def _forward(self, data: bytes, whole: bool, messages: list) -> None:
         """Judge and record ``messages``, hand the records to the kernel, then write what
         passes to the peer: only while the grant is live (the gate), never unrecorded."""
-        reader = self.reader
-        out = self.judge(messages)
         session = self.conn.session
-        session.recorder.write()  # raises RecorderError: nothing is forwarded
         if not session.forwarding_allowed():
             return  # expired, revoked or killed: the session is ending and says why
+        reader = self.reader
+        out = self.judge(messages)
+        session.recorder.write()  # raises RecorderError: nothing is forwarded
         if out is None:  # unchanged: forward without copying when data was whole messages
             out = data if whole and reader.buffered == 0 else b"".join([m.raw for m in messages])
         if out:

@@ -171,6 +171,8 @@ class Bridge:
         def data_received(data: bytes, datatype: int | None) -> None:
             if self.closed or o.terminating is not None or up.detached:
                 return
+            if not session.forwarding_allowed():
+                return  # past exp or revoked: the session is ending and says why
             if self.crlf:
                 data = to_crlf(data)
             try:
@@ -181,8 +183,7 @@ class Bridge:
             except RecorderError:
                 o.recording_failed()
                 return
-            if session.forwarding_allowed():
-                self.chan.write(data, datatype)
+            self.chan.write(data, datatype)
 
         return data_received
 
@@ -198,6 +199,8 @@ class Bridge:
 
     def _to_upstream(self, data: bytes) -> None:
         o = self.o
+        if not o.session.forwarding_allowed():
+            return  # past exp or revoked: the session is ending and says why
         try:
             o.recorder.input(data, self.cid)
             if self.sftp is not None and not self._record_sftp(self.sftp.client_data, data):
@@ -206,9 +209,8 @@ class Bridge:
         except RecorderError:
             o.recording_failed()
             return
-        if o.session.forwarding_allowed():
-            assert self.up is not None
-            self.up.chan.write(data)
+        assert self.up is not None
+        self.up.chan.write(data)
 
     def _record_sftp(self, decode: Callable[[bytes], list[dict[str, Any]]], data: bytes) -> bool:
         """Record the SFTP operations ``data`` completes; False (channel closed) when the
@@ -524,7 +526,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
             self._shell_input(data)
         elif self.crlf and b"\x03" in data and self.ready and self.up is not None:
             # A terminal served by the gateway (no upstream PTY): Ctrl-C interrupts.
-            if not self.o.record_input(data, self.cid) or not self.o.session.forwarding_allowed():
+            if not self.o.session.forwarding_allowed() or not self.o.record_input(data, self.cid):
                 return
             self.up.chan.send_signal("INT")
             rest = data.replace(b"\x03", b"")
@@ -558,7 +560,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
     def _shell_input(self, data: bytes) -> None:
         if self.closed or self.o.terminating is not None:
             return
-        if not self.o.record_input(data, self.cid) or not self.o.session.forwarding_allowed():
+        if not self.o.session.forwarding_allowed() or not self.o.record_input(data, self.cid):
             return
         assert self.editor is not None
         if self.running is not None:

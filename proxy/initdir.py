@@ -136,7 +136,9 @@ signing_key = "keys/{recorder_kid}.key"
 # A signed checkpoint every checkpoint_interval seconds or checkpoint_events events.
 checkpoint_interval = 1.0
 checkpoint_events = 1000
-# Group commit: recorded events reach the disk (fsync) within this many seconds.
+# Every event is written to the recording file before anything is forwarded (a killed
+# gateway loses nothing); fsync is group-committed: a host crash loses at most this many
+# seconds.
 commit_interval = 0.05
 
 # Recorder public keys `breakglass verify` trusts, by key id.

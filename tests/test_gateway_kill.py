@@ -122,3 +122,32 @@ def test_kill_9_loses_no_ssh_output_the_client_saw(pg_server, ssh_server, tmp_pa
     events = list(read_events(_only_recording(cfg)))
     recorded = b"".join(e["data"] for e in events if e["kind"] == "output")
     assert recorded.startswith(received), (len(recorded), len(received))
+
+
+def test_sigterm_under_a_full_audit_directory_is_prompt_and_clean(pg_server, tmp_path):
+    from tests.storage import fill, tmpfs
+
+    d = tmp_path / "gw"
+    cfg = build_local_workdir(d, pg=pg_server, ssh=None, name="test-gw")
+    token = issue_local_grant(cfg, "db-readonly", "shop")
+    with tmpfs(cfg.audit_dir, "4m"), gateway_process(d, cfg) as gw:
+        fill(cfg.audit_dir, leave=0)
+        env = dict(os.environ, PGPASSWORD=token, PGSSLMODE="require")
+        for _ in range(100):  # until the audit log's last page is full: then refused
+            r = subprocess.run(
+                ["psql", "-X", "-At", "-h", "127.0.0.1", "-p", str(cfg.postgres_listen.port)]
+                + ["-U", "erin", "-d", "shop", "-c", "select 1"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if r.returncode != 0:
+                break
+        assert "audit log cannot be written" in r.stderr, r.stderr
+        t0 = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(10) == 0
+        assert time.monotonic() - t0 < 5
+    log = (d / "gateway.log").read_text()
+    assert "internal error" not in log and "Traceback" not in log

@@ -25,7 +25,34 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def start_gateway_process(config: Path, port: int, workers: int | None = None) -> subprocess.Popen:
+def process_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of process ``pid`` and its direct children (worker
+    processes), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    page = os.sysconf("SC_PAGE_SIZE")
+    pids = [pid]
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    pids.append(int(p.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    cpu, rss = 0.0, 0
+    for q in pids:
+        try:
+            f = (Path("/proc") / str(q) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu += (int(f[11]) + int(f[12])) / tick
+        rss += int(f[21]) * page
+    return cpu, rss
+
+
+def start_gateway_process(
+    config: Path, port: int, workers: int | None = None, root: Path | None = None
+) -> subprocess.Popen:
+    """``breakglass gateway`` from the source tree ``root`` (default: this one)."""
     cmd = [
         sys.executable,
         "-m",
@@ -39,8 +66,10 @@ def start_gateway_process(config: Path, port: int, workers: int | None = None) -
     env = dict(os.environ)
     if workers:
         env["BREAKGLASS_WORKERS"] = str(workers)
+    root = root or ROOT
+    env["PYTHONPATH"] = str(root)
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     wait_port(port)
     return proc

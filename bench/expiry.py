@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import percentile, start_gateway_process, stop
+from common import percentile, process_usage, start_gateway_process, stop
 
 from proxy.demo_setup import build_local_workdir, issue_local_grant
 from proxy.throwaway import PostgresServer
@@ -33,30 +33,6 @@ def _tls(cert: Path) -> ssl.SSLContext:
     return ctx
 
 
-def _proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, RSS bytes) of a process and its children (the worker processes)."""
-    import os
-
-    cpu, rss = 0.0, 0
-    pids = [pid]
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if int((p / "stat").read_text().split()[3]) == pid:
-                    pids.append(int(p.name))
-            except OSError:
-                pass
-    tick = os.sysconf("SC_CLK_TCK")
-    for q in pids:
-        try:
-            f = (Path("/proc") / str(q) / "stat").read_text().rsplit(")", 1)[1].split()
-            cpu += (int(f[11]) + int(f[12])) / tick
-            rss += int(f[21]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            pass
-    return cpu, rss
-
-
 async def run(args: argparse.Namespace) -> int:
     import asyncpg
 
@@ -66,7 +42,7 @@ async def run(args: argparse.Namespace) -> int:
         cfg = build_local_workdir(work / "gw", pg=pg, ssh=None, name="bench-gw")
         gw = start_gateway_process(work / "gw/config.toml", cfg.postgres_listen.port, args.workers)
         tls = _tls(work / "gw/keys/gateway_tls.crt")
-        cpu0, _ = _proc_stats(gw.pid)
+        cpu0, _ = process_usage(gw.pid)
         logins = asyncio.Semaphore(16)
         login_times: list[float] = []
         failures: list[str] = []
@@ -97,7 +73,7 @@ async def run(args: argparse.Namespace) -> int:
         tokens = [issue_local_grant(cfg, "db-readonly", "shop", ttl=3600, exp=e) for e in exps]
         conns = await asyncio.gather(*(connect(t) for t in tokens))
         logged_in = time.time()
-        cpu1, rss1 = _proc_stats(gw.pid)
+        cpu1, rss1 = process_usage(gw.pid)
         late: list[float] = []
         lat: list[float] = []
 
@@ -121,7 +97,7 @@ async def run(args: argparse.Namespace) -> int:
         if logged_in >= exps[0]:
             print(f"logins took {logged_in - t_login:.1f}s, past the first exp; raise the margin")
         await asyncio.gather(*(hammer(c, e) for c, e in zip(conns, exps, strict=True)))
-        cpu2, _ = _proc_stats(gw.pid)
+        cpu2, _ = process_usage(gw.pid)
         await asyncio.sleep(2)  # recordings close (fsync) after the sockets are gone
         stop(gw)
         ends, late_q = [], 0

@@ -19,21 +19,31 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import median, percentile, start_gateway_process, stop, wait_port
+from common import median, percentile, process_usage, start_gateway_process, stop, wait_port
 
 from proxy.demo_setup import build_local_workdir, issue_local_grant
 from proxy.throwaway import PostgresServer, free_port
 
 
 def run_pgbench(
-    env: dict, host: str, port: int, user: str, clients: int, seconds: int, logdir: Path
-) -> tuple[float, list[float]]:
+    env: dict,
+    host: str,
+    port: int,
+    user: str,
+    clients: int,
+    seconds: int,
+    logdir: Path,
+    mode: str = "simple",
+) -> tuple[float, list[float], int]:
+    """(TPS, per-transaction latencies in ms, transactions) of one ``pgbench -S`` run."""
     for f in logdir.glob("pgbench_log*"):
         f.unlink()
     cmd = [
         "pgbench",
         "-n",
         "-S",
+        "-M",
+        mode,
         "-T",
         str(seconds),
         "-c",
@@ -59,13 +69,18 @@ def run_pgbench(
         for line in r.stdout.splitlines()
         if line.startswith("tps =")
     )
+    txns = next(
+        int(line.split(":")[1].split()[0])
+        for line in r.stdout.splitlines()
+        if line.startswith("number of transactions actually processed")
+    )
     lat = []
     for f in logdir.glob("pgbench_log*"):
         for line in f.read_text().splitlines():
             parts = line.split()
             if len(parts) > 2:
                 lat.append(int(parts[2]) / 1000.0)  # ms
-    return tps, lat
+    return tps, lat, txns
 
 
 def pgbouncer(
@@ -120,6 +135,13 @@ def main() -> None:
     ap.add_argument(
         "--workers", type=int, default=1, help="gateway worker processes ([gateway] workers)"
     )
+    ap.add_argument("--modes", default="simple", help="pgbench -M modes: simple,extended,prepared")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run the gateway from this source tree (e.g. a git worktree of an older "
+        "commit) as 'baseline', in the same run",
+    )
     ap.add_argument(
         "--setups",
         default="direct,pgbouncer,bare,gateway",
@@ -142,23 +164,40 @@ def main() -> None:
             cfg_path.write_text(text)
         gw_proc = start_gateway_process(cfg_path, cfg.postgres_listen.port)
         procs.append(gw_proc)
+        cpu_pid = {"gateway": gw_proc.pid}
+        if args.baseline:
+            base_dir = tmp / "baseline"
+            base_dir.mkdir()
+            shutil.copytree(
+                tmp / "gw", base_dir / "gw", ignore=shutil.ignore_patterns("*.sock", "*.rec")
+            )
+            base_port = free_port()
+            base_cfg = base_dir / "gw" / "config.toml"
+            base_cfg.write_text(
+                base_cfg.read_text()
+                .replace(f"127.0.0.1:{cfg.postgres_listen.port}", f"127.0.0.1:{base_port}")
+                .replace("run/admin.sock", "run/admin-baseline.sock")
+            )
+            base_proc = start_gateway_process(base_cfg, base_port, root=args.baseline)
+            procs.append(base_proc)
+            cpu_pid["baseline"] = base_proc.pid
         bouncer_dir = tmp / "bouncer"
         bouncer_dir.mkdir()
         bouncer, bouncer_port = pgbouncer(pg, bouncer_dir, cfg.tls_cert, cfg.tls_key)
         procs.append(bouncer)
         bare_port = free_port()
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(Path(__file__).with_name("bare_tls_relay.py")),
-                    str(bare_port),
-                    str(pg.port),
-                    str(cfg.tls_cert),
-                    str(cfg.tls_key),
-                ]
-            )
+        bare_proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("bare_tls_relay.py")),
+                str(bare_port),
+                str(pg.port),
+                str(cfg.tls_cert),
+                str(cfg.tls_key),
+            ]
         )
+        procs.append(bare_proc)
+        cpu_pid["bare"] = bare_proc.pid
         wait_port(bare_port)
         token = issue_local_grant(cfg, "db-readonly", "shop", ttl=3600)
         logdir = tmp / "logs"
@@ -189,61 +228,77 @@ def main() -> None:
                 "erin",
             ),
         }
-        wanted = set(args.setups.split(",")) | {"direct"}
+        if args.baseline:
+            setups["baseline"] = (setups["gateway"][0], base_port, "erin")
+        wanted = (
+            set(args.setups.split(",")) | {"direct"} | ({"baseline"} if args.baseline else set())
+        )
         setups = {k: v for k, v in setups.items() if k in wanted}
-        results: dict[tuple[str, int], tuple[float, float, float]] = {}
-        for c in clients:
-            tps: dict[str, list[float]] = {k: [] for k in setups}
-            lat: dict[str, list[float]] = {k: [] for k in setups}
-            for _ in range(args.repeat):
-                for name, (env, port, user) in setups.items():  # interleaved: noise hits all alike
-                    t, latencies = run_pgbench(
-                        env, "127.0.0.1", port, user, c, args.seconds, logdir
+        modes = args.modes.split(",")
+        results: dict[tuple[str, int, str], tuple[float, float, float, float]] = {}
+        for mode in modes:
+            for c in clients:
+                tps: dict[str, list[float]] = {k: [] for k in setups}
+                lat: dict[str, list[float]] = {k: [] for k in setups}
+                cpu_us: dict[str, list[float]] = {k: [] for k in setups}
+                for _ in range(args.repeat):
+                    for name, (env, port, user) in setups.items():  # interleaved: noise hits all
+                        before = process_usage(cpu_pid[name])[0] if name in cpu_pid else 0.0
+                        t, latencies, txns = run_pgbench(
+                            env, "127.0.0.1", port, user, c, args.seconds, logdir, mode
+                        )
+                        if name in cpu_pid:
+                            used = process_usage(cpu_pid[name])[0] - before
+                            cpu_us[name].append(used / max(1, txns) * 1e6)
+                        tps[name].append(t)
+                        lat[name].extend(latencies)
+                for name in setups:
+                    results[(name, c, mode)] = (
+                        median(tps[name]),
+                        percentile(lat[name], 50),
+                        percentile(lat[name], 99),
+                        median(cpu_us[name]),
                     )
-                    tps[name].append(t)
-                    lat[name].extend(latencies)
-            for name in setups:
-                results[(name, c)] = (
-                    median(tps[name]),
-                    percentile(lat[name], 50),
-                    percentile(lat[name], 99),
-                )
-
         print(
             f"pgbench -S, {args.seconds}s x {args.repeat} runs each, medians "
-            f"(TLS for pgbouncer, bare and gateway; gateway workers: {args.workers})"
+            f"(TLS for pgbouncer, bare and gateway; gateway workers: {args.workers}); "
+            "CPU = the relay process's CPU time per transaction"
         )
-        print(
-            f"{'setup':<10} {'clients':>7} {'TPS':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} {'+p99':>7}"
-        )
-        for c in clients:
-            d_tps, d50, d99 = results[("direct", c)]
-            for name in setups:
-                t, p50, p99 = results[(name, c)]
-                print(
-                    f"{name:<10} {c:>7} {t:>10.0f} {t / d_tps:>6.2f} {p50:>8.3f} {p99:>8.3f} {p50 - d50:>+7.3f} {p99 - d99:>+7.3f}"
-                )
-        if "pgbouncer" in setups:
-            for c in clients:
-                print(
-                    f"pgbouncer/direct TPS ratio at {c} clients: {results[('pgbouncer', c)][0] / results[('direct', c)][0]:.2f}"
-                )
-        if "gateway" not in setups:
-            return
-        if "bare" in setups:
-            for c in clients:
-                print(
-                    f"gateway/bare relay TPS ratio at {c} clients (share kept by judging and recording): "
-                    f"{results[('gateway', c)][0] / results[('bare', c)][0]:.2f}"
-                )
-        last = clients[-1]
-        for c in clients[:-1]:
+        for mode in modes:
+            print(f"\n-M {mode}")
             print(
-                f"gateway/direct TPS ratio at {c} clients: {results[('gateway', c)][0] / results[('direct', c)][0]:.2f}"
+                f"{'setup':<10} {'clients':>7} {'TPS':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
+                f"{'+p50':>7} {'+p99':>7} {'CPU us':>7}"
             )
-        print(
-            f"gateway/direct TPS ratio at {last} clients: {results[('gateway', last)][0] / results[('direct', last)][0]:.2f}"
-        )
+            for c in clients:
+                d_tps, d50, d99, _ = results[("direct", c, mode)]
+                for name in setups:
+                    t, p50, p99, cpu = results[(name, c, mode)]
+                    cpu_text = f"{cpu:>7.0f}" if name in cpu_pid else f"{'':>7}"
+                    print(
+                        f"{name:<10} {c:>7} {t:>10.0f} {t / d_tps:>6.2f} {p50:>8.3f} {p99:>8.3f} "
+                        f"{p50 - d50:>+7.3f} {p99 - d99:>+7.3f} {cpu_text}"
+                    )
+            if "gateway" in setups and "bare" in setups:
+                for c in clients:
+                    g, b = results[("gateway", c, mode)], results[("bare", c, mode)]
+                    print(
+                        f"gateway/bare relay at {c} clients: TPS {g[0] / b[0]:.2f}, "
+                        f"CPU per transaction {g[3]:.0f} us vs {b[3]:.0f} us"
+                    )
+            if "baseline" in setups:
+                for c in clients:
+                    g, b = results[("gateway", c, mode)], results[("baseline", c, mode)]
+                    print(
+                        f"gateway/baseline at {c} clients: TPS {g[0] / b[0]:.2f}, "
+                        f"CPU per transaction {g[3]:.0f} us vs {b[3]:.0f} us"
+                    )
+            if "gateway" in setups:
+                for c in clients:
+                    print(
+                        f"gateway/direct TPS ratio at {c} clients (-M {mode}): "
+                        f"{results[('gateway', c, mode)][0] / results[('direct', c, mode)][0]:.2f}"
+                    )
     finally:
         for p in procs:
             stop(p)

@@ -73,6 +73,8 @@ LIVE_MODE = 0o640
 FINAL_MODE = 0o440
 
 _sha256 = hashlib.sha256
+_os_write = os.write
+_writev = os.writev
 _b2a = binascii.b2a_base64
 _hexlify = binascii.hexlify
 _monotonic = time.monotonic
@@ -553,7 +555,16 @@ class RecordingWriter:
                 upto_seq, upto_prev = self._seq, self._prev
             start = self._file_size
             try:
-                _write_all(self._fd, buf)
+                if len(buf) == 1:  # the common case: one line (a statement, a keystroke)
+                    n = _os_write(self._fd, buf[0])
+                elif len(buf) <= _IOV_CHUNK:
+                    n = _writev(self._fd, buf)
+                else:
+                    n = _write_all(self._fd, buf)
+                if n != size:  # short write (a signal, a nearly full disk): finish it plainly
+                    rest = memoryview(b"".join(buf))[n:]
+                    while rest:
+                        rest = rest[_os_write(self._fd, rest) :]
             except OSError as exc:
                 self._cut_back_locked(start, exc)
                 return exc

@@ -106,6 +106,7 @@ class Config:
     ssh_targets: dict[str, SshTarget]
     postgres_targets: dict[str, PostgresTarget]
     workers: int = 1  # gateway processes sharing the listening ports (SO_REUSEPORT)
+    metrics_listen: Listen | None = None  # Prometheus /metrics and /health/* (port + worker)
     state_url: str | None = field(default=None, repr=False)  # PostgreSQL state (a secret: no repr)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -473,6 +474,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         warn_before_expiry=r.duration(gw, "warn_before_expiry", "gateway.warn_before_expiry", "2m"),
         leeway=leeway,
         workers=r.integer(gw, "workers", "gateway.workers", 1, lo=1, hi=64) or 1,
+        metrics_listen=r.listen(gw, "metrics_listen", "gateway.metrics_listen"),
         failed_auth_limit=r.integer(
             gw, "failed_auth_limit", "gateway.failed_auth_limit", 10, lo=1, hi=10000
         ),

@@ -103,6 +103,9 @@ def write_demo_files(d: Path, cfg: Config, ssh: SshServer | None) -> dict[str, s
             BREAKGLASS_SSH_GRANT=str(ops),
             BREAKGLASS_SSH_SHELL_GRANT=str(shell),
         )
+    if cfg.metrics_listen:
+        m = cfg.metrics_listen
+        env["BREAKGLASS_METRICS_URL"] = f"http://{m.host}:{m.port}/metrics"
     (d / "demo.env").write_text(
         "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
     )
@@ -140,6 +143,14 @@ def instructions(d: Path, env: dict[str, str]) -> str:
         f"  {c} kill SESSION",
         f"  {c} verify {env['BREAKGLASS_RECORDINGS']}",
         f"  {c} audit --since 1h",
+    ]
+    if "BREAKGLASS_METRICS_URL" in env:
+        url = env["BREAKGLASS_METRICS_URL"]
+        lines += [
+            f"  curl -s {url} | grep ^breakglass_        # Prometheus metrics",
+            f"  curl -s {url.removesuffix('/metrics')}/health/ready",
+        ]
+    lines += [
         "",
         f"Variables for scripts: . {d / 'demo.env'}",
         "Ctrl-C stops the demo (recordings stay in the directory).",
@@ -154,7 +165,7 @@ def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
     d = prepare_directory(directory)
     pg, ssh, notes = start_servers(with_ssh)
     try:
-        cfg = build_local_workdir(d, pg=pg, ssh=ssh, name="demo")
+        cfg = build_local_workdir(d, pg=pg, ssh=ssh, name="demo", metrics=True)
         if ssh is not None:
             # known_hosts for the engineer's own ssh client: the gateway's host key
             import asyncssh

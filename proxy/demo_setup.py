@@ -65,6 +65,7 @@ def build_local_workdir(
     ssh_port: int | None = None,
     pg_port: int | None = None,
     name: str = "demo",
+    metrics: bool = False,
 ) -> Config:
     """``breakglass init`` + targets on the local servers + the gateway's key authorised on sshd."""
     ssh_listen = f"127.0.0.1:{ssh_port or free_port()}"
@@ -85,6 +86,10 @@ def build_local_workdir(
         text = text.replace(f'ssh_listen = "{ssh_listen}"\n', "")
     if pg is None:
         text = text.replace(f'postgres_listen = "{pg_listen}"\n', "")
+    if metrics:  # Prometheus /metrics and /health/* on loopback
+        text = text.replace(
+            "\nworkers = 1\n", f'\nworkers = 1\nmetrics_listen = "127.0.0.1:{free_port()}"\n', 1
+        )
     init_workdir(Path(directory), text)
     if ssh is not None:
         (Path(directory) / "keys/known_hosts").write_text(ssh.known_hosts_line + "\n")

@@ -63,6 +63,8 @@ class Gateway:
     worker: int = 0  # this process's index among `workers` sharing the ports
     workers: int = 1
     postgres: Any = None  # the PostgresListener, when configured
+    metrics: Any = None  # proxy.metrics.GatewayMetrics
+    listening: bool = False  # every configured listener accepts connections
 
     @property
     def admin_socket(self) -> Path:
@@ -103,6 +105,8 @@ class Gateway:
                 )
         if isinstance(result, Refusal):
             self.limiter.failed(source)
+            if self.metrics is not None:
+                self.metrics.auth_failures.labels(protocol, str(result.kind)).inc()
             try:
                 self.audit.append(
                     "auth.refused",
@@ -222,6 +226,9 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     )
     registry_ref.append(registry)
     registry.revoked = gw.revoked  # the forwarding gate checks it
+    from proxy.metrics import GatewayMetrics
+
+    gw.metrics = registry.metrics = GatewayMetrics()
     gw.verifier = grant_verifier(cfg, is_revoked=gw.revoked.__contains__)
     for r in await state.revocations_since(0):
         gw.revoked.add(r.jti)
@@ -238,6 +245,11 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
         from proxy.ssh.server import start_ssh_listener
 
         gw.servers.append(await start_ssh_listener(gw))
+    gw.listening = True
+    if cfg.metrics_listen:
+        from proxy.metrics import start_metrics_server
+
+        gw.servers.append(await start_metrics_server(gw))
     try:
         audit.append("gateway.start", gateway=cfg.gateway_name)
     except RecorderError as e:  # serve anyway: sessions are refused until the log recovers

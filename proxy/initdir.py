@@ -114,6 +114,8 @@ failed_auth_limit = 10
 # Gateway processes sharing the listening ports (SO_REUSEPORT); each has its own admin
 # socket (admin.sock.N) and cancel requests are routed to the right one.
 workers = 1
+# Prometheus /metrics and /health/live, /health/ready (worker N listens on port + N).
+# metrics_listen = "127.0.0.1:9464"
 
 [issuer]
 # Grants carry this as iss. signing_key is only needed where grants are issued.

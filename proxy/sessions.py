@@ -183,9 +183,11 @@ class Session:
             )
             alerter.session_ended(self.id)
 
-    def count_denial(self) -> None:
+    def count_denial(self, rule: str = "unknown") -> None:
         """One refused command or statement (alerts on N within a window)."""
         self.denials += 1
+        if self.registry.metrics is not None:
+            self.registry.metrics.denials.labels(self.protocol, rule).inc()
         alerts.notify(
             "denial",
             session=self.id,
@@ -233,6 +235,7 @@ class SessionRegistry:
         self._closing: set[asyncio.Task] = set()
         #: jtis known revoked (the gateway's set): the forwarding gate checks it
         self.revoked: set[str] = set()
+        self.metrics: Any = None  # proxy.metrics.GatewayMetrics, when the gateway has one
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.reserve = SpaceReserve(self.recordings_dir)
         #: why new sessions are refused while the recordings storage cannot be written
@@ -247,6 +250,7 @@ class SessionRegistry:
         ``SessionRefused`` (with the reason for the engineer) when the recording or the audit
         log cannot be written; nothing is left behind then."""
         if self.storage_fault is not None and not self._storage_recovered():
+            self._count_refused("recordings")
             raise SessionRefused(self.storage_fault)
         sid = new_session_id()
         hdr = {
@@ -277,6 +281,7 @@ class SessionRegistry:
         try:
             recorder = self.make_recorder(path, hdr, on_failure)
         except RecorderError as e:
+            self._count_refused("recordings")
             if is_storage_error(e):
                 self.storage_failed(e.__cause__ or e)
                 raise SessionRefused(self.storage_fault) from e
@@ -300,6 +305,7 @@ class SessionRegistry:
             except RecorderError:
                 pass
             path.unlink(missing_ok=True)
+            self._count_refused("audit")
             raise SessionRefused(
                 "the audit log cannot be written, so no session can start now"
             ) from e
@@ -315,6 +321,8 @@ class SessionRegistry:
         holder.append(session)
         self.sessions[sid] = session
         self._schedule(session)
+        if self.metrics is not None:
+            self.metrics.session_started(protocol, target.name, grant.breakglass)
         log.info(
             "session.start", session=sid, protocol=protocol, user=grant.subject, target=target.name
         )
@@ -357,6 +365,8 @@ class SessionRegistry:
     def _forget(self, session: Session, end: str) -> None:
         self.sessions.pop(session.id, None)
         self._ended.set()
+        if self.metrics is not None:
+            self.metrics.session_ended(session.protocol, session.target.name, end)
         try:
             self.audit.append(
                 "session.end",
@@ -395,6 +405,10 @@ class SessionRegistry:
     def audit_failed(self, message: str) -> None:
         """The audit log cannot be written: nothing may run unaudited."""
         self.end_all(Termination("recorder-failed", message))
+
+    def _count_refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.refused_sessions.labels(reason).inc()
 
     def end_all(self, termination: Termination) -> None:
         for s in list(self.sessions.values()):

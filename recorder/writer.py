@@ -65,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from . import format as fmt
 from .format import RecorderError, RecorderFieldError
 
-__all__ = ["RecordingWriter", "RecorderError", "RecorderFieldError"]
+__all__ = ["RecordingWriter", "RecorderError", "RecorderFieldError", "STATS"]
 
 #: Mode while the recording is being written, and once finalized. Not world-readable: a PTY
 #: recording can contain whatever the engineer typed (a sudo password at a prompt, say).
@@ -90,6 +90,28 @@ _fadvise = getattr(os, "posix_fadvise", None)
 _PAGE = 4096
 
 _live_writers: weakref.WeakSet[RecordingWriter] = weakref.WeakSet()
+
+
+class WriterStats:
+    """Process-wide counters for metrics (read by proxy/metrics.py). Updated without a lock:
+    each field has one writer per call site and a scrape tolerates a torn read."""
+
+    def __init__(self) -> None:
+        self.bytes_written = 0
+        self.writes = 0
+        self.write_seconds = 0.0
+        self.fsyncs = 0
+        self.fsync_seconds = 0.0
+        self.fsync_max = 0.0
+        self.failures = 0
+
+    @staticmethod
+    def pending_bytes() -> int:
+        return sum(w.pending_bytes for w in list(_live_writers))
+
+
+STATS = WriterStats()
+_perf = time.perf_counter
 
 
 @atexit.register
@@ -554,6 +576,7 @@ class RecordingWriter:
                 self._buffered = 0
                 upto_seq, upto_prev = self._seq, self._prev
             start = self._file_size
+            t0 = _perf()
             try:
                 if len(buf) == 1:  # the common case: one line (a statement, a keystroke)
                     n = _os_write(self._fd, buf[0])
@@ -570,6 +593,10 @@ class RecordingWriter:
                 return exc
             self._file_size = start + size
             self._written_seq, self._written_prev = upto_seq, upto_prev
+            stats = STATS
+            stats.writes += 1
+            stats.bytes_written += size
+            stats.write_seconds += _perf() - t0
         if not self._dirty:
             self._dirty = True
             self._wake.set()
@@ -603,7 +630,12 @@ class RecordingWriter:
         if upto <= self._durable or self._fd < 0:
             return None
         try:
+            t0 = _perf()
             os.fsync(self._fd)
+            took = _perf() - t0
+            STATS.fsyncs += 1
+            STATS.fsync_seconds += took
+            STATS.fsync_max = max(STATS.fsync_max, took)
             self._drop_cached(size)
         except OSError as exc:
             with self._lock:
@@ -634,6 +666,7 @@ class RecordingWriter:
             if self._failure_reported:
                 return
             self._failure_reported = True
+        STATS.failures += 1
         self._wake.set()
         if self._on_failure is not None:
             try:

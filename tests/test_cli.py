@@ -254,6 +254,10 @@ def test_demo_runs_and_prints_working_lines(pg_server, tmp_path):
             config=d / "config.toml",
         )
         assert r.stdout.strip() == "42", r.stderr
+        import urllib.request
+
+        with urllib.request.urlopen(env_vars["BREAKGLASS_METRICS_URL"], timeout=10) as m:
+            assert b"breakglass_sessions_total" in m.read()
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)

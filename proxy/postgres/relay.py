@@ -73,7 +73,7 @@ class Relay:
         self.recorder = recorder
         self.allow_everything = allow_everything
         self.record_parameters = record_parameters
-        self.on_denial = on_denial or (lambda: None)
+        self.on_denial = on_denial or (lambda rule: None)
         self.on_statement = on_statement or (lambda: None)
         self.parameter_problem = parameter_problem or (lambda name, value: None)
         #: Set when the upstream's state stops matching what the checker assumes; from then
@@ -150,7 +150,7 @@ class Relay:
             text=text,
             protocol=protocol,
         )
-        self.on_denial()
+        self.on_denial(rule)
         return codec.encode_error(
             "ERROR",
             INSUFFICIENT_PRIVILEGE,

@@ -34,6 +34,8 @@ from proxy.postgres.relay import Relay, SessionBroken
 from proxy.sessions import Session, SessionRefused, Termination
 from recorder.format import RecorderError
 
+_perf = time.perf_counter
+
 STARTUP_TIMEOUT = 30.0
 #: Connections one address may have in startup/authentication at once.
 MAX_UNAUTHENTICATED_PER_SOURCE = 32
@@ -436,9 +438,9 @@ class PgConnection:
             else:
                 self.done.set_exception(exc)
 
-    def _count_denial(self) -> None:
+    def _count_denial(self, rule: str) -> None:
         if self.session:
-            self.session.count_denial()
+            self.session.count_denial(rule)
 
     def _count_statement(self) -> None:
         if self.session:
@@ -523,6 +525,9 @@ class _Side(asyncio.Protocol):
         self.reader = MessageReader()
         self.transport: asyncio.Transport | None = None
         self.source: asyncio.Transport | None = None  # the transport this side reads from
+        metrics = getattr(conn.gw, "metrics", None)
+        #: histogram of the time the gateway adds on the way upstream (client side only)
+        self.added = metrics.pg_added if metrics is not None and name == "client" else None
         self.peer: _Side | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover
@@ -561,8 +566,11 @@ class _Side(asyncio.Protocol):
         if not session.forwarding_allowed():
             return  # expired, revoked or killed: the session is ending and says why
         reader = self.reader
+        t0 = _perf()
         out = self.judge(messages)
         session.recorder.write()  # raises RecorderError: nothing is forwarded
+        if self.added is not None:
+            self.added.observe(_perf() - t0)
         if out is None:  # unchanged: forward without copying when data was whole messages
             out = data if whole and reader.buffered == 0 else b"".join([m.raw for m in messages])
         if out:

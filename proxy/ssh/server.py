@@ -404,7 +404,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
             self.kind = "exec"
             self.verdict = verdict
         else:
-            self.o.session.count_denial()
+            self.o.session.count_denial(verdict.rule)
             self.kind = "denied"
             self.deny_text = f"breakglass: denied: {verdict.message}\n"
         log.info("ssh.exec", session=self.o.session.id, allowed=verdict.allowed, rule=verdict.rule)
@@ -422,7 +422,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
             self.subsystem = subsystem
             self.sftp = SftpLog()
         else:
-            self.o.session.count_denial()
+            self.o.session.count_denial("subsystem")
             self.kind = "denied"
             hint = (
                 " (OpenSSH's scp uses sftp by default: use 'scp -O' with a grant whose "
@@ -632,7 +632,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
                 rule=verdict.rule,
             )
             if action.kind == "deny":
-                self.o.session.count_denial()
+                self.o.session.count_denial(verdict.rule)
                 self.say(action.text)
                 self._prompt()
             else:
@@ -895,6 +895,8 @@ class GatewayConnection(asyncssh.SSHServer):
         return False
 
     def _audit_refusal(self, target: str, message: str, grant: Grant | None, kind: str) -> None:
+        if self.gw.metrics is not None:
+            self.gw.metrics.auth_failures.labels("ssh", kind).inc()
         try:
             self.gw.audit.append(
                 "auth.refused",
@@ -1039,7 +1041,7 @@ class GatewayConnection(asyncssh.SSHServer):
             allowed=allowed,
         )
         if not allowed:
-            self.session.count_denial()
+            self.session.count_denial("forwarding")
             raise ChannelOpenError(
                 OPEN_ADMINISTRATIVELY_PROHIBITED,
                 "breakglass: port forwarding is not allowed by this grant",
@@ -1073,7 +1075,7 @@ class GatewayConnection(asyncssh.SSHServer):
                 allowed=False,
                 message="remote port forwarding is not supported by the gateway",
             )
-            self.session.count_denial()
+            self.session.count_denial("forwarding")
         return False
 
     def unix_connection_requested(self, dest_path: str) -> bool:
@@ -1081,7 +1083,7 @@ class GatewayConnection(asyncssh.SSHServer):
             self.record_decision(
                 kind="forward", direction="unix", text=printable(dest_path), allowed=False
             )
-            self.session.count_denial()
+            self.session.count_denial("forwarding")
         return False
 
     def unix_server_requested(self, listen_path: str) -> bool:

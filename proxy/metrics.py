@@ -1,0 +1,192 @@
+"""Prometheus metrics and health endpoints of a gateway process.
+
+``[gateway] metrics_listen = "127.0.0.1:9464"`` serves, on the gateway's own event loop:
+
+* ``/metrics``: Prometheus text format (prometheus-client);
+* ``/health/live``: 200 while the process serves its event loop;
+* ``/health/ready``: 200 when the listeners are up, recordings and the audit log can be
+  written and the state database answers; 503 with the failing checks otherwise.
+
+With ``workers = N`` worker I listens on port + I. Nothing here ever carries a grant, a
+password or a statement's text: labels are protocols, targets, rules and reasons.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from proxy.logs import log
+from recorder.writer import STATS as RECORDER_STATS
+
+#: Seconds the gateway adds to a statement (judging, recording, the write): small buckets.
+_ADDED_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0)
+
+
+class GatewayMetrics:
+    """One registry per gateway process (tests run several gateways in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions_live = Gauge(
+            "breakglass_sessions_live", "Live sessions", ["protocol", "target"], registry=r
+        )
+        self.sessions_total = Counter(
+            "breakglass_sessions",
+            "Sessions ended, by end reason",
+            ["protocol", "target", "reason"],
+            registry=r,
+        )
+        self.sessions_started = Counter(
+            "breakglass_sessions_started",
+            "Sessions started (break-glass ones are also counted apart)",
+            ["protocol", "target", "breakglass"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "breakglass_auth_failures",
+            "Refused logins, by reason",
+            ["protocol", "reason"],
+            registry=r,
+        )
+        self.denials = Counter(
+            "breakglass_denials",
+            "Refused statements and commands, by rule",
+            ["protocol", "rule"],
+            registry=r,
+        )
+        self.added = Histogram(
+            "breakglass_statement_added_seconds",
+            "Time the gateway adds to a client message on its way upstream (judge, record, write)",
+            ["protocol"],
+            buckets=_ADDED_BUCKETS,
+            registry=r,
+        )
+        self.refused_sessions = Counter(
+            "breakglass_sessions_refused",
+            "Sessions refused after a valid grant (storage or audit log unavailable)",
+            ["reason"],
+            registry=r,
+        )
+        r.register(_RecorderCollector())
+        self.pg_added = self.added.labels("postgres")
+
+    def session_started(self, protocol: str, target: str, breakglass: bool) -> None:
+        self.sessions_live.labels(protocol, target).inc()
+        self.sessions_started.labels(protocol, target, "true" if breakglass else "false").inc()
+
+    def session_ended(self, protocol: str, target: str, reason: str) -> None:
+        self.sessions_live.labels(protocol, target).dec()
+        self.sessions_total.labels(protocol, target, reason).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _RecorderCollector:
+    """The recorder's process-wide counters (kept by recorder/writer.py without a metrics
+    dependency), read at scrape time."""
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        s = RECORDER_STATS
+        c = CounterMetricFamily(
+            "breakglass_recorder_written_bytes",
+            "Bytes handed to the kernel by recordings and the audit log",
+        )
+        c.add_metric([], s.bytes_written)
+        yield c
+        c = CounterMetricFamily("breakglass_recorder_writes", "write/writev calls")
+        c.add_metric([], s.writes)
+        yield c
+        c = CounterMetricFamily("breakglass_recorder_write_seconds", "Time spent in write/writev")
+        c.add_metric([], s.write_seconds)
+        yield c
+        c = CounterMetricFamily("breakglass_recorder_fsyncs", "fsync calls (group commits)")
+        c.add_metric([], s.fsyncs)
+        yield c
+        c = CounterMetricFamily("breakglass_recorder_fsync_seconds", "Time spent in fsync")
+        c.add_metric([], s.fsync_seconds)
+        yield c
+        g = GaugeMetricFamily("breakglass_recorder_fsync_max_seconds", "Slowest fsync so far")
+        g.add_metric([], s.fsync_max)
+        yield g
+        g = GaugeMetricFamily(
+            "breakglass_recorder_queue_bytes",
+            "Bytes appended but not yet written, over live recordings",
+        )
+        g.add_metric([], s.pending_bytes())
+        yield g
+        c = CounterMetricFamily("breakglass_recorder_failures", "Recordings that failed to write")
+        c.add_metric([], s.failures)
+        yield c
+
+
+async def start_metrics_server(gw: Any) -> Any:
+    """Serve /metrics and /health/* on ``[gateway] metrics_listen`` (+ worker index)."""
+    from aiohttp import web
+
+    listen = gw.cfg.metrics_listen
+    port = listen.port + gw.worker if listen.port else 0
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(
+            body=gw.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def live(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "live", "gateway": gw.cfg.gateway_name})
+
+    async def ready(_request: web.Request) -> web.Response:
+        checks = await readiness(gw)
+        ok = all(v == "ok" for v in checks.values())
+        return web.json_response(
+            {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, listen.host, port)
+    await site.start()
+    log.info("metrics.listening", address=f"{listen.host}:{port}")
+    return _Closer(runner)
+
+
+async def readiness(gw: Any) -> dict[str, str]:
+    """Each check: "ok" or why not."""
+    checks: dict[str, str] = {}
+    checks["listeners"] = "ok" if gw.listening else "not listening yet"
+    fault = gw.registry.storage_fault
+    checks["recordings"] = "ok" if fault is None else fault
+    afault = getattr(gw.audit, "fault", None)
+    checks["audit"] = "ok" if afault is None else afault
+    t = time.monotonic()
+    try:
+        await gw.state.revocations_since(time.time())
+        checks["state"] = "ok"
+    except Exception as e:  # noqa: BLE001 - reported, never raised
+        checks["state"] = f"unreachable: {type(e).__name__}"
+    if time.monotonic() - t > 2:
+        checks["state"] = "slow (over 2 s)"
+    return checks
+
+
+class _Closer:
+    """Looks like an asyncio server to stop_gateway (close + wait_closed)."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        await self.runner.cleanup()

@@ -93,19 +93,28 @@ class Session:
             "recording": str(getattr(self.recorder, "path", "")),
         }
 
-    def forwarding_allowed(self) -> bool:
-        """The hard gate, checked before anything is forwarded either way: False once the
-        session is ending, its grant is revoked or past ``exp``. A timer that runs late under
-        load therefore never lets a byte through; the gate starts the termination itself."""
+    def forwarding_allowed(self, recorded_since: int | None = None) -> bool:
+        """The hard gate, checked before anything is judged or recorded and again right before
+        it is forwarded, either way: False once the session is ending, its grant is revoked
+        or past ``exp``. A timer that runs late under load therefore never lets a byte
+        through; the gate starts the termination itself. ``recorded_since``: what is held back
+        was already recorded, as the events from this ``seq`` on, so the recording says they
+        were not forwarded."""
         if self.termination is not None or self.ended:
             return False
         if self.grant.jti in self.registry.revoked:
-            self.end_now(Termination("revoked", "grant revoked"))
-            return False
-        if time.time() >= self.grant.expires_at:
-            self.end_now(Termination("expired", f"grant expired at {utc_text(self.deadline)}"))
-            return False
-        return True
+            why = Termination("revoked", "grant revoked")
+        elif time.time() >= self.grant.expires_at:
+            why = Termination("expired", f"grant expired at {utc_text(self.deadline)}")
+        else:
+            return True
+        if recorded_since is not None:
+            try:
+                self.recorder.event("not_forwarded", since_seq=recorded_since, reason=why.kind)
+            except Exception:
+                pass
+        self.end_now(why)
+        return False
 
     def end_now(self, termination: Termination) -> asyncio.Future | None:
         """Close the gate at once and start ending the session (the goodbye and closing run

@@ -567,10 +567,13 @@ class _Side(asyncio.Protocol):
             return  # expired, revoked or killed: the session is ending and says why
         reader = self.reader
         t0 = _perf()
+        first = session.recorder.event_count
         out = self.judge(messages)
         session.recorder.write()  # raises RecorderError: nothing is forwarded
         if self.added is not None:
             self.added.observe(_perf() - t0)
+        if not session.forwarding_allowed(recorded_since=first):
+            return  # exp passed while judging: recorded as not forwarded
         if out is None:  # unchanged: forward without copying when data was whole messages
             out = data if whole and reader.buffered == 0 else b"".join([m.raw for m in messages])
         if out:

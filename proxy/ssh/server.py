@@ -175,6 +175,7 @@ class Bridge:
                 return  # past exp or revoked: the session is ending and says why
             if self.crlf:
                 data = to_crlf(data)
+            first = recorder.event_count
             try:
                 output(data, cid, "stdout" if datatype is None else "stderr")
                 if self.sftp is not None and not self._record_sftp(self.sftp.server_data, data):
@@ -183,7 +184,8 @@ class Bridge:
             except RecorderError:
                 o.recording_failed()
                 return
-            self.chan.write(data, datatype)
+            if session.forwarding_allowed(recorded_since=first):
+                self.chan.write(data, datatype)
 
         return data_received
 
@@ -201,6 +203,7 @@ class Bridge:
         o = self.o
         if not o.session.forwarding_allowed():
             return  # past exp or revoked: the session is ending and says why
+        first = o.recorder.event_count
         try:
             o.recorder.input(data, self.cid)
             if self.sftp is not None and not self._record_sftp(self.sftp.client_data, data):
@@ -209,8 +212,9 @@ class Bridge:
         except RecorderError:
             o.recording_failed()
             return
-        assert self.up is not None
-        self.up.chan.write(data)
+        if o.session.forwarding_allowed(recorded_since=first):
+            assert self.up is not None
+            self.up.chan.write(data)
 
     def _record_sftp(self, decode: Callable[[bytes], list[dict[str, Any]]], data: bytes) -> bool:
         """Record the SFTP operations ``data`` completes; False (channel closed) when the

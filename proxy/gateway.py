@@ -258,6 +258,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
 
 
 async def stop_gateway(gw: Gateway) -> None:
+    gw.registry.expiry.stop()
     await gw.registry.terminate_all(Termination("killed", "gateway shutting down"))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(gw.registry.wait_idle(), 5)

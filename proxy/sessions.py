@@ -9,7 +9,9 @@ the timers: warning before expiry and termination at the grant's ``exp``.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -70,6 +72,8 @@ class Session:
         self.on_warn: Callable[[float], None] | None = None
         self.abort: Callable[[], None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self._loop = asyncio.get_running_loop()
+        self._end_lock = threading.Lock()  # the recording's end: loop or expiry watch
 
     @property
     def deadline(self) -> float:
@@ -116,6 +120,14 @@ class Session:
         self.end_now(why)
         return False
 
+    def ended_by(self) -> Termination | None:
+        """Why the session is over, if it is (terminated, or past its grant's exp)."""
+        if self.termination is not None:
+            return self.termination
+        if time.time() >= self.grant.expires_at:
+            return Termination("expired", f"grant expired at {utc_text(self.deadline)}")
+        return None
+
     def end_now(self, termination: Termination) -> asyncio.Future | None:
         """Close the gate at once and start ending the session (the goodbye and closing run
         as a task, returned). Safe to call more than once; later calls return None."""
@@ -123,17 +135,35 @@ class Session:
             return None
         self.termination = termination
         log.info("session.terminate", session=self.id, kind=termination.kind)
-        try:
-            self.recorder.event("terminate", reason=termination.kind, message=termination.message)
-            # nothing passes the gate from here on, so the recording is complete: end it now
-            # (its end time is the session's), fsync and close follow when the sockets are gone
-            self.recorder.finish(termination.kind, commands=self.commands, denials=self.denials)
-        except Exception:
-            pass
+        self._end_recording(termination)
         task = asyncio.ensure_future(self._terminate(termination))
         self.registry._closing.add(task)
         task.add_done_callback(self.registry._closing.discard)
         return task
+
+    def _end_recording(self, termination: Termination) -> None:
+        """Nothing passes the gate from here on, so the recording is complete: end it now (its
+        end time is the session's); fsync and close follow when the sockets are gone."""
+        with self._end_lock:
+            try:
+                self.recorder.event(
+                    "terminate", reason=termination.kind, message=termination.message
+                )
+                self.recorder.finish(termination.kind, commands=self.commands, denials=self.denials)
+            except Exception:
+                pass  # already ended (by the expiry watch), or the recording failed
+
+    def expired_off_loop(self) -> None:
+        """Called by the expiry watch thread at ``exp``: end the recording now, then let the
+        loop end the connection."""
+        if self.ended or self.termination is not None or time.time() < self.grant.expires_at:
+            return
+        why = Termination("expired", f"grant expired at {utc_text(self.deadline)}")
+        self._end_recording(why)
+        try:
+            self._loop.call_soon_threadsafe(self.end_now, why)
+        except RuntimeError:
+            pass  # the loop is closed: the gateway is gone
 
     async def terminate(self, termination: Termination) -> None:
         """End the session for ``termination``; bounded in time, safe to call twice."""
@@ -210,6 +240,10 @@ class Session:
         full, EIO, read-only) ends every session writing there: their next write would fail."""
         if self.ended or (self.termination and self.termination.kind == "recorder-failed"):
             return
+        ended = self.ended_by()
+        if ended is not None and self.recorder.failed is None:
+            self.end_now(ended)  # the recording was ended on purpose (expiry watch): not a failure
+            return
         log.error("recording.failed", session=self.id, error=str(exc))
         try:
             self.registry.audit.append("session.recording_failed", session=self.id, error=str(exc))
@@ -218,6 +252,46 @@ class Session:
         if is_storage_error(exc):
             self.registry.storage_failed(exc)
         self.end_now(Termination("recorder-failed", "the recording failed, so access ends"))
+
+
+class ExpiryWatch:
+    """Ends recordings at their grant's ``exp`` from a thread of its own, so a saturated event
+    loop (timers running late) cannot delay the end of a recording: once its end event and
+    trailer are written, nothing more can be recorded, and the loop's gate forwards nothing
+    that is not recorded. The loop then says goodbye and closes the sockets when it gets to
+    them (``Session.end_now``)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Session]] = []
+        self._cond = threading.Condition()
+        self._n = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, session: Session) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="expiry-watch", daemon=True)
+                self._thread.start()
+            self._n += 1
+            heapq.heappush(self._heap, (session.deadline, self._n, session))
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._heap.clear()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.time()):
+                    self._cond.wait(None if not self._heap else self._heap[0][0] - time.time())
+                if self._stopped:
+                    return
+                _, _, session = heapq.heappop(self._heap)
+            session.expired_off_loop()
 
 
 class SessionRegistry:
@@ -245,6 +319,7 @@ class SessionRegistry:
         #: jtis known revoked (the gateway's set): the forwarding gate checks it
         self.revoked: set[str] = set()
         self.metrics: Any = None  # proxy.metrics.GatewayMetrics, when the gateway has one
+        self.expiry = ExpiryWatch()
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.reserve = SpaceReserve(self.recordings_dir)
         #: why new sessions are refused while the recordings storage cannot be written
@@ -330,6 +405,7 @@ class SessionRegistry:
         holder.append(session)
         self.sessions[sid] = session
         self._schedule(session)
+        self.expiry.add(session)
         if self.metrics is not None:
             self.metrics.session_started(protocol, target.name, grant.breakglass)
         log.info(

@@ -161,10 +161,15 @@ class PgConnection:
         except Refused as e:
             self._fatal(e.sqlstate, f"breakglass: {e}")
         except RecorderError:
-            self._fatal(
-                "58030",
-                "breakglass: the recording failed, so the session was closed (no recording, no access)",
-            )
+            ended = self.session.ended_by() if self.session is not None else None
+            if ended is not None and self.session.recorder.failed is None:
+                self._fatal(ADMIN_SHUTDOWN, f"breakglass: {ended.message} — session closed")
+            else:
+                self._fatal(
+                    "58030",
+                    "breakglass: the recording failed, so the session was closed "
+                    "(no recording, no access)",
+                )
         except SessionBroken as e:
             self._fatal("42501", f"breakglass: {e} — session closed")
         except ProtocolError as e:

@@ -93,6 +93,17 @@ from pglast import ast as _pg_ast
 from pglast.parser import ParseError, parse_sql_json
 from pglast.parser import normalize as pg_normalize
 
+from policy.sql_settings import (
+    READ_ONLY_SETTINGS,
+    SAFE_SETTINGS,
+    UTF8_NAMES,
+    judge_setting,
+    judge_startup,
+    norm_encoding,
+    search_path_problem,
+    split_identifier_list,
+)
+
 __all__ = [
     "DENIED_FUNCTIONS",
     "DENIED_FUNCTION_PREFIXES",
@@ -138,59 +149,9 @@ RULES: dict[str, str] = {
     "internal-error": "the checker failed; denied to fail closed",
 }
 
-#: Settings a restricted grant may SET/RESET (lower case). Deliberately absent: search_path
-#: (redirects names to other schemas/functions), role, session_authorization,
-#: default_transaction_read_only, transaction_read_only (handled by mode),
-#: standard_conforming_strings/backslash_quote (change how the text tokenizes),
-#: session_replication_role (disables triggers), row_security, and everything else.
-SAFE_SETTINGS = frozenset(
-    {
-        "statement_timeout",
-        "lock_timeout",
-        "idle_in_transaction_session_timeout",
-        "idle_session_timeout",
-        "transaction_timeout",
-        "application_name",
-        "datestyle",
-        "intervalstyle",
-        "timezone",
-        "extra_float_digits",
-        "client_encoding",  # only to UTF8, see _UTF8_NAMES
-        "client_min_messages",
-        "work_mem",
-        "bytea_output",
-        "transaction_isolation",
-        "default_transaction_isolation",
-        "transaction_deferrable",
-        "default_transaction_deferrable",
-        # planner switches, for EXPLAIN work
-        "enable_bitmapscan",
-        "enable_hashagg",
-        "enable_hashjoin",
-        "enable_indexonlyscan",
-        "enable_indexscan",
-        "enable_material",
-        "enable_memoize",
-        "enable_mergejoin",
-        "enable_nestloop",
-        "enable_parallel_append",
-        "enable_parallel_hash",
-        "enable_seqscan",
-        "enable_sort",
-        "enable_incremental_sort",
-        "jit",
-        "max_parallel_workers_per_gather",
-        "random_page_cost",
-        "seq_page_cost",
-        "effective_cache_size",
-    }
-)
-_READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
-_UTF8_NAMES = frozenset({"utf8", "unicode"})
-
-
-def _norm_encoding(value: str) -> str:
-    return re.sub(r"[-_\s]", "", value.lower())
+_READ_ONLY_SETTINGS = READ_ONLY_SETTINGS
+_UTF8_NAMES = UTF8_NAMES
+_norm_encoding = norm_encoding
 
 
 #: Functions denied in every mode but ``all`` (matched on the lower-cased last name part,
@@ -250,7 +211,7 @@ DENIED_FUNCTIONS: dict[str, str] = {
         ),
         "it controls the server, other sessions or replication",
     ),
-    "set_config": "it changes settings the gateway relies on (e.g. default_transaction_read_only)",
+    "pg_truncate_visibility_map": "it rewrites a table's visibility map",
     "pg_notify": "it sends NOTIFY to other sessions",
     **dict.fromkeys(
         ("ts_stat", "ts_rewrite"),
@@ -305,7 +266,29 @@ DENIED_FUNCTION_SCHEMAS: dict[str, str] = {
 READ_ONLY_DENIED_FUNCTIONS: dict[str, str] = {
     "nextval": "it advances a sequence (a write)",
     "setval": "it sets a sequence (a write)",
+    **dict.fromkeys(
+        (
+            "pg_advisory_lock",
+            "pg_advisory_lock_shared",
+            "pg_try_advisory_lock",
+            "pg_try_advisory_lock_shared",
+            "pg_advisory_xact_lock",
+            "pg_advisory_xact_lock_shared",
+            "pg_try_advisory_xact_lock",
+            "pg_try_advisory_xact_lock_shared",
+        ),
+        "advisory locks can block production jobs that use the same locks "
+        "(the unlock functions stay allowed)",
+    ),
+    **dict.fromkeys(
+        ("txid_current", "pg_current_xact_id"),
+        "it assigns a transaction id (a lasting write); use the *_if_assigned variant",
+    ),
 }
+
+#: Functions judged by their arguments rather than by name: set_config(name, value,
+#: is_local) is judged exactly like ``SET [LOCAL] name = value``.
+JUDGED_FUNCTIONS = frozenset({"set_config"})
 
 #: Large-object reads: allowed unless the grant restricts tables (large objects are
 #: not tables, so they would bypass the list).
@@ -326,9 +309,63 @@ class Verdict:
     message: str
     statements: int = 0
     kinds: tuple[str, ...] = ()
+    #: The verdict read a literal's value (set_config('name', 'value')): never shared
+    #: between texts that differ only in constants.
+    by_literal: bool = field(default=False, compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------- rules
+
+#: Catalogue schemas a table-restricted grant may read by default (``sql.catalog``).
+CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+#: Catalogue relations that hold or reveal row data, credentials or other sessions'
+#: queries: never covered by ``catalog`` (list them in ``tables`` to allow them).
+CATALOG_HIDDEN = frozenset(
+    {
+        ("pg_catalog", "pg_statistic"),
+        ("pg_catalog", "pg_statistic_ext_data"),
+        ("pg_catalog", "pg_stats"),  # most_common_vals/histogram_bounds: column values
+        ("pg_catalog", "pg_stats_ext"),
+        ("pg_catalog", "pg_stats_ext_exprs"),
+        ("pg_catalog", "pg_largeobject"),  # large-object contents
+        ("pg_catalog", "pg_stat_activity"),  # other sessions' query texts
+        ("pg_catalog", "pg_user_mapping"),  # foreign-server credentials
+        ("pg_catalog", "pg_user_mappings"),
+        ("pg_catalog", "pg_authid"),  # password hashes
+        ("pg_catalog", "pg_shadow"),
+        ("information_schema", "user_mapping_options"),
+    }
+)
+#: pg_catalog relations present in every supported PostgreSQL (10 and later): an
+#: unqualified use resolves to pg_catalog, which the search_path rule keeps first.
+_CATALOG_RELATIONS = frozenset(
+    """
+pg_aggregate pg_am pg_amop pg_amproc pg_attrdef pg_attribute pg_auth_members pg_authid
+pg_available_extension_versions pg_available_extensions pg_cast pg_class pg_collation
+pg_config pg_constraint pg_conversion pg_cursors pg_database pg_db_role_setting
+pg_default_acl pg_depend pg_description pg_enum pg_event_trigger pg_extension
+pg_file_settings pg_foreign_data_wrapper pg_foreign_server pg_foreign_table pg_group
+pg_hba_file_rules pg_index pg_indexes pg_inherits pg_init_privs pg_language
+pg_largeobject pg_largeobject_metadata pg_locks pg_matviews pg_namespace pg_opclass
+pg_operator pg_opfamily pg_partitioned_table pg_policies pg_policy
+pg_prepared_statements pg_prepared_xacts pg_proc pg_publication pg_publication_rel
+pg_publication_tables pg_range pg_replication_origin pg_replication_origin_status
+pg_replication_slots pg_rewrite pg_roles pg_rules pg_seclabel pg_seclabels pg_sequence
+pg_sequences pg_settings pg_shadow pg_shdepend pg_shdescription pg_shseclabel
+pg_stat_activity pg_stat_all_indexes pg_stat_all_tables pg_stat_archiver
+pg_stat_bgwriter pg_stat_database pg_stat_database_conflicts pg_stat_progress_vacuum
+pg_stat_replication pg_stat_ssl pg_stat_subscription pg_stat_sys_indexes
+pg_stat_sys_tables pg_stat_user_functions pg_stat_user_indexes pg_stat_user_tables
+pg_stat_wal_receiver pg_stat_xact_all_tables pg_stat_xact_sys_tables
+pg_stat_xact_user_functions pg_stat_xact_user_tables pg_statio_all_indexes
+pg_statio_all_sequences pg_statio_all_tables pg_statio_sys_indexes
+pg_statio_sys_sequences pg_statio_sys_tables pg_statio_user_indexes
+pg_statio_user_sequences pg_statio_user_tables pg_statistic pg_statistic_ext pg_stats
+pg_subscription pg_subscription_rel pg_tables pg_tablespace pg_timezone_abbrevs
+pg_timezone_names pg_transform pg_trigger pg_ts_config pg_ts_config_map pg_ts_dict
+pg_ts_parser pg_ts_template pg_type pg_user pg_user_mapping pg_user_mappings pg_views
+    """.split()
+)
 
 
 _IDENT_PART = re.compile(
@@ -386,10 +423,13 @@ class SqlRules:
     "any schema"). Identifiers follow SQL rules: unquoted parts are folded to lower case,
     ``"Double Quoted"`` parts are exact. Empty means no table restriction. A table list
     cannot be combined with mode ``all`` (DO, functions and DDL would bypass it).
+    ``catalog``: with a table list, also allow reading pg_catalog and information_schema
+    (schema, types, functions, settings), except :data:`CATALOG_HIDDEN`.
     """
 
     mode: str
     tables: tuple[str, ...] = ()
+    catalog: bool = True
     _patterns: frozenset[tuple[str, str | None]] = field(
         default=frozenset(), init=False, repr=False, compare=False
     )
@@ -420,7 +460,7 @@ class SqlRules:
             raise ValueError(
                 f"sql claim must be an object like {{'mode': 'read-only'}}, got {type(claim).__name__}"
             )
-        unknown = sorted(str(k) for k in claim if k not in ("mode", "tables"))
+        unknown = sorted(str(k) for k in claim if k not in ("mode", "tables", "catalog"))
         if unknown:
             raise ValueError(f"sql claim has unknown keys: {', '.join(unknown)}")
         if "mode" not in claim:
@@ -433,7 +473,10 @@ class SqlRules:
             tables = ()
         if not isinstance(tables, list | tuple):
             raise ValueError(f"sql.tables must be a list of strings, got {tables!r}")
-        return cls(mode=mode, tables=tuple(tables))
+        catalog = claim.get("catalog", True)
+        if not isinstance(catalog, bool):
+            raise ValueError(f"sql.catalog must be true or false, got {catalog!r}")
+        return cls(mode=mode, tables=tuple(tables), catalog=catalog)
 
     def upstream_parameters(self) -> dict[str, str]:
         """Startup parameters the gateway must send upstream (overriding the client's) so
@@ -465,14 +508,35 @@ class SqlRules:
             and val.lower() != "on"
         ):
             return "default_transaction_read_only was turned off in a read-only session"
-        if key == "search_path" and self._patterns and val not in ("public", '"public"'):
-            return f"search_path changed to {val[:80]!r}; table rules assume public"
+        if key == "search_path":
+            schemas = [] if val in ("", '""') else split_identifier_list(val)
+            why = search_path_problem(schemas, bool(self._patterns))
+            if why:
+                return f"search_path changed to {val[:80]!r}; {why}"
         return None
+
+    def startup_settings(self, params: Mapping[str, str]) -> dict[str, str]:
+        """The client's startup settings to send upstream, judged like SET, with what the
+        gateway pins; raises :class:`policy.sql_settings.StartupRefused` naming the first
+        parameter or ``-c`` option that may not be applied."""
+        pinned = self.upstream_parameters()
+        out = judge_startup(
+            params, mode=self.mode, restricted=bool(self._patterns), pinned=pinned
+        )
+        for key, value in pinned.items():
+            if not any(k.lower() == key for k in out):
+                out[key] = value
+        return out
 
     def table_allowed(self, schema: str | None, name: str) -> bool:
         """Is relation ``schema.name`` (``schema=None``: unqualified) in the list?"""
         if not self._patterns:
             return True
+        if self.catalog:
+            if schema is None and name in _CATALOG_RELATIONS:
+                schema = "pg_catalog"  # searched first: the search_path rule keeps it so
+            if schema in CATALOG_SCHEMAS and (schema, name) not in CATALOG_HIDDEN:
+                return True
         if schema is not None:
             candidates = [(schema, name)]
         else:
@@ -771,6 +835,14 @@ _WITH_HOLDERS = _DML | {"SelectStmt"}
 _ALWAYS_OK = frozenset(
     {"VariableShowStmt", "FetchStmt", "ClosePortalStmt", "DeclareCursorStmt", "ExplainStmt"}
 )
+#: Pool and driver hygiene: they only forget session state (prepared statements,
+#: LISTEN registrations, plans, temporary tables, SET values). What the gateway relies on
+#: is pinned as startup parameters, which is what RESET/DISCARD restore; the upstream's
+#: ParameterStatus reports are still checked afterwards.
+_HYGIENE = frozenset({"DiscardStmt", "DeallocateStmt", "UnlistenStmt"})
+#: LOCK ... IN ACCESS SHARE MODE takes the lock every SELECT takes (pg_dump locks each
+#: table it dumps this way); any stronger mode is denied.
+_ACCESS_SHARE_LOCK = 1
 _FIXED_RULES = {
     "TruncateStmt": "truncate",
     "LockStmt": "lock",
@@ -778,13 +850,10 @@ _FIXED_RULES = {
     "DoStmt": "do-block",
     "PrepareStmt": "prepare-execute",
     "ExecuteStmt": "prepare-execute",
-    "DeallocateStmt": "prepare-execute",
     "ListenStmt": "listen-notify",
     "NotifyStmt": "listen-notify",
-    "UnlistenStmt": "listen-notify",
     "LoadStmt": "load",
     "AlterSystemStmt": "alter-system",
-    "DiscardStmt": "session-reset",
     "VacuumStmt": "maintenance",
     "ClusterStmt": "maintenance",
     "ReindexStmt": "maintenance",
@@ -860,7 +929,9 @@ class _Judge:
             if mode == "read-only":
                 return self._not_allowed("read-only", kind, ctx)
             return None
-        if ntype in _ALWAYS_OK:
+        if ntype in _ALWAYS_OK or ntype in _HYGIENE:
+            return None
+        if ntype == "LockStmt" and f.get("mode") == _ACCESS_SHARE_LOCK:
             return None
         if ntype == "CopyStmt":
             return self._copy(f, ctx)
@@ -932,9 +1003,9 @@ class _Judge:
         raw_name = f.get("name")
         verb = "RESET" if vkind.startswith("VAR_RESET") else "SET"
         if vkind == "VAR_RESET_ALL":
-            return self._not_allowed(
-                "session-reset", "RESET ALL", ctx, "it would undo the gateway's session settings"
-            )
+            # Restores every setting to its startup value, and the gateway pins what it
+            # relies on as startup parameters (RESET ALL never touches role).
+            return None
         if not isinstance(raw_name, str):
             return self._not_allowed("set-not-allowed", verb, ctx)
         name = raw_name.lower()
@@ -947,38 +1018,61 @@ class _Judge:
                 )
                 return self._txn_options(f.get("args"), what, ctx)
             return self._not_allowed("set-not-allowed", f"SET {raw_name}", ctx)
-        if name in ("role", "session_authorization"):
-            shown = "ROLE" if name == "role" else "SESSION AUTHORIZATION"
-            return self._not_allowed(
-                "set-role",
-                f"{verb} {shown}",
-                ctx,
-                "the session runs as the grant's database user only",
-            )
-        if name in _READ_ONLY_SETTINGS:
-            if self.mode == "read-only":
-                return self._not_allowed(
-                    "transaction-read-write", f"{verb} {name}", ctx, "the session stays read-only"
-                )
+        reset = vkind in ("VAR_RESET", "VAR_SET_DEFAULT")
+        value: str | list[str] | None = None
+        if vkind == "VAR_SET_VALUE":
+            consts = [_const(a) for a in f.get("args") or []]
+            if consts and all(isinstance(c, str | int | float | bool) for c in consts):
+                texts = [str(c) for c in consts]
+                value = texts if name == "search_path" else ", ".join(texts)
+        problem = judge_setting(
+            name, value, mode=self.mode, restricted=bool(self.rules.tables), reset=reset
+        )
+        if problem is None:
             return None
-        if name not in SAFE_SETTINGS:
-            why = (
-                "it can redirect names to other schemas and functions"
-                if name == "search_path"
-                else "only timeouts, display and planner settings may change"
+        rule, what, why = problem
+        shown = what if rule == "set-role" or " " in what else _show(what)
+        return self._not_allowed(rule, f"{verb} {shown}", ctx, why)
+
+    def set_config(self, parts: list[str], f: dict[str, Any], ctx: str) -> _Denial | None:
+        """``set_config('name', value, is_local)``: judged exactly like ``SET name = value``.
+        The name must be a literal; a non-literal value only passes for settings where
+        every value is allowed (asyncpg restores ``jit`` with ``$1``)."""
+        shown = ".".join(_show(p) for p in parts)
+        where = f" ({ctx})" if ctx else ""
+        args = f.get("args") or []
+        plain = not any(
+            f.get(k)
+            for k in (
+                "agg_star",
+                "agg_distinct",
+                "func_variadic",
+                "agg_order",
+                "agg_filter",
+                "over",
+                "agg_within_group",
             )
-            return self._not_allowed("set-not-allowed", f"{verb} {_show(name)}", ctx, why)
-        if name == "client_encoding" and vkind == "VAR_SET_VALUE":
-            args = f.get("args") or []
-            value = _const(args[0]) if len(args) == 1 else _NOT_CONST
-            if not isinstance(value, str) or _norm_encoding(value) not in _UTF8_NAMES:
-                return self._not_allowed(
-                    "set-not-allowed",
-                    "SET client_encoding to anything but UTF8",
-                    ctx,
-                    "the gateway checks statements as UTF-8 text",
-                )
-        return None
+        )
+        name = _const(args[0]) if len(args) == 3 and plain else _NOT_CONST
+        if not isinstance(name, str) or any(_wrapped(a) is None for a in args):
+            return (
+                "function-denied",
+                f"function {shown}() is not allowed{where}: "
+                "only set_config('literal name', value, is_local) can be judged",
+            )
+        value = _const(args[1])
+        reset = value is None  # a NULL value resets the setting
+        text = None if value is _NOT_CONST or reset else str(value)
+        problem = judge_setting(
+            name, text, mode=self.mode, restricted=bool(self.rules.tables), reset=reset
+        )
+        if problem is None:
+            return None
+        return (
+            "function-denied",
+            f"function {shown}() is not allowed{where}: set_config({_show(name)}, ...) is "
+            f"judged like SET {problem[1]}: {problem[2]}",
+        )
 
     # -- expressions and relations -----------------------------------------
 
@@ -994,6 +1088,8 @@ class _Judge:
                     break
         if reason is None and schema in DENIED_FUNCTION_SCHEMAS and not field_notation:
             reason = DENIED_FUNCTION_SCHEMAS[schema]
+        if reason is None and field_notation and name in JUDGED_FUNCTIONS:
+            reason = "its arguments cannot be judged"
         if reason is None and self.mode == "read-only":
             reason = READ_ONLY_DENIED_FUNCTIONS.get(name)
         if reason is None and self.rules.tables and name in _LARGE_OBJECT_READS:
@@ -1025,7 +1121,11 @@ class _Judge:
 
     # -- the walk ----------------------------------------------------------
 
-    def walk(self, root_type: str, root: dict[str, Any]) -> _Denial | None:
+    def walk(
+        self, root_type: str, root: dict[str, Any], flags: list[str] | None = None
+    ) -> _Denial | None:
+        """The first denial in the tree, or None. ``flags`` gets ``"literal"`` when the
+        verdict depended on a literal's value (so it must not be shared by shape)."""
         restricted = bool(self.rules.tables)
         empty: frozenset[str] = frozenset()
         stack: list[tuple[str, dict[str, Any], frozenset[str], str]] = [
@@ -1048,7 +1148,12 @@ class _Judge:
                 if not parts or any(p is None for p in parts):
                     denial = ("function-denied", "function call with an unrecognised name")
                 else:
-                    denial = self.function([p for p in parts if p is not None], ctx)
+                    names = [p for p in parts if p is not None]
+                    denial = self.function(names, ctx)
+                    if denial is None and names[-1].lower() in JUDGED_FUNCTIONS:
+                        if flags is not None:
+                            flags.append("literal")
+                        denial = self.set_config(names, f, ctx)
             elif ntype in ("ColumnRef", "A_Indirection"):
                 names = f.get("fields") if ntype == "ColumnRef" else f.get("indirection")
                 strs = [_string(n) for n in names or []]
@@ -1164,7 +1269,12 @@ class SqlChecker:
                     return hit
             verdict = self._check(sql_text, single)
             self._remember(key, verdict)
-            if shape is not None and verdict.kinds and set(verdict.kinds) <= _SHAPE_KINDS:
+            if (
+                shape is not None
+                and verdict.kinds
+                and set(verdict.kinds) <= _SHAPE_KINDS
+                and not verdict.by_literal
+            ):
                 with self._lock:
                     self._shapes[shape] = verdict
                     while len(self._shapes) > self.cache_size:
@@ -1253,8 +1363,9 @@ class SqlChecker:
             )
         if everything:
             return Verdict(True, "allowed", "", n, kinds)
+        flags: list[str] = []
         for ntype, f in roots:
-            denial = self._judge.walk(ntype, f)
+            denial = self._judge.walk(ntype, f, flags)
             if denial is not None:
-                return Verdict(False, denial[0], denial[1], n, kinds)
-        return Verdict(True, "allowed", "", n, kinds)
+                return Verdict(False, denial[0], denial[1], n, kinds, bool(flags))
+        return Verdict(True, "allowed", "", n, kinds, bool(flags))

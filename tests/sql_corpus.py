@@ -130,7 +130,6 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
     ("PREPARE p AS DELETE FROM orders", "prepare-execute"),
     ("PREPARE p AS SELECT 1", "prepare-execute"),
     ("EXECUTE p", "prepare-execute"),
-    ("DEALLOCATE ALL", "prepare-execute"),
     ("DO $$ BEGIN DELETE FROM orders; END $$", "do-block"),
     ("DO LANGUAGE plpgsql 'BEGIN PERFORM 1; END'", "do-block"),
     ("CALL cleanup()", "call"),
@@ -141,9 +140,6 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
     ("RESET ROLE", "set-role"),
     ("SET SESSION AUTHORIZATION postgres", "set-role"),
     ("RESET SESSION AUTHORIZATION", "set-role"),
-    ("RESET ALL", "session-reset"),
-    ("DISCARD ALL", "session-reset"),
-    ("DISCARD PLANS", "session-reset"),
     # read-write transactions and settings
     ("BEGIN READ WRITE", "transaction-read-write"),
     ("BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE", "transaction-read-write"),
@@ -157,8 +153,41 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
     ("SET transaction_read_only = 0", "transaction-read-write"),
     ('SET "DEFAULT_TRANSACTION_READ_ONLY" = false', "transaction-read-write"),
     # settings outside the allowlist
-    ("SET search_path = evil, public", "set-not-allowed"),
-    ("SET search_path TO DEFAULT", "set-not-allowed"),
+    # search_path: pg_catalog only first, no temporary schema, no pg_cron
+    ("SET search_path = evil, pg_catalog", "set-not-allowed"),
+    ("SET search_path = pg_temp, public", "set-not-allowed"),
+    ("SET search_path = public, pg_temp", "set-not-allowed"),
+    ("SET search_path = cron, public", "set-not-allowed"),
+    ("SELECT set_config('search_path', 'public, pg_catalog', false)", "function-denied"),
+    ("SELECT set_config('search_path', $1, false)", "function-denied"),
+    ("SELECT set_config($1, 'off', false)", "function-denied"),
+    ("SELECT set_config('statement' || '_timeout', '1', false)", "function-denied"),
+    ("SELECT set_config('jit'::text, 'off', false)", "function-denied"),
+    ("SELECT set_config(setting_name => 'jit', new_value => 'off', is_local => false)", "function-denied"),
+    ("SELECT set_config('client_encoding', 'SJIS', false)", "function-denied"),
+    ("SELECT set_config('client_encoding', $1, false)", "function-denied"),
+    ("SELECT set_config('standard_conforming_strings', 'off', false)", "function-denied"),
+    ("SELECT set_config('role', 'postgres', false)", "function-denied"),
+    ("SELECT set_config('session_authorization', 'postgres', false)", "function-denied"),
+    ("SELECT set_config('default_transaction_read_only', NULL, false)", "function-denied"),
+    ("SELECT set_config('transaction_read_only', $1, true)", "function-denied"),
+    # lasting side effects on a read-only grant
+    ("SELECT pg_advisory_lock(42)", "function-denied"),
+    ("SELECT pg_try_advisory_lock_shared(1, 2)", "function-denied"),
+    ("SELECT pg_advisory_xact_lock(42)", "function-denied"),
+    ("SELECT pg_catalog.pg_try_advisory_xact_lock(42)", "function-denied"),
+    ("SELECT txid_current()", "function-denied"),
+    ("SELECT pg_current_xact_id()", "function-denied"),
+    ("SELECT pg_stat_reset()", "function-denied"),
+    ("SELECT pg_stat_reset_shared('bgwriter')", "function-denied"),
+    ("SELECT pg_replication_origin_create('x')", "function-denied"),
+    ("SELECT lo_creat(-1)", "function-denied"),
+    ("SELECT lowrite(0, 'x')", "function-denied"),
+    ("SELECT pg_truncate_visibility_map('orders')", "function-denied"),
+    # LOCK: only ACCESS SHARE (what SELECT takes)
+    ("LOCK TABLE orders IN ROW EXCLUSIVE MODE", "lock"),
+    ("LOCK TABLE orders IN SHARE MODE NOWAIT", "lock"),
+    ("LISTEN chan", "listen-notify"),
     ("SET standard_conforming_strings = off", "set-not-allowed"),
     ("SET session_replication_role = replica", "set-not-allowed"),
     ("SET client_encoding = 'SJIS'", "set-not-allowed"),
@@ -196,7 +225,6 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
     ("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE", "lock"),
     ("NOTIFY chan, 'x'", "listen-notify"),
     ("LISTEN chan", "listen-notify"),
-    ("UNLISTEN *", "listen-notify"),
     ("PREPARE TRANSACTION 'x'", "statement-not-allowed"),
     ("COMMIT PREPARED 'x'", "statement-not-allowed"),
     ("SET CONSTRAINTS ALL DEFERRED", "statement-not-allowed"),
@@ -211,6 +239,34 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
 ]
 
 READ_ONLY_ALLOWED: list[tuple[str, tuple[str, ...]]] = [
+    # pool and driver hygiene (asyncpg's reset, psycopg's cache eviction, pgbouncer)
+    ("DISCARD ALL", ("DISCARD",)),
+    ("DISCARD PLANS", ("DISCARD",)),
+    ("RESET ALL", ("RESET",)),
+    ("DEALLOCATE ALL", ("DEALLOCATE",)),
+    ("DEALLOCATE _pg3_0", ("DEALLOCATE",)),
+    ("UNLISTEN *", ("UNLISTEN",)),
+    ("CLOSE ALL", ("CLOSE CURSOR",)),
+    (
+        "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+        ("SELECT", "CLOSE CURSOR", "UNLISTEN", "RESET"),
+    ),
+    ("SELECT pg_advisory_unlock(42), pg_advisory_unlock_shared(1, 2)", ("SELECT",)),
+    ("SELECT txid_current_if_assigned(), pg_current_xact_id_if_assigned()", ("SELECT",)),
+    # set_config() with literal arguments, judged like SET (pg_dump, asyncpg)
+    ("SELECT pg_catalog.set_config('search_path', '', false)", ("SELECT",)),
+    ("SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new", ("SELECT",)),
+    ("SELECT set_config('jit', $1, false)", ("SELECT",)),
+    ("SELECT set_config('statement_timeout', '5s', true)", ("SELECT",)),
+    ("SELECT set_config('default_transaction_read_only', 'on', false)", ("SELECT",)),
+    ("SELECT set_config('search_path', 'app, public', false)", ("SELECT",)),
+    ("SELECT set_config('search_path', NULL, false)", ("SELECT",)),
+    ("SET search_path = evil, public", ("SET",)),
+    ("SET search_path = pg_catalog, \"$user\", public", ("SET",)),
+    ("SET search_path TO DEFAULT", ("SET",)),
+    ("RESET search_path", ("RESET",)),
+    ("SET row_security = off", ("SET",)),
+    ("LOCK TABLE public.orders IN ACCESS SHARE MODE", ("LOCK TABLE",)),
     ("SELECT 1", ("SELECT",)),
     ("select * from orders where id = 42", ("SELECT",)),
     ("SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id", ("SELECT",)),
@@ -231,7 +287,7 @@ READ_ONLY_ALLOWED: list[tuple[str, tuple[str, ...]]] = [
     ("SELECT 1 -- ; DELETE FROM orders", ("SELECT",)),
     ("SELECT 1 /* ; DELETE /* nested */ FROM orders */", ("SELECT",)),
     (
-        "SELECT now(), pg_sleep(0), current_setting('TimeZone'), pg_advisory_lock(1), txid_current()",
+        "SELECT now(), pg_sleep(0), current_setting('TimeZone'), pg_advisory_unlock(1), txid_current_if_assigned()",
         ("SELECT",),
     ),
     ("SELECT * FROM generate_series(1, 10)", ("SELECT",)),
@@ -275,6 +331,8 @@ READ_ONLY_ALLOWED: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 READ_WRITE_ALLOWED: list[str] = [
+    "SELECT pg_advisory_lock(1), pg_advisory_xact_lock(2), txid_current()",
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
     "INSERT INTO orders (id) VALUES (1)",
     "INSERT INTO orders VALUES (nextval('orders_id_seq')) RETURNING id",
     "INSERT INTO orders SELECT * FROM staging ON CONFLICT (id) DO UPDATE SET total = excluded.total",
@@ -312,9 +370,8 @@ READ_WRITE_DENIED: list[tuple[str, str]] = [
     ("LOAD 'x'", "load"),
     ("ALTER SYSTEM SET fsync = off", "alter-system"),
     ("LOCK orders", "lock"),
-    ("RESET ALL", "session-reset"),
-    ("SET search_path = evil", "set-not-allowed"),
-    ("SELECT set_config('search_path', 'evil', false)", "function-denied"),
+    ("SET search_path = pg_temp", "set-not-allowed"),
+    ("SELECT set_config('search_path', 'x, pg_catalog', false)", "function-denied"),
     ("SELECT lo_import('/etc/passwd')", "function-denied"),
     ("INSERT INTO orders VALUES (pg_read_file('/etc/passwd'))", "function-denied"),
     ("UPDATE orders SET note = query_to_xml('select 1', true, true, '')::text", "function-denied"),
@@ -359,6 +416,22 @@ TABLE_DENIED: list[tuple[str, str]] = [
         "table-not-allowed",
     ),
     ("SELECT lo_get(16384)", "function-denied"),
+    # catalogue relations that reveal row data or credentials stay outside ``catalog``
+    ("SELECT most_common_vals FROM pg_catalog.pg_stats", "table-not-allowed"),
+    ("SELECT * FROM pg_stats", "table-not-allowed"),
+    ("SELECT * FROM pg_stats_ext", "table-not-allowed"),
+    ("SELECT * FROM pg_catalog.pg_largeobject", "table-not-allowed"),
+    ("SELECT * FROM pg_user_mappings", "table-not-allowed"),
+    ("SELECT * FROM information_schema.user_mapping_options", "table-not-allowed"),
+    ("SELECT * FROM pg_toast.pg_toast_16384", "table-not-allowed"),
+    # search_path may not redirect an allowed unqualified name to another schema
+    ("SET search_path = secret, public", "set-not-allowed"),
+    ("SET search_path = secret", "set-not-allowed"),
+    ('SET search_path = "$user", public', "set-not-allowed"),
+    ("SET search_path = app", "set-not-allowed"),
+    ("SELECT set_config('search_path', 'secret', false)", "function-denied"),
+    ("SELECT set_config('search_path', 'public, secret', true)", "function-denied"),
+    ("LOCK TABLE secret.keys IN ACCESS SHARE MODE", "table-not-allowed"),
 ]
 
 TABLE_ALLOWED: list[str] = [
@@ -375,6 +448,15 @@ TABLE_ALLOWED: list[str] = [
     "SELECT 1",
     "COPY orders TO STDOUT",
     "COPY (SELECT * FROM app.x) TO STDOUT",
+    # catalogue reads (psql \\d, pgcli, ORMs, asyncpg introspection, pg_dump)
+    "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
+    "SELECT t.oid, t.typname FROM pg_type t JOIN pg_namespace ns ON ns.oid = t.typnamespace",
+    "SELECT * FROM information_schema.columns WHERE table_name = 'orders'",
+    "SELECT * FROM pg_settings",
+    "SET search_path = public",
+    "SET search_path = pg_catalog, public",
+    "SELECT pg_catalog.set_config('search_path', '', false)",
+    "LOCK TABLE public.orders IN ACCESS SHARE MODE",
 ]
 
 # (sql, expected rule) for a read-write grant on public.orders, app.*
@@ -410,6 +492,8 @@ TABLE_READ_WRITE_DENIED: list[tuple[str, str]] = [
 ]
 
 TABLE_READ_WRITE_ALLOWED: list[str] = [
+    "SELECT pg_advisory_lock(1), pg_advisory_xact_lock(2), txid_current()",
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
     "INSERT INTO orders SELECT * FROM app.staging",
     "UPDATE orders SET total = 1",
     "WITH orders AS (SELECT 1) DELETE FROM orders",

@@ -64,7 +64,8 @@ def test_denial_messages_are_human() -> None:
     assert TABLES_RO.check("SELECT * FROM secret.keys").message == (
         "table secret.keys is not in this grant"
     )
-    assert "search_path" in READ_ONLY.check("SET search_path = x").message
+    assert "search_path" in READ_ONLY.check("SET search_path = x, pg_catalog").message
+    assert "search_path" in TABLES_RO.check("SET search_path = x").message
 
 
 def test_multi_statement_verdict_reports_every_statement() -> None:
@@ -144,7 +145,15 @@ def test_read_write_still_denies_everything_but_writes() -> None:
     """Every read-only denial whose rule is not about writes stays denied in read-write."""
     write_rules = {"read-only", "transaction-read-write"}
     for sql, rule in corpus.READ_ONLY_DENIED:
-        if rule in write_rules or "nextval(" in sql or "setval(" in sql:
+        if (
+            rule in write_rules
+            or "nextval(" in sql
+            or "setval(" in sql
+            or "transaction_read_only" in sql  # set_config() of it: a read-write grant may
+            or "advisory" in sql
+            or "current_xact_id" in sql
+            or "txid_current" in sql
+        ):
             continue
         v = READ_WRITE.check(sql)
         assert not v.allowed, sql
@@ -205,8 +214,22 @@ def test_table_entries() -> None:
     assert rules.table_allowed("audit", "anything")
     assert not rules.table_allowed(None, "anything")
     # an unqualified pg_* name may resolve to pg_catalog: both must be listed
-    assert not SqlRules("read-only", ("public.*",)).table_allowed(None, "pg_class")
-    assert SqlRules("read-only", ("public.*", "pg_catalog.*")).table_allowed(None, "pg_class")
+    assert not SqlRules("read-only", ("public.*",), catalog=False).table_allowed(
+        None, "pg_class"
+    )
+    assert SqlRules("read-only", ("public.*", "pg_catalog.*"), catalog=False).table_allowed(
+        None, "pg_class"
+    )
+    # catalogue reads are allowed by default (pg_catalog is searched first) ...
+    assert SqlRules("read-only", ("public.*",)).table_allowed(None, "pg_class")
+    assert SqlRules("read-only", ("orders",)).table_allowed("information_schema", "tables")
+    # ... except what reveals row data or credentials, and names an older server may lack
+    assert not SqlRules("read-only", ("orders",)).table_allowed("pg_catalog", "pg_stats")
+    assert not SqlRules("read-only", ("orders",)).table_allowed(None, "pg_stat_wal")
+    assert SqlRules("read-only", ("orders",)).table_allowed("pg_catalog", "pg_stat_wal")
+    assert SqlRules.from_claim({"mode": "read-only", "catalog": False}).catalog is False
+    with pytest.raises(ValueError, match="catalog"):
+        SqlRules.from_claim({"mode": "read-only", "catalog": "yes"})
     assert SqlRules("read-only").table_allowed("secret", "keys")
     for bad in ("", "*", "a.b.c", "a.", ".a", "a b", "*.t", 'a."b', 5):
         with pytest.raises(ValueError):

@@ -134,7 +134,7 @@ RULES: dict[str, str] = {
     "lock": "LOCK TABLE",
     "call": "CALL of a procedure",
     "do-block": "DO (anonymous code block)",
-    "prepare-execute": "PREPARE/EXECUTE/DEALLOCATE (the text run later could not be checked)",
+    "prepare-execute": "no longer used: PREPARE is judged by the statement it prepares",
     "listen-notify": "LISTEN/NOTIFY/UNLISTEN",
     "load": "LOAD of a shared library",
     "alter-system": "ALTER SYSTEM",
@@ -520,9 +520,7 @@ class SqlRules:
         gateway pins; raises :class:`policy.sql_settings.StartupRefused` naming the first
         parameter or ``-c`` option that may not be applied."""
         pinned = self.upstream_parameters()
-        out = judge_startup(
-            params, mode=self.mode, restricted=bool(self._patterns), pinned=pinned
-        )
+        out = judge_startup(params, mode=self.mode, restricted=bool(self._patterns), pinned=pinned)
         for key, value in pinned.items():
             if not any(k.lower() == key for k in out):
                 out[key] = value
@@ -830,6 +828,48 @@ def _kind(ntype: str, f: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- checking
 
+
+def _settings_row_calls(select: dict[str, Any], named: dict[int, str]) -> None:
+    """For ``SELECT set_config(name, ...) FROM [pg_catalog.]pg_settings WHERE name = 'x'``
+    (one row at most: name is unique), map each such set_config() call to ``x``."""
+    froms = select.get("fromClause") or []
+    where = _wrapped(select.get("whereClause"))
+    if len(froms) != 1 or where is None or where[0] != "A_Expr":
+        return
+    rel = _wrapped(froms[0])
+    if rel is None or rel[0] != "RangeVar":
+        return
+    r = rel[1]
+    if r.get("relname") != "pg_settings" or r.get("schemaname") not in (None, "pg_catalog"):
+        return
+    if r.get("catalogname") is not None or r.get("alias") is not None:
+        return
+    cond = where[1]
+    ops = [_string(n) for n in cond.get("name") or []]
+    if cond.get("kind") != "AEXPR_OP" or ops != ["="]:
+        return
+    if not _is_name_column(cond.get("lexpr")):
+        return
+    value = _const(cond.get("rexpr"))
+    if not isinstance(value, str):
+        return
+    for target in select.get("targetList") or []:
+        t = _wrapped(target)
+        call = _wrapped(t[1].get("val")) if t is not None and t[0] == "ResTarget" else None
+        if call is not None and call[0] == "FuncCall":
+            args = call[1].get("args") or []
+            if args and _is_name_column(args[0]):
+                named[id(call[1])] = value
+
+
+def _is_name_column(node: Any) -> bool:
+    w = _wrapped(node)
+    if w is None or w[0] != "ColumnRef":
+        return False
+    fields = [_string(x) for x in w[1].get("fields") or []]
+    return fields in (["name"], ["pg_settings", "name"])
+
+
 _DML = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 _WITH_HOLDERS = _DML | {"SelectStmt"}
 _ALWAYS_OK = frozenset(
@@ -840,6 +880,11 @@ _ALWAYS_OK = frozenset(
 #: is pinned as startup parameters, which is what RESET/DISCARD restore; the upstream's
 #: ParameterStatus reports are still checked afterwards.
 _HYGIENE = frozenset({"DiscardStmt", "DeallocateStmt", "UnlistenStmt"})
+#: SQL PREPARE is judged by the statement it prepares (walked like any other, so a
+#: denied one never reaches the server) and EXECUTE by its arguments: every prepared
+#: statement in the session was judged under the same rules, exactly like an
+#: extended-protocol Parse and Bind. pg_dump 15.14+ PREPAREs its catalogue queries.
+_PREPARED = frozenset({"PrepareStmt", "ExecuteStmt"})
 #: LOCK ... IN ACCESS SHARE MODE takes the lock every SELECT takes (pg_dump locks each
 #: table it dumps this way); any stronger mode is denied.
 _ACCESS_SHARE_LOCK = 1
@@ -848,8 +893,6 @@ _FIXED_RULES = {
     "LockStmt": "lock",
     "CallStmt": "call",
     "DoStmt": "do-block",
-    "PrepareStmt": "prepare-execute",
-    "ExecuteStmt": "prepare-execute",
     "ListenStmt": "listen-notify",
     "NotifyStmt": "listen-notify",
     "LoadStmt": "load",
@@ -929,7 +972,7 @@ class _Judge:
             if mode == "read-only":
                 return self._not_allowed("read-only", kind, ctx)
             return None
-        if ntype in _ALWAYS_OK or ntype in _HYGIENE:
+        if ntype in _ALWAYS_OK or ntype in _HYGIENE or ntype in _PREPARED:
             return None
         if ntype == "LockStmt" and f.get("mode") == _ACCESS_SHARE_LOCK:
             return None
@@ -1034,10 +1077,15 @@ class _Judge:
         shown = what if rule == "set-role" or " " in what else _show(what)
         return self._not_allowed(rule, f"{verb} {shown}", ctx, why)
 
-    def set_config(self, parts: list[str], f: dict[str, Any], ctx: str) -> _Denial | None:
+    def set_config(
+        self, parts: list[str], f: dict[str, Any], ctx: str, row_name: str | None = None
+    ) -> _Denial | None:
         """``set_config('name', value, is_local)``: judged exactly like ``SET name = value``.
         The name must be a literal; a non-literal value only passes for settings where
-        every value is allowed (asyncpg restores ``jit`` with ``$1``)."""
+        every value is allowed (asyncpg restores ``jit`` with ``$1``). ``row_name``: the
+        setting named by ``... FROM pg_settings WHERE name = 'x'`` when the first argument
+        is that row's ``name`` column (pg_dump 15.14+ sets restrict_nonsystem_relation_kind
+        this way)."""
         shown = ".".join(_show(p) for p in parts)
         where = f" ({ctx})" if ctx else ""
         args = f.get("args") or []
@@ -1054,6 +1102,8 @@ class _Judge:
             )
         )
         name = _const(args[0]) if len(args) == 3 and plain else _NOT_CONST
+        if row_name is not None and len(args) == 3 and plain:
+            name = row_name
         if not isinstance(name, str) or any(_wrapped(a) is None for a in args):
             return (
                 "function-denied",
@@ -1127,6 +1177,7 @@ class _Judge:
         """The first denial in the tree, or None. ``flags`` gets ``"literal"`` when the
         verdict depended on a literal's value (so it must not be shared by shape)."""
         restricted = bool(self.rules.tables)
+        named: dict[int, str] = {}  # set_config(name, ...) FuncCall -> the setting it sets
         empty: frozenset[str] = frozenset()
         stack: list[tuple[str, dict[str, Any], frozenset[str], str]] = [
             (root_type, root, empty, "")
@@ -1136,6 +1187,8 @@ class _Judge:
             denial: _Denial | None = None
             if ntype.endswith("Stmt") or ntype == "Query":
                 denial = self.statement(ntype, f, ctx)
+                if ntype == "SelectStmt":
+                    _settings_row_calls(f, named)
             elif ntype == "RangeVar" or (ntype == "?" and "relname" in f):
                 if restricted and not (
                     f.get("schemaname") is None
@@ -1153,7 +1206,7 @@ class _Judge:
                     if denial is None and names[-1].lower() in JUDGED_FUNCTIONS:
                         if flags is not None:
                             flags.append("literal")
-                        denial = self.set_config(names, f, ctx)
+                        denial = self.set_config(names, f, ctx, named.get(id(f)))
             elif ntype in ("ColumnRef", "A_Indirection"):
                 names = f.get("fields") if ntype == "ColumnRef" else f.get("indirection")
                 strs = [_string(n) for n in names or []]

@@ -64,6 +64,8 @@ SAFE_SETTINGS = frozenset(
         # (it never bypasses a policy); synchronize_seqscans only orders a scan.
         "row_security",
         "synchronize_seqscans",
+        # pg_dump 15.14+: it only forbids relation kinds (views, foreign tables)
+        "restrict_nonsystem_relation_kind",
         # planner switches, for EXPLAIN work
         "enable_bitmapscan",
         "enable_hashagg",
@@ -94,7 +96,9 @@ _TRUE = frozenset({"on", "true", "yes", "1", "t", "y", "tr", "tru", "ye"})
 
 
 def norm_encoding(value: str) -> str:
-    return re.sub(r"[-_\s]", "", value.lower())
+    """PostgreSQL's clean_encoding_name: only letters and digits count (asyncpg sends
+    ``'utf-8'``, quotes included)."""
+    return re.sub(r"[^a-z0-9]", "", value.lower())
 
 
 #: (rule, what, why) of a refused setting.
@@ -184,8 +188,11 @@ def judge_setting(
     if mode == "all":
         return None
     if key in ("role", "session_authorization"):
-        return ("set-role", "ROLE" if key == "role" else "SESSION AUTHORIZATION",
-                "the session runs as the grant's database user only")
+        return (
+            "set-role",
+            "ROLE" if key == "role" else "SESSION AUTHORIZATION",
+            "the session runs as the grant's database user only",
+        )
     if key in READ_ONLY_SETTINGS:
         if mode != "read-only":
             return None
@@ -206,8 +213,11 @@ def judge_setting(
     if key == "client_encoding" and not reset:
         text = value if isinstance(value, str) else None
         if text is None or norm_encoding(text) not in UTF8_NAMES:
-            return ("set-not-allowed", "client_encoding to anything but UTF8",
-                    "the gateway checks statements as UTF-8 text")
+            return (
+                "set-not-allowed",
+                "client_encoding to anything but UTF8",
+                "the gateway checks statements as UTF-8 text",
+            )
     return None
 
 
@@ -247,7 +257,9 @@ def parse_options(options: str) -> list[tuple[str, str]]:
     for word in it:
         m = _SWITCH.fullmatch(word)
         if m is None:
-            raise StartupRefused(f"startup option {word[:40]!r} is not supported (only -c name=value)")
+            raise StartupRefused(
+                f"startup option {word[:40]!r} is not supported (only -c name=value)"
+            )
         arg = m.group(1)
         if word == "-c":
             arg = next(it, "")
@@ -274,8 +286,9 @@ def judge_startup(
 
     ``pinned``: what the gateway forces (client_encoding, standard_conforming_strings,
     default_transaction_read_only, search_path); a client value for one of them must be
-    allowed AND agree (search_path: allowed replaces the pinned value). ``application_name``
-    and protocol options (``_pq_.*``) are handled by the caller."""
+    allowed AND agree (search_path: allowed replaces the pinned value). The
+    ``application_name`` parameter and protocol options (``_pq_.*``) are the caller's; an
+    ``application_name`` given as ``-c`` is returned under that key for the caller."""
     replication = params.get("replication")
     if replication is not None and replication.strip().lower() not in ("off", "false", "no", "0"):
         raise StartupRefused("replication connections are not supported through the gateway")
@@ -291,7 +304,8 @@ def judge_startup(
     for name, value, where in settings:
         key = name.lower()
         if key == "application_name":
-            continue  # the caller prefixes it
+            out["application_name"] = value  # from -c; the caller prefixes it
+            continue
         if key in pinned_lower and _same(key, value, pinned_lower[key]):
             out[_canonical(name, out)] = value
             continue  # asks for what the gateway pins anyway
@@ -300,7 +314,11 @@ def judge_startup(
         problem = judge_setting(name, value, mode=mode, restricted=restricted)
         if problem is not None:
             raise StartupRefused(f"{where} {name}={value[:60]!r} is not allowed: {problem[2]}")
-        if key in pinned_lower and key != "search_path" and not _same(key, value, pinned_lower[key]):
+        if (
+            key in pinned_lower
+            and key != "search_path"
+            and not _same(key, value, pinned_lower[key])
+        ):
             raise StartupRefused(
                 f"{where} {name}={value[:60]!r} is not allowed: the gateway keeps "
                 f"{key}={pinned_lower[key]}"

@@ -44,9 +44,13 @@ class SshAccess:
 class SqlAccess:
     mode: str = "read-only"
     tables: tuple[str, ...] = ()
+    catalog: bool = True  # with a table list: pg_catalog/information_schema readable too
 
     def claim(self) -> dict[str, Any]:
-        return {"mode": self.mode, "tables": list(self.tables)}
+        claim: dict[str, Any] = {"mode": self.mode, "tables": list(self.tables)}
+        if not self.catalog:
+            claim["catalog"] = False  # only when set: older gateways refuse unknown keys
+        return claim
 
 
 @dataclass(frozen=True)

@@ -289,7 +289,9 @@ def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
         db_user=r.string(t, "db_user", f"{path}.db_user", None),
         ssh=ssh,
         sql=SqlAccess(
-            mode=mode or "read-only", tables=r.strings(sql_doc, "tables", f"{path}.sql.tables", [])
+            mode=mode or "read-only",
+            tables=r.strings(sql_doc, "tables", f"{path}.sql.tables", []),
+            catalog=bool(r.boolean(sql_doc, "catalog", f"{path}.sql.catalog", True)),
         ),
     )
     if any(p.type == "ssh" for p in patterns) and not tpl.login:

@@ -57,7 +57,6 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
     ("EXPLAIN ANALYZE WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d", "read-only"),
     ("EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1", "ddl"),
     ("EXPLAIN ANALYZE SELECT * INTO x FROM orders", "select-into"),
-    ("EXPLAIN EXECUTE p", "prepare-execute"),
     # writes and escapes through functions
     ("SELECT set_config('default_transaction_read_only', 'off', false)", "function-denied"),
     ("SELECT pg_catalog.set_config('transaction_read_only', 'off', true)", "function-denied"),
@@ -127,9 +126,13 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
     ("COPY orders FROM '/etc/passwd'", "copy-file"),
     ("COPY orders TO '/tmp/orders.csv'", "copy-file"),
     # prepared statements, procedural code
-    ("PREPARE p AS DELETE FROM orders", "prepare-execute"),
-    ("PREPARE p AS SELECT 1", "prepare-execute"),
-    ("EXECUTE p", "prepare-execute"),
+    # PREPARE is judged by the statement it prepares, EXECUTE by its arguments
+    ("PREPARE p AS DELETE FROM orders", "read-only"),
+    ("PREPARE p (int) AS SELECT * FROM orders FOR UPDATE", "read-only"),
+    ("PREPARE p AS SELECT pg_read_file('/etc/passwd')", "function-denied"),
+    ("EXECUTE p (pg_read_file('/etc/passwd'))", "function-denied"),
+    ("EXPLAIN ANALYZE EXECUTE p ((SELECT nextval('s')))", "function-denied"),
+    ("CREATE TABLE x AS EXECUTE p", "ddl"),
     ("DO $$ BEGIN DELETE FROM orders; END $$", "do-block"),
     ("DO LANGUAGE plpgsql 'BEGIN PERFORM 1; END'", "do-block"),
     ("CALL cleanup()", "call"),
@@ -163,7 +166,10 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
     ("SELECT set_config($1, 'off', false)", "function-denied"),
     ("SELECT set_config('statement' || '_timeout', '1', false)", "function-denied"),
     ("SELECT set_config('jit'::text, 'off', false)", "function-denied"),
-    ("SELECT set_config(setting_name => 'jit', new_value => 'off', is_local => false)", "function-denied"),
+    (
+        "SELECT set_config(setting_name => 'jit', new_value => 'off', is_local => false)",
+        "function-denied",
+    ),
     ("SELECT set_config('client_encoding', 'SJIS', false)", "function-denied"),
     ("SELECT set_config('client_encoding', $1, false)", "function-denied"),
     ("SELECT set_config('standard_conforming_strings', 'off', false)", "function-denied"),
@@ -171,6 +177,22 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
     ("SELECT set_config('session_authorization', 'postgres', false)", "function-denied"),
     ("SELECT set_config('default_transaction_read_only', NULL, false)", "function-denied"),
     ("SELECT set_config('transaction_read_only', $1, true)", "function-denied"),
+    (
+        "SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = 'default_transaction_read_only'",
+        "function-denied",
+    ),
+    (
+        "SELECT set_config(name, 'on', false) FROM pg_settings WHERE name LIKE 'jit%'",
+        "function-denied",
+    ),
+    (
+        "SELECT set_config(name, 'off', false) FROM pg_settings s WHERE name = 'jit'",
+        "function-denied",
+    ),
+    (
+        "SELECT (SELECT set_config(name, 'x', false)) FROM pg_settings WHERE name = 'jit'",
+        "function-denied",
+    ),
     # lasting side effects on a read-only grant
     ("SELECT pg_advisory_lock(42)", "function-denied"),
     ("SELECT pg_try_advisory_lock_shared(1, 2)", "function-denied"),
@@ -239,6 +261,17 @@ READ_ONLY_DENIED: list[tuple[str, str]] = [
 ]
 
 READ_ONLY_ALLOWED: list[tuple[str, tuple[str, ...]]] = [
+    # pg_dump 15.14+ (PREPARE of catalogue queries; restrict_nonsystem_relation_kind)
+    (
+        "PREPARE getDomainConstraints(pg_catalog.oid) AS SELECT conname FROM pg_catalog.pg_constraint WHERE contypid = $1",
+        ("PREPARE",),
+    ),
+    ("EXECUTE getDomainConstraints('16384')", ("EXECUTE",)),
+    ("EXPLAIN EXECUTE p", ("EXPLAIN",)),
+    (
+        "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
+        ("SELECT",),
+    ),
     # pool and driver hygiene (asyncpg's reset, psycopg's cache eviction, pgbouncer)
     ("DISCARD ALL", ("DISCARD",)),
     ("DISCARD PLANS", ("DISCARD",)),
@@ -262,7 +295,7 @@ READ_ONLY_ALLOWED: list[tuple[str, tuple[str, ...]]] = [
     ("SELECT set_config('search_path', 'app, public', false)", ("SELECT",)),
     ("SELECT set_config('search_path', NULL, false)", ("SELECT",)),
     ("SET search_path = evil, public", ("SET",)),
-    ("SET search_path = pg_catalog, \"$user\", public", ("SET",)),
+    ('SET search_path = pg_catalog, "$user", public', ("SET",)),
     ("SET search_path TO DEFAULT", ("SET",)),
     ("RESET search_path", ("RESET",)),
     ("SET row_security = off", ("SET",)),
@@ -362,7 +395,7 @@ READ_WRITE_DENIED: list[tuple[str, str]] = [
     ("SET ROLE postgres", "set-role"),
     ("SET SESSION AUTHORIZATION postgres", "set-role"),
     ("SELECT * INTO x FROM orders", "select-into"),
-    ("PREPARE p AS DELETE FROM orders", "prepare-execute"),
+    ("PREPARE p AS SELECT pg_read_file('/etc/passwd')", "function-denied"),
     ("DO $$ BEGIN END $$", "do-block"),
     ("CALL p()", "call"),
     ("COPY orders FROM PROGRAM 'id'", "copy-program"),

@@ -569,15 +569,19 @@ async def test_session_closed_when_a_function_turns_off_standard_conforming_stri
     assert any(e["kind"] == "parameter_violation" for e in events)
 
 
-async def test_client_startup_options_are_not_forwarded(gw):
+async def test_client_startup_settings_are_applied_or_refused_never_dropped(gw):
+    """Startup settings are judged like SET: applied, or a FATAL names them (issue 13)."""
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="standard_conforming_strings"):
+        await connect(gw, gw.grant(), server_settings={"standard_conforming_strings": "off"})
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="search_path"):
+        await connect(gw, gw.grant(), server_settings={"search_path": "evil, pg_catalog"})
     conn = await connect(
-        gw,
-        gw.grant(),
-        server_settings={"standard_conforming_strings": "off", "search_path": "evil"},
+        gw, gw.grant(), server_settings={"search_path": "evil", "lock_timeout": "2s"}
     )
     try:
         assert await conn.fetchval("show standard_conforming_strings") == "on"
-        assert await conn.fetchval("show search_path") != "evil"
+        assert await conn.fetchval("show search_path") == "evil"  # no table list: allowed
+        assert await conn.fetchval("show lock_timeout") == "2s"
     finally:
         await conn.close()
 

@@ -214,9 +214,7 @@ def test_table_entries() -> None:
     assert rules.table_allowed("audit", "anything")
     assert not rules.table_allowed(None, "anything")
     # an unqualified pg_* name may resolve to pg_catalog: both must be listed
-    assert not SqlRules("read-only", ("public.*",), catalog=False).table_allowed(
-        None, "pg_class"
-    )
+    assert not SqlRules("read-only", ("public.*",), catalog=False).table_allowed(None, "pg_class")
     assert SqlRules("read-only", ("public.*", "pg_catalog.*"), catalog=False).table_allowed(
         None, "pg_class"
     )

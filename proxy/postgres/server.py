@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from policy.grants import Grant, utc_text
+from policy.sql_settings import StartupRefused
 from proxy.config import PostgresTarget
 from proxy.logs import log
 from proxy.postgres import codec
@@ -44,14 +45,6 @@ LARGE_STATEMENT = 4 * 1024
 UPSTREAM_TIMEOUT = 10.0
 AUTH_MAX_MESSAGE = 32 * 1024
 READ_SIZE = 256 * 1024
-#: Client startup parameters passed to the upstream; everything else (options, role, ...) is dropped.
-FORWARDED_PARAMS = (
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "extra_float_digits",
-)
 ADMIN_SHUTDOWN = "57P01"
 
 
@@ -133,6 +126,7 @@ class PgConnection:
         self.our_pid: int | None = None
         self.relay: Relay | None = None
         self.rules: Any = None
+        self.settings: dict[str, str] = {}
         self.done: asyncio.Future | None = None
         self.early = b""
         self.closing = False
@@ -274,6 +268,13 @@ class PgConnection:
         except ValueError as e:
             raise Refused(f"grant's sql rules are invalid: {e}") from None
         try:
+            # Every startup parameter and -c option is applied (judged like SET) or the
+            # connection is refused naming it: never dropped silently.
+            self.settings = rules.startup_settings(startup.params)
+        except StartupRefused as e:
+            log.info("postgres.startup_refused", client=self.client_ip, reason=str(e))
+            raise Refused(f"{e}", "42501") from None
+        try:
             session = self.gw.registry.open(
                 protocol="postgres",
                 grant=grant,
@@ -346,15 +347,13 @@ class PgConnection:
             if answer != b"S":
                 raise AuthError(f"target {target.name} does not offer TLS")
             await writer.start_tls(ctx, server_hostname=target.host)
-        params = {"user": db_user, "database": target.database}
-        for name in FORWARDED_PARAMS:
-            if name in startup.params:
-                params[name] = startup.params[name]
-        app = startup.params.get("application_name", "")
+        # The client's settings as judged at session open, with what the SQL checker
+        # relies on pinned (UTF8, standard_conforming_strings, read-only, search_path):
+        # pinned as startup values, they are also what RESET ALL / DISCARD ALL restore.
+        settings = dict(self.settings)
+        app = startup.params.get("application_name", settings.pop("application_name", ""))
+        params = {"user": db_user, "database": target.database, **settings}
         params["application_name"] = f"breakglass:{self.session.grant.subject}:{app}"[:63]
-        # Pin what the SQL checker assumes (UTF8, standard_conforming_strings, read-only,
-        # search_path); these override anything the client asked for.
-        params.update(self.rules.upstream_parameters())
         writer.write(codec.encode_startup(params))
         await writer.drain()
         auth = UpstreamAuth(db_user, password)

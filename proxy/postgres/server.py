@@ -127,6 +127,7 @@ class PgConnection:
         self.relay: Relay | None = None
         self.rules: Any = None
         self.settings: dict[str, str] = {}
+        self.login_params: dict[str, str] = {}  # the upstream's ParameterStatus at login
         self.done: asyncio.Future | None = None
         self.early = b""
         self.closing = False
@@ -297,7 +298,7 @@ class PgConnection:
             record_parameters=target.record_parameters,
             on_denial=self._count_denial,
             on_statement=self._count_statement,
-            parameter_problem=rules.parameter_problem,
+            parameter_problem=self._parameter_problem,
         )
         self.rules = rules
         try:
@@ -315,6 +316,7 @@ class PgConnection:
             raise Refused(
                 f"the gateway could not log in to target {target.name}: {e}", "08006"
             ) from None
+        self.login_params = dict(params)
         self.our_pid, key = self.listener.cancel_keys.issue(self)
         out = [codec.encode_auth_ok()]
         out += [codec.encode_parameter_status(k, v) for k, v in params]
@@ -420,6 +422,19 @@ class PgConnection:
         if pending_up:
             up_side.data_received(pending_up)
         await self.done
+
+    def _parameter_problem(self, name: str, value: str) -> str | None:
+        """Judge an upstream ParameterStatus: the SQL rules' pinned settings, and (for
+        restricted grants) the identity the session logged in with, which no statement a
+        grant allows can change (DISCARD ALL restores it)."""
+        problem = self.rules.parameter_problem(name, value)
+        if problem or self.rules.mode == "all":
+            return problem
+        if name in ("session_authorization", "is_superuser"):
+            before = self.login_params.get(name)
+            if before is not None and value != before:
+                return f"{name} changed from {before[:40]!r} to {value[:40]!r}"
+        return None
 
     def prewarm_verdicts(self, messages: list) -> None:
         """On a worker thread: judge big statements so the relay finds their verdicts cached."""

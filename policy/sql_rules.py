@@ -32,10 +32,12 @@ Modes
 -----
 ``read-only``
     SELECT/VALUES/TABLE (no FOR UPDATE/SHARE, no SELECT INTO, no data-modifying WITH),
-    EXPLAIN [ANALYZE] of an allowed statement, SHOW, SET/RESET of an allowlist of
-    harmless settings (:data:`SAFE_SETTINGS`), BEGIN/START (not READ WRITE), COMMIT,
-    ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, SET TRANSACTION (not READ WRITE),
-    DECLARE CURSOR of an allowed query, FETCH, MOVE, CLOSE, COPY table|(query) TO STDOUT.
+    EXPLAIN [ANALYZE] of an allowed statement, SHOW, SET/RESET and literal set_config() of
+    harmless settings and search_path (:mod:`policy.sql_settings`), BEGIN/START (not READ
+    WRITE), COMMIT, ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, SET TRANSACTION (not READ
+    WRITE), DECLARE CURSOR of an allowed query, FETCH, MOVE, CLOSE [ALL], COPY table|(query)
+    TO STDOUT, PREPARE of an allowed statement, EXECUTE, LOCK ... IN ACCESS SHARE MODE, and
+    the hygiene statements DISCARD, RESET ALL, DEALLOCATE [ALL], UNLISTEN.
 ``read-write``
     read-only plus INSERT/UPDATE/DELETE/MERGE, data-modifying WITH, SELECT ... FOR UPDATE,
     COPY ... FROM STDIN, BEGIN/SET TRANSACTION READ WRITE, SET [default_]transaction_read_only.
@@ -43,36 +45,39 @@ Modes
     everything, including text that does not parse. Statements are still parsed, for kinds.
 
 Denied in both restricted modes: DDL, SELECT INTO, TRUNCATE, GRANT/REVOKE, VACUUM/ANALYZE/
-CLUSTER/REINDEX/CHECKPOINT, LOCK, CALL, DO, PREPARE/EXECUTE/DEALLOCATE, LISTEN/NOTIFY/
-UNLISTEN, LOAD, ALTER SYSTEM, SET ROLE/SESSION AUTHORIZATION (and RESET of them), RESET ALL,
-DISCARD, COPY ... PROGRAM, COPY to/from a server file, two-phase commit, SET of anything
-not in :data:`SAFE_SETTINGS`, and the functions in :data:`DENIED_FUNCTIONS` /
-:data:`DENIED_FUNCTION_PREFIXES`. ``nextval``/``setval`` are denied in read-only only.
+CLUSTER/REINDEX/CHECKPOINT, LOCK in any mode but ACCESS SHARE, CALL, DO, LISTEN/NOTIFY,
+LOAD, ALTER SYSTEM, SET ROLE/SESSION AUTHORIZATION (and RESET of them), COPY ... PROGRAM,
+COPY to/from a server file, two-phase commit, SET/set_config() of anything
+:func:`policy.sql_settings.judge_setting` refuses, and the functions in
+:data:`DENIED_FUNCTIONS` / :data:`DENIED_FUNCTION_PREFIXES`. In read-only only:
+:data:`READ_ONLY_DENIED_FUNCTIONS` (sequences, advisory locks, transaction ids).
 
 What this module does NOT catch, and what the gateway must therefore do
 ------------------------------------------------------------------------
 * User-defined functions (and operators, triggers, rules, views over functions) can write.
   A read-only grant does not allowlist functions (that would be unusable); instead the
   gateway MUST open read-only sessions with ``default_transaction_read_only=on`` upstream
-  (defence in depth). Everything that could turn that off (SET, RESET ALL, DISCARD,
-  set_config(), BEGIN/SET TRANSACTION READ WRITE, SET SESSION CHARACTERISTICS) is denied.
+  (defence in depth), as a startup parameter: RESET ALL and DISCARD ALL restore it.
+  Everything that could turn it off (SET, set_config(), BEGIN/SET TRANSACTION READ WRITE,
+  SET SESSION CHARACTERISTICS) is denied.
 * The text checked must be exactly the text forwarded. The gateway MUST decode client
   bytes as UTF-8, refuse a client ``client_encoding`` other than UTF8 (``SET
   client_encoding`` to anything else is denied here): in SJIS/BIG5/GBK a multi-byte
   character can swallow a quote or backslash, so the server would tokenize differently.
 * The gateway MUST keep ``standard_conforming_strings=on`` (the default, and what the
-  parser here assumes) and refuse client startup ``options``/GUC parameters that change
-  it, ``search_path``, ``default_transaction_read_only`` or ``role``: with it off,
+  parser here assumes) and judge client startup ``options``/GUC parameters with
+  :meth:`SqlRules.startup_settings` (the same rules as SET): with it off,
   ``SELECT 'x\\'' ; DROP TABLE t; SELECT ' --'`` is one SELECT to this checker and a
   DROP TABLE to the server (verified against PostgreSQL 15).
   :meth:`SqlRules.upstream_parameters` lists what to send upstream, and
   :meth:`SqlRules.parameter_problem` judges every upstream ParameterStatus: a
   user-defined function could still call set_config() server-side, and the session must
   then end.
-* Unqualified relation names are judged as ``public.<name>`` (and, for ``pg_*`` names,
-  as ``pg_catalog.<name>`` too, since pg_catalog is searched first). The gateway MUST pin
-  the upstream ``search_path`` to ``public`` (startup parameter) for table-restricted grants;
-  ``SET search_path`` is denied here.
+* Unqualified relation names are judged as ``public.<name>`` (catalogue names known to
+  every PostgreSQL as ``pg_catalog.<name>``; other ``pg_*`` names as both). The gateway
+  MUST pin the upstream ``search_path`` to ``public`` (startup parameter) for
+  table-restricted grants unless the client asked for an allowed path; SET search_path
+  only accepts paths that keep this true (:func:`policy.sql_settings.search_path_problem`).
 * Views are judged by their own name; what a listed view reads is not re-checked.
 * The parser is PostgreSQL 18's; an older server rejects newer syntax, it does not
   re-interpret it.

@@ -145,10 +145,10 @@ def test_pg_dump_outside_the_table_list_is_refused(gw):
 # --------------------------------------------------------------------------- psql
 
 
-@pytest.mark.parametrize("kind", ["ro", "tables"])
+@pytest.mark.parametrize("kind", ["ro", "rw", "tables"])
 def test_psql_meta_commands(gw, kind):
     token = grant(gw, kind)
-    for meta, expect in [
+    metas = [
         (r"\dt", "orders"),
         (r"\d public.orders", "customer_id"),
         (r"\dn", "compat"),
@@ -160,11 +160,15 @@ def test_psql_meta_commands(gw, kind):
         (r"\di", "orders_pkey"),
         (r"\dx", "plpgsql"),
         (r"\d+ compat.gadgets", "tags"),
-    ]:
-        r = psql(gw, token, "-c", meta)
-        assert r.returncode == 0 and expect in r.stdout, (meta, r.stderr)
-    r = psql(gw, token, "-c", "delete from orders")
-    assert r.returncode != 0 and "is not allowed" in r.stderr
+    ]
+    args = [a for meta, _ in metas for a in ("-c", meta)]
+    r = psql(gw, token, *args)  # ON_ERROR_STOP: any refused catalogue query fails the run
+    assert r.returncode == 0, r.stderr
+    for meta, expect in metas:
+        assert expect in r.stdout, meta
+    if kind != "rw":
+        r = psql(gw, token, "-c", "delete from orders")
+        assert r.returncode != 0 and "is not allowed" in r.stderr
 
 
 # --------------------------------------------------------------------------- startup parameters
@@ -243,7 +247,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("impl", ["binary", "python"])
-@pytest.mark.parametrize("kind", ["ro", "rw"])
+@pytest.mark.parametrize("kind", ["ro", "rw", "tables"])
 def test_psycopg(gw, impl, kind):
     conninfo = (
         f"host=127.0.0.1 port={gw.pg_port} user=erin dbname=shop password={grant(gw, kind)} "
@@ -269,7 +273,7 @@ def test_psycopg(gw, impl, kind):
         10,
         500,
     )
-    assert out["write"] == ("42501" if kind == "ro" else "ok")
+    assert out["write"] == ("ok" if kind == "rw" else "42501")
 
 
 # --------------------------------------------------------------------------- asyncpg
@@ -440,7 +444,7 @@ def test_sqlalchemy_orm_over_psycopg(gw, kind):
         engine.dispose()
 
 
-@pytest.mark.parametrize("kind", ["ro", "rw"])
+@pytest.mark.parametrize("kind", ["ro", "rw", "tables"])
 async def test_sqlalchemy_orm_over_asyncpg(gw, kind):
     engine = create_async_engine(
         f"postgresql+asyncpg://erin@127.0.0.1:{gw.pg_port}/shop",
@@ -469,8 +473,9 @@ async def test_sqlalchemy_orm_over_asyncpg(gw, kind):
 # --------------------------------------------------------------------------- pgcli
 
 
-def test_pgcli_commands_and_completion_metadata(gw):
-    token = grant(gw, "tables")
+@pytest.mark.parametrize("kind", ["ro", "tables"])
+def test_pgcli_commands_and_completion_metadata(gw, kind):
+    token = grant(gw, kind)
     exe = os.path.join(os.path.dirname(sys.executable), "pgcli")
     r = run(
         [exe, "--less-chatty", "-c", r"\dt", "-c", "select count(*) from orders"],

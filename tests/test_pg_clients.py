@@ -213,6 +213,10 @@ def test_startup_options_refused_with_a_fatal_naming_them(gw, kind, options, nam
     r = psql(gw, grant(gw, kind), "-c", "select 1", PGOPTIONS=options)
     assert r.returncode != 0
     assert "FATAL" in r.stderr and named in r.stderr, r.stderr
+    from recorder.audit import read_audit
+
+    gw.flush_audit()
+    assert any(named in e["message"] for e in read_audit(gw.cfg.audit_dir, type="session.refused"))
 
 
 # --------------------------------------------------------------------------- psycopg 3

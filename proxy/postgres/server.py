@@ -274,6 +274,15 @@ class PgConnection:
             self.settings = rules.startup_settings(startup.params)
         except StartupRefused as e:
             log.info("postgres.startup_refused", client=self.client_ip, reason=str(e))
+            self.gw.audit.append(
+                "session.refused",
+                protocol="postgres",
+                target=target.name,
+                client=self.client_ip,
+                subject=grant.subject,
+                jti=grant.jti,
+                message=str(e),
+            )
             raise Refused(f"{e}", "42501") from None
         try:
             session = self.gw.registry.open(

@@ -301,6 +301,12 @@ _LARGE_OBJECT_READS = frozenset(
     {"lo_get", "loread", "lo_open", "lo_close", "lo_lseek", "lo_lseek64", "lo_tell", "lo_tell64"}
 )
 
+#: The functions behind pg_stat_activity and pg_stat_statements: other sessions' query
+#: texts (which may carry data). Denied with a table list, like the views (CATALOG_HIDDEN).
+_QUERY_TEXT_READS = frozenset(
+    {"pg_stat_get_activity", "pg_stat_get_backend_activity", "pg_stat_statements"}
+)
+
 DEFAULT_MAX_LENGTH = 1 << 20  # characters
 DEFAULT_CACHE_CHARS = 8 << 20  # total characters of cached texts
 
@@ -1149,6 +1155,8 @@ class _Judge:
             reason = READ_ONLY_DENIED_FUNCTIONS.get(name)
         if reason is None and self.rules.tables and name in _LARGE_OBJECT_READS:
             reason = "large objects are outside this grant's table list"
+        if reason is None and self.rules.tables and name in _QUERY_TEXT_READS:
+            reason = "it shows other sessions' query texts, outside this grant's table list"
         if reason is None:
             return None
         shown = ".".join(_show(p) for p in parts) if not field_notation else _show(name)

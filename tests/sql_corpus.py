@@ -457,6 +457,9 @@ TABLE_DENIED: list[tuple[str, str]] = [
     ("SELECT * FROM pg_user_mappings", "table-not-allowed"),
     ("SELECT * FROM information_schema.user_mapping_options", "table-not-allowed"),
     ("SELECT * FROM pg_toast.pg_toast_16384", "table-not-allowed"),
+    ("SELECT query FROM pg_stat_get_activity(NULL)", "function-denied"),
+    ("SELECT pg_stat_get_backend_activity(1)", "function-denied"),
+    ("SELECT * FROM public.pg_stat_statements(true)", "function-denied"),
     # search_path may not redirect an allowed unqualified name to another schema
     ("SET search_path = secret, public", "set-not-allowed"),
     ("SET search_path = secret", "set-not-allowed"),

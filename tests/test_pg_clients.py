@@ -419,6 +419,7 @@ class Order(Base):
     customer: Mapped[Customer] = relationship(back_populates="orders")
 
 
+@pytest.mark.filterwarnings("ignore:Did not recognize type:sqlalchemy.exc.SAWarning")
 @pytest.mark.parametrize("kind", ["ro", "rw", "tables"])
 def test_sqlalchemy_orm_over_psycopg(gw, kind):
     engine = sa.create_engine(

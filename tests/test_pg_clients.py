@@ -376,6 +376,18 @@ async def test_hygiene_statement_cannot_escape_read_only(gw, hygiene):
         assert await conn.fetchval("select count(*) from compat.gadgets") == 2
     finally:
         await conn.close()
+    events = await asyncio.to_thread(latest_recording, gw)
+    assert any(e["kind"] == "query" and e.get("text") == hygiene for e in events)
+    refused = [e["text"] for e in events if e["kind"] == "decision" and not e["allowed"]]
+    assert refused == ["delete from compat.gadgets"]
+
+
+def latest_recording(gw: GatewayThread) -> list[dict]:
+    from recorder.reader import read_events
+
+    gw.wait_idle()
+    newest = max(gw.cfg.recordings_dir.glob("*.rec"), key=lambda p: p.stat().st_mtime)
+    return list(read_events(newest))
 
 
 async def test_hygiene_keeps_pinned_search_path_on_table_grant(gw):

@@ -132,6 +132,15 @@ def test_pg_dump_and_pg_restore_list(gw, kind, tmp_path):
     assert "TYPE compat mood" in listing.stdout
 
 
+def test_catalogue_hidden_when_the_grant_says_so(gw):
+    token = gw.grant(sql={"mode": "read-only", "tables": ["public.*"], "catalog": False})
+    r = psql(gw, token, "-c", r"\dt")
+    assert r.returncode != 0
+    assert "table pg_catalog.pg_class is not in this grant" in r.stderr
+    r = psql(gw, token, "-c", "select count(*) from orders")
+    assert r.returncode == 0 and r.stdout.strip() == "500"
+
+
 def test_pg_dump_outside_the_table_list_is_refused(gw):
     r = run(
         [find_pg_client("pg_dump") or "pg_dump", "-t", "secret.keys"],

@@ -171,3 +171,23 @@ def test_set_config_matches_set():
                 via_set = checker.check(f"SET {name} = {value}").allowed
             via_fn = checker.check(f"SELECT set_config('{name}', '{value}', false)").allowed
             assert via_set == via_fn, (rules.mode, rules.tables, name, value)
+
+
+def test_template_catalog_switch_reaches_the_rules(tmp_path):
+    """``catalog = false`` in a template's sql table ends up in the grant's rules."""
+    from proxy.config import load_config
+    from proxy.initdir import init_workdir
+
+    init_workdir(tmp_path)
+    path = tmp_path / "config.toml"
+    text = path.read_text()
+    old = 'sql = { mode = "read-only", tables = [] }'
+    assert old in text
+    path.write_text(
+        text.replace(old, 'sql = { mode = "read-only", tables = ["orders"], catalog = false }')
+    )
+    claim = load_config(path).templates["db-readonly"].sql.claim()
+    assert claim == {"mode": "read-only", "tables": ["orders"], "catalog": False}
+    rules = SqlRules.from_claim(claim)
+    assert not SqlChecker(rules).check("SELECT * FROM pg_catalog.pg_class").allowed
+    assert SqlChecker(SqlRules("read-only", ("orders",))).check("SELECT * FROM pg_class").allowed

@@ -287,6 +287,9 @@ def test_psycopg(gw, impl, kind):
         500,
     )
     assert out["write"] == ("ok" if kind == "rw" else "42501")
+    texts = [e.get("text", "") for e in latest_recording(gw) if e["kind"] == "query"]
+    evicted = [t for t in texts if t.startswith("DEALLOCATE ") and t != "DEALLOCATE ALL"]
+    assert bool(evicted) == (impl == "python"), texts  # libpq 17+ evicts with a Close message
 
 
 # --------------------------------------------------------------------------- asyncpg

@@ -297,6 +297,7 @@ READ_ONLY_ALLOWED: list[tuple[str, tuple[str, ...]]] = [
     ("SET search_path = evil, public", ("SET",)),
     ('SET search_path = pg_catalog, "$user", public', ("SET",)),
     ("SET search_path TO DEFAULT", ("SET",)),
+    ("SET SESSION search_path TO 'app'", ("SET",)),  # pgJDBC setSchema()
     ("RESET search_path", ("RESET",)),
     ("SET row_security = off", ("SET",)),
     ("LOCK TABLE public.orders IN ACCESS SHARE MODE", ("LOCK TABLE",)),
@@ -465,6 +466,7 @@ TABLE_DENIED: list[tuple[str, str]] = [
     ("SET search_path = secret", "set-not-allowed"),
     ('SET search_path = "$user", public', "set-not-allowed"),
     ("SET search_path = app", "set-not-allowed"),
+    ("SET SESSION search_path TO 'secret'", "set-not-allowed"),  # pgJDBC setSchema()
     ("SELECT set_config('search_path', 'secret', false)", "function-denied"),
     ("SELECT set_config('search_path', 'public, secret', true)", "function-denied"),
     ("LOCK TABLE secret.keys IN ACCESS SHARE MODE", "table-not-allowed"),

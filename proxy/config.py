@@ -107,6 +107,7 @@ class Config:
     postgres_targets: dict[str, PostgresTarget]
     workers: int = 1  # gateway processes sharing the listening ports (SO_REUSEPORT)
     metrics_listen: Listen | None = None  # Prometheus /metrics and /health/* (port + worker)
+    store: Any = None  # recorder.store.StoreConfig: [recorder.store], S3 with Object Lock
     state_url: str | None = field(default=None, repr=False)  # PostgreSQL state (a secret: no repr)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -323,6 +324,90 @@ def _state_url(r: _Reader, st: dict) -> str | None:
     return url
 
 
+def _store(r: _Reader, doc: dict) -> Any:
+    """``[recorder.store]``: S3-compatible object storage with Object Lock (None: local only)."""
+    if not doc:
+        return None
+    from recorder import store as st
+
+    p = "recorder.store"
+    known = {
+        "url",
+        "endpoint_url",
+        "region",
+        "credentials_file",
+        "profile",
+        "retention",
+        "upload_lag",
+        "anchor_interval",
+        "spool_limit",
+        "timeout",
+        "addressing_style",
+    }
+    for k in doc:
+        if k in (
+            "access_key_id",
+            "secret_access_key",
+            "aws_access_key_id",
+            "aws_secret_access_key",
+        ):
+            r.bad(
+                f"{p}.{k}",
+                "credentials never go in the config: use the environment "
+                "(AWS_ACCESS_KEY_ID, ...) or credentials_file",
+            )
+        elif k not in known:
+            r.bad(f"{p}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+    n = len(r.problems)
+    bucket = prefix = ""
+    url = r.string(doc, "url", f"{p}.url")
+    if url:
+        try:
+            bucket, prefix = st.parse_url(url)
+        except st.StoreError as e:
+            r.bad(f"{p}.url", str(e))
+    mode, days = "COMPLIANCE", 400
+    retention = r.string(doc, "retention", f"{p}.retention", "compliance:400d")
+    if retention:
+        try:
+            mode, days = st.parse_retention(retention)
+        except st.StoreError as e:
+            r.bad(f"{p}.retention", str(e))
+    spool = 4 << 30
+    raw_spool = r.get(
+        doc, "spool_limit", f"{p}.spool_limit", (str, int), "4GiB", 'a size like "4GiB"'
+    )
+    if raw_spool is not None:
+        try:
+            spool = st.parse_size(raw_spool)
+        except st.StoreError as e:
+            r.bad(f"{p}.spool_limit", str(e))
+    endpoint = r.string(doc, "endpoint_url", f"{p}.endpoint_url", None)
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        r.bad(f"{p}.endpoint_url", "expected an http:// or https:// URL")
+    style = r.string(doc, "addressing_style", f"{p}.addressing_style", "path")
+    if style not in ("path", "virtual", "auto"):
+        r.bad(f"{p}.addressing_style", "expected path, virtual or auto")
+    lag = r.number(doc, "upload_lag", f"{p}.upload_lag", 5.0, lo=0.1)
+    cfg = st.StoreConfig(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=endpoint,
+        region=r.string(doc, "region", f"{p}.region", None),
+        credentials_file=r.file(doc, "credentials_file", f"{p}.credentials_file", None),
+        profile=r.string(doc, "profile", f"{p}.profile", None),
+        retention_mode=mode,
+        retention_days=days,
+        upload_lag=lag or 5.0,
+        anchor_interval=r.number(doc, "anchor_interval", f"{p}.anchor_interval", 1.0, lo=0.1)
+        or 1.0,
+        spool_limit=spool,
+        timeout=r.number(doc, "timeout", f"{p}.timeout", 30.0, lo=0.5) or 30.0,
+        addressing_style=style or "path",
+    )
+    return cfg if len(r.problems) == n else None
+
+
 def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) -> Config:
     r = _Reader(base)
     # service/identity: the grant service (proxy/service.py); review/alerts/index: proxy/alerts.py.
@@ -502,6 +587,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         commit_interval=r.number(rec, "commit_interval", "recorder.commit_interval", 0.05),
         state_database=r.file(st, "database", "state.database", "state.db", must_exist=False),
         state_url=_state_url(r, st),
+        store=_store(r, r.table(rec, "store", "recorder.store")),
         groups=groups,
         templates=templates,
         ssh_targets=ssh_targets,

@@ -18,6 +18,7 @@ from proxy.config import Config
 from proxy.context import grant_verifier, open_audit, open_state, recorder_key
 from proxy.logs import log
 from proxy.sessions import SessionRegistry, Termination
+from proxy.storage import start_store
 from recorder.format import RecorderError
 
 REVOCATION_POLL = 0.25
@@ -62,6 +63,7 @@ class Gateway:
     servers: list[Any] = field(default_factory=list)
     worker: int = 0  # this process's index among `workers` sharing the ports
     workers: int = 1
+    uploader: Any = None  # recorder.uploader.Uploader when [recorder.store] is set
     postgres: Any = None  # the PostgresListener, when configured
     metrics: Any = None  # proxy.metrics.GatewayMetrics
     listening: bool = False  # every configured listener accepts connections
@@ -230,6 +232,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
 
     gw.metrics = registry.metrics = GatewayMetrics()
     gw.verifier = grant_verifier(cfg, is_revoked=gw.revoked.__contains__)
+    gw.uploader = await start_store(gw)
     for r in await state.revocations_since(0):
         gw.revoked.add(r.jti)
     gw.servers.append(asyncio.ensure_future(_revocation_watch(gw)))
@@ -281,6 +284,8 @@ async def stop_gateway(gw: Gateway) -> None:
     except RecorderError as e:
         log.error("audit.lost", type="gateway.stop", error=str(e))
     gw.audit.close()
+    if gw.uploader is not None:
+        await gw.uploader.close()  # the last segments and trailers go up
     await gw.state.close()
 
 

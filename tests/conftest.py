@@ -42,3 +42,14 @@ def ssh_server():
     server = _start(SshServer(), "OpenSSH server")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server enforcing Object Lock (SeaweedFS) on 127.0.0.1; bucket ``s3_server.bucket``
+    has Object Lock and versioning; identities admin, gateway (write) and reader (read)."""
+    from proxy.throwaway_s3 import S3Server
+
+    server = _start(S3Server(), "S3 server (SeaweedFS)")
+    yield server
+    server.stop()

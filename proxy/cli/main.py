@@ -9,12 +9,20 @@ from collections.abc import Sequence
 
 from policy.durations import DurationError
 from policy.keys import KeyFileError
-from proxy.cli import admin_cmds, grant_cmds, record_cmds, review_cmds, service_cmds, setup_cmds
+from proxy.cli import (
+    admin_cmds,
+    grant_cmds,
+    record_cmds,
+    review_cmds,
+    service_cmds,
+    setup_cmds,
+    store_cmds,
+)
 from proxy.cli.output import CliError
 from proxy.config import CONFIG_ENV, ConfigError
 
 # service_cmds adds `grant get` / `grant revoke` to the grant command: keep it after grant_cmds.
-MODULES = (setup_cmds, grant_cmds, service_cmds, record_cmds, admin_cmds, review_cmds)
+MODULES = (setup_cmds, grant_cmds, service_cmds, record_cmds, admin_cmds, review_cmds, store_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

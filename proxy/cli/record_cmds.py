@@ -22,7 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Verify each recording (files, or directories searched for *.rec and *.audit): "
         "hash chain, sequence, signed checkpoints and trailer. Exit 1 if any fails.",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory or s3://BUCKET/PREFIX")
+    p.add_argument(
+        "--anchors",
+        metavar="s3://BUCKET/PREFIX",
+        help="also check local files against the heads anchored in this store",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
@@ -55,6 +60,10 @@ def recording_files(paths: list[str]) -> list[Path]:
 def cmd_verify(args: argparse.Namespace) -> int:
     from recorder.verify import verify_recording
 
+    if args.anchors or any(p.startswith("s3://") for p in args.paths):
+        from proxy.cli import store_cmds  # the object store: segments and off-host anchors
+
+        return store_cmds.cmd_verify(args)
     cfg = load_config(args.config)
     keys = trusted_recorder_keys(cfg)
     files = recording_files(args.paths)

@@ -1,0 +1,224 @@
+"""Read recordings and audit segments back from the object store (read permissions only).
+
+:func:`pull` lists every object version under the prefix and rebuilds each file from its
+segments into a local directory (``recordings/`` and ``audit/``), where every reading command
+works as on the gateway's own directories. It uses the *first* version of each object name:
+a later version (someone with write access putting over a locked object) or a delete marker
+is reported as a tampering attempt, and the locked original is what is read. Downloads are
+cached by version id, so pulling again fetches only what is new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .store import ANCHORS, AUDIT, RECORDINGS, StoreConfig, StoreError, open_client
+
+__all__ = ["StoreFile", "PullResult", "pull", "pull_sync"]
+
+_AREAS = (RECORDINGS, AUDIT)
+_SUFFIX = {RECORDINGS: ".rec", AUDIT: ".audit"}
+
+
+@dataclass
+class StoreFile:
+    """One recording or audit segment as the store holds it."""
+
+    area: str
+    name: str
+    path: Path | None = None  # the rebuilt local copy
+    size: int = 0
+    segments: int = 0
+    problems: list[str] = field(default_factory=list)  # tampering attempts, gaps
+    anchors: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PullResult:
+    directory: Path
+    files: dict[tuple[str, str], StoreFile] = field(default_factory=dict)
+
+    def recordings(self) -> list[StoreFile]:
+        return [f for (a, _), f in sorted(self.files.items()) if a == RECORDINGS]
+
+    def audit(self) -> list[StoreFile]:
+        return [f for (a, _), f in sorted(self.files.items()) if a == AUDIT]
+
+
+@dataclass
+class _Version:
+    key: str
+    version_id: str
+    etag: str
+    size: int
+    modified: Any
+
+
+async def _list_versions(client: Any, cfg: StoreConfig, prefix: str) -> tuple[dict, list]:
+    """All versions under ``prefix``: key -> versions oldest first; and delete markers."""
+    versions: dict[str, list[_Version]] = {}
+    markers: list[dict[str, Any]] = []
+    paginator = client.get_paginator("list_object_versions")
+    async for page in paginator.paginate(Bucket=cfg.bucket, Prefix=prefix):
+        for v in page.get("Versions", []):
+            versions.setdefault(v["Key"], []).append(
+                _Version(
+                    v["Key"],
+                    v.get("VersionId") or "null",
+                    v.get("ETag", ""),
+                    v["Size"],
+                    v["LastModified"],
+                )
+            )
+        markers += page.get("DeleteMarkers", [])
+    for vs in versions.values():
+        vs.sort(key=lambda v: (v.modified, v.version_id))
+    return versions, markers
+
+
+async def pull(
+    cfg: StoreConfig,
+    dest: Path,
+    *,
+    only: str | None = None,
+    anchors: bool = True,
+    segments: bool = True,
+) -> PullResult:
+    """Rebuild the store's files under ``dest`` (``dest/recordings``, ``dest/audit``).
+
+    ``only``: a session id or file name: just that recording (and its anchors)."""
+    dest = Path(dest)
+    result = PullResult(dest)
+    root = cfg.key()
+    base = f"{root}/" if root else ""
+    async with open_client(cfg) as client:
+        try:
+            versions, markers = await _list_versions(client, cfg, base)
+        except Exception as e:  # noqa: BLE001 - AccessDenied, no such bucket, unreachable
+            raise StoreError(f"cannot list {cfg.url}: {e}") from None
+        segs: dict[tuple[str, str], list[tuple[int, int, _Version, list[_Version]]]] = {}
+        anchor_keys: dict[tuple[str, str], list[_Version]] = {}
+        for key, vs in versions.items():
+            parts = key[len(base) :].split("/")
+            if len(parts) == 3 and parts[0] in _AREAS:
+                area, name, rng = parts
+                start, _, end = rng.partition("-")
+                if not (start.isdigit() and end.isdigit()):
+                    continue
+                if only and not _matches(name, only):
+                    continue
+                segs.setdefault((area, name), []).append((int(start), int(end), vs[0], vs))
+            elif len(parts) == 4 and parts[0] == ANCHORS and parts[1] in _AREAS:
+                if only and not _matches(parts[2], only):
+                    continue
+                anchor_keys.setdefault((parts[1], parts[2]), []).append(vs[0])
+                if len(vs) > 1 and any(v.etag != vs[0].etag for v in vs[1:]):
+                    sf = result.files.setdefault(
+                        (parts[1], parts[2]), StoreFile(parts[1], parts[2])
+                    )
+                    sf.problems.append(
+                        f"tampering attempt: anchor {parts[3]} was written again with other "
+                        f"content; the first (locked) version is used"
+                    )
+        for m in markers:
+            parts = m["Key"][len(base) :].split("/")
+            area_name = (
+                (parts[1], parts[2])
+                if parts[0] == ANCHORS and len(parts) == 4
+                else ((parts[0], parts[1]) if len(parts) == 3 else None)
+            )
+            if area_name and area_name[0] in _AREAS and (not only or _matches(area_name[1], only)):
+                sf = result.files.setdefault(area_name, StoreFile(*area_name))
+                sf.problems.append(
+                    f"tampering attempt: someone tried to delete {m['Key'][len(base) :]} "
+                    f"(delete marker of {m['LastModified']}); the locked object is intact"
+                )
+        sem = asyncio.Semaphore(16)
+
+        async def fetch(v: _Version) -> bytes:
+            async with sem:
+                r = await client.get_object(Bucket=cfg.bucket, Key=v.key, VersionId=v.version_id)
+                async with r["Body"] as body:
+                    return await body.read()
+
+        for (area, name), items in sorted(segs.items()):
+            sf = result.files.setdefault((area, name), StoreFile(area, name))
+            if segments:
+                await _rebuild(sf, items, dest, fetch)
+        if anchors:
+            for (area, name), vs in sorted(anchor_keys.items()):
+                sf = result.files.setdefault((area, name), StoreFile(area, name))
+                bodies = await asyncio.gather(*(fetch(v) for v in vs))
+                for v, body in zip(vs, bodies, strict=True):
+                    try:
+                        doc = json.loads(body)
+                    except ValueError:
+                        sf.problems.append(f"anchor {v.key} is not valid JSON")
+                        continue
+                    if isinstance(doc, dict):
+                        doc["_stored_at"] = v.modified.timestamp()
+                        sf.anchors.append(doc)
+                sf.anchors.sort(
+                    key=lambda d: d.get("seq", -1) if isinstance(d.get("seq"), int) else -1
+                )
+    return result
+
+
+def _matches(name: str, only: str) -> bool:
+    return name == only or name.rsplit(".", 1)[0] == only
+
+
+async def _rebuild(sf: StoreFile, items: list, dest: Path, fetch: Any) -> None:
+    """Concatenate the segments of one file in offset order into ``dest/<area>/<name>``."""
+    items.sort(key=lambda it: (it[0], -it[1]))
+    for start, end, first, vs in items:
+        if len(vs) > 1 and any(v.etag != first.etag for v in vs[1:]):
+            sf.problems.append(
+                f"tampering attempt: segment {start}-{end} was written again with other "
+                f"content ({len(vs) - 1} later version(s)); the first (locked) version is used"
+            )
+    out_dir = dest / sf.area
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / sf.name
+    cache = dest / ".pulled" / sf.area / f"{sf.name}.json"
+    manifest = [[s, e, v.version_id] for s, e, v, _ in items]
+    try:
+        if json.loads(cache.read_text()) == manifest and path.exists():
+            sf.path, sf.size, sf.segments = path, path.stat().st_size, len(items)
+            return
+    except (OSError, ValueError):
+        pass
+    tmp = path.with_name(path.name + ".part")
+    cur = 0
+    with open(tmp, "wb") as out:
+        for start, end, first, _ in items:
+            if end <= cur:
+                continue  # covered by a longer segment already
+            if start > cur:
+                sf.problems.append(
+                    f"bytes {cur}..{start - 1} are missing from the store (no segment holds them)"
+                )
+                break
+            data = await fetch(first)
+            if len(data) != end - start:
+                sf.problems.append(f"segment {start}-{end} holds {len(data)} bytes")
+                break
+            out.write(data[cur - start :])
+            sf.segments += 1
+            cur = end
+    os.chmod(tmp, 0o440)  # read-only: the verifier treats it as a finished file, not a live one
+    os.replace(tmp, path)
+    sf.path, sf.size = path, cur
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if not sf.problems:
+        cache.write_text(json.dumps(manifest))
+
+
+def pull_sync(cfg: StoreConfig, dest: Path, **kw: Any) -> PullResult:
+    """:func:`pull` for synchronous callers (the CLI)."""
+    return asyncio.run(pull(cfg, dest, **kw))

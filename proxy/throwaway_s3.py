@@ -64,6 +64,7 @@ class S3Server:
         self.dir: Path | None = None
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self._clients: dict[str, object] = {}
         self.keys = {
             name: (f"{name.upper()}{secrets.token_hex(6).upper()}", secrets.token_hex(20))
             for name in ("admin", "gateway", "reader")
@@ -103,8 +104,10 @@ class S3Server:
         import botocore.session
         from botocore.config import Config
 
+        if identity in self._clients:
+            return self._clients[identity]
         access, secret = self.keys[identity]
-        return botocore.session.get_session().create_client(
+        self._clients[identity] = botocore.session.get_session().create_client(
             "s3",
             endpoint_url=self.endpoint_url,
             region_name=self.region,
@@ -112,6 +115,7 @@ class S3Server:
             aws_secret_access_key=secret,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
         )
+        return self._clients[identity]
 
     def log(self) -> str:
         return _read(self.dir / "weed.log") if self.dir else ""
@@ -157,6 +161,7 @@ class S3Server:
         assert self.dir is not None
         ports = {k: free_port() for k in ("s3", "master", "volume", "filer")}
         self.port = ports["s3"]
+        self._clients = {}
         args = [
             weed,
             "server",

@@ -159,6 +159,7 @@ class _File:
     retry_at: float = 0.0
     failures: int = 0
     size: int = 0
+    task: asyncio.Task | None = None
     done: bool = False
     broken: str | None = None
 
@@ -257,6 +258,10 @@ class Uploader:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         for f in list(self.files.values()):
+            if f.task is not None and not f.task.done():
+                f.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await f.task
             self._release(f)
         if self._client is not None:
             with contextlib.suppress(Exception):
@@ -279,9 +284,25 @@ class Uploader:
             self._wake.clear()
 
     async def _pass(self, force: bool = False) -> None:
+        """Scan every file (local, quick), account the spool, then start an upload task for
+        each file that has none running: a store that hangs never delays the spool check."""
         await asyncio.to_thread(self._discover)
-        await asyncio.gather(*(self._follow(f, force) for f in list(self.files.values())))
+        files = list(self.files.values())
+        await asyncio.gather(*(self._follow(f) for f in files))
         self._account()
+        if force:  # shutting down: let running uploads finish, then ship the rest at once
+            await asyncio.gather(
+                *(f.task for f in files if f.task is not None), return_exceptions=True
+            )
+        now = time.monotonic()
+        for f in files:
+            if f.broken is None and f.path in self.files and (f.task is None or f.task.done()):
+                if force or now >= f.retry_at:
+                    f.task = asyncio.ensure_future(self._ship(f, force))
+        if force:
+            await asyncio.gather(
+                *(f.task for f in files if f.task is not None), return_exceptions=True
+            )
 
     def _discover(self) -> None:
         for directory, suffix in self.directories:
@@ -339,7 +360,7 @@ class Uploader:
                 os.close(f.lock_fd)
             f.lock_fd = -1
 
-    async def _follow(self, f: _File, force: bool) -> None:
+    async def _follow(self, f: _File) -> None:
         if f.broken is not None:
             return
         now = time.monotonic()
@@ -357,16 +378,17 @@ class Uploader:
             if f.pending_since is None:
                 f.pending_since = now
         f.heads.extend(new)
-        if now < f.retry_at and not force:
-            return
+
+    async def _ship(self, f: _File, force: bool) -> None:
         async with self._sem:
+            now = time.monotonic()
             try:
                 await self._anchor(f, now, force)
                 await self._upload(f, now, force)
                 f.failures = 0
             except Exception as e:  # noqa: BLE001 - the store is down or refusing: retry
                 f.failures += 1
-                f.retry_at = time.monotonic() + min(30.0, 0.5 * 2**f.failures)
+                f.retry_at = time.monotonic() + min(10.0, 0.5 * 2**f.failures)
                 code = error_code(e) or type(e).__name__
                 log.warning("store.upload_failed", file=f.name, error=code, attempt=f.failures)
                 if f.failures == 3:
@@ -375,7 +397,7 @@ class Uploader:
     def _scan(self, f: _File) -> list[Head]:
         with open(f.path, "rb") as fh:
             f.size = os.fstat(fh.fileno()).st_size
-            return scan_file(fh, f.scan, f.size)
+            return scan_file(fh, f.scan, f.size, limit=SEGMENT_MAX * 4)
 
     def _lost(self, f: _File) -> None:
         """The spool file is gone. Harmless once all of it was uploaded; otherwise say what

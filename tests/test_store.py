@@ -4,21 +4,30 @@ they are written, locked, anchored off-host, verified from the store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from proxy.demo_setup import build_local_workdir, issue_local_grant
 from recorder import format as fmt
 from recorder.anchor_verify import check_local, verify_store
 from recorder.store import StoreConfig, error_code
 from recorder.store_read import pull
 from recorder.uploader import Uploader
 from recorder.writer import RecordingWriter
+from tests.harness import GatewayThread
+from tests.pg_client import client_tls
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -225,3 +234,284 @@ async def test_resigned_recording_fails_against_anchors(s3_server, tmp_path):
     [v] = verdicts
     assert not v.ok and v.problem == "tampered"
     assert "written again" in " ".join(v.messages)
+
+
+# --------------------------------------------------------------------------- a real gateway
+
+
+def _gateway_config(s3, prefix: str, **store) -> callable:
+    """``edit_config`` for GatewayThread/build_local_workdir: a store under ``prefix``."""
+    a, s = s3.keys["gateway"]
+    cred = Path(s3.dir) / f"cred-gw-{prefix}"
+    cred.write_text(f"[default]\naws_access_key_id = {a}\naws_secret_access_key = {s}\n")
+    opts = {
+        "url": f"s3://{s3.bucket}/{prefix}",
+        "endpoint_url": s3.endpoint_url,
+        "region": s3.region,
+        "credentials_file": str(cred),
+        "retention": "compliance:1d",
+        "upload_lag": 0.5,
+        "anchor_interval": 0.1,
+        "timeout": 2,
+        **store,
+    }
+
+    def edit(text: str) -> str:
+        text = text.replace("checkpoint_interval = 1.0", "checkpoint_interval = 0.1", 1)
+        body = "".join(f"{k} = {json.dumps(v)}\n" for k, v in opts.items())
+        return text + "\n[recorder.store]\n" + body
+
+    return edit
+
+
+class _Ran:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+_cli_lock = threading.Lock()
+
+
+def _cli(config: Path, *args: str, env: dict | None = None) -> _Ran:
+    """``breakglass -c CONFIG ARGS`` in this process (the interpreter start-up of a subprocess
+    costs seconds here), with ``env`` set for its duration (e.g. read-only S3 credentials)."""
+    from proxy.cli.main import main
+
+    with _cli_lock, contextlib.redirect_stdout(io.StringIO()) as out:
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            saved = {k: os.environ.get(k) for k in env or {}}
+            os.environ.update(env or {})
+            try:
+                rc = main(["-c", str(config), *args])
+            except SystemExit as e:
+                rc = int(e.code or 0)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+    return _Ran(rc, out.getvalue(), err.getvalue())
+
+
+async def _acli(config: Path, *args: str, env: dict | None = None) -> _Ran:
+    return await asyncio.to_thread(_cli, config, *args, env=env)
+
+
+async def _connect(cfg, token: str) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        host="127.0.0.1",
+        port=cfg.postgres_listen.port,
+        user="erin",
+        password=token,
+        database="shop",
+        ssl=client_tls(cfg.tls_cert),
+    )
+
+
+def _segment_ends(s3, prefix: str, name: str) -> list[int]:
+    base = f"{prefix}/recordings/{name}/"
+    return sorted(int(k.rsplit("-", 1)[1]) for k in _objects(s3, prefix) if k.startswith(base))
+
+
+async def test_gateway_streams_survives_store_outage_and_reads_back(s3_server, pg_server, tmp_path):
+    """A real gateway streams a psql session to the store while it runs; the store stops
+    answering: the session goes on against the local spool; the store comes back: uploads
+    resume, and `breakglass verify s3://...` (read-only credentials) passes for the recording
+    and the audit log; `store pull` rebuilds them for every reading command."""
+    gw = GatewayThread(tmp_path / "gw", pg=pg_server, edit_config=_gateway_config(s3_server, "g1"))
+    gw.start()
+    try:
+        conn = await _connect(gw.cfg, gw.grant(ttl=600))
+        sid = gw.sessions()[0]["id"]
+        assert await conn.fetchval("select count(*) from orders") >= 0
+        await _wait(lambda: _segment_ends(s3_server, "g1", f"{sid}.rec"), what="first segment")
+        s3_server.pause()
+        try:
+            t0 = time.monotonic()
+            for i in range(20):  # the store is down: the session does not notice
+                assert await conn.fetchval("select $1::int + 1", i) == i + 1
+            assert time.monotonic() - t0 < 5
+        finally:
+            s3_server.resume()
+        await conn.close()
+        gw.wait_idle()
+        size = (gw.cfg.recordings_dir / f"{sid}.rec").stat().st_size
+        await _wait(
+            lambda: (_segment_ends(s3_server, "g1", f"{sid}.rec") or [0])[-1] == size,
+            timeout=30,
+            what="uploads to resume and reach the trailer",
+        )
+    finally:
+        gw.stop()
+    cfg_path = gw.dir / "config.toml"
+    reader = s3_server.env("reader")
+    r = await _acli(cfg_path, "verify", f"s3://{s3_server.bucket}/g1", env=reader)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"recordings/{sid}.rec" in r.stdout and "/audit/" in r.stdout
+    assert "off-host anchor" in r.stdout
+    r = await _acli(cfg_path, "verify", f"s3://{s3_server.bucket}/g1/{sid}", "--json", env=reader)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [row] = json.loads(r.stdout)
+    assert row["ok"] and row["name"] == f"{sid}.rec" and row["anchors"] > 0
+    # The gateway's own credentials cannot read the store (least privilege).
+    r = await _acli(
+        cfg_path, "verify", f"s3://{s3_server.bucket}/g1/{sid}", env=s3_server.env("gateway")
+    )
+    assert r.returncode != 0 and "AccessDenied" in r.stdout + r.stderr
+    # Reading commands: pull, then point the config at the pulled copy.
+    pulled = tmp_path / "pulled"
+    r = await _acli(
+        cfg_path, "store", "pull", f"s3://{s3_server.bucket}/g1", str(pulled), env=reader
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (pulled / "recordings" / f"{sid}.rec").read_bytes() == (
+        gw.cfg.recordings_dir / f"{sid}.rec"
+    ).read_bytes()
+    text = cfg_path.read_text().replace(
+        'directory = "recordings"', f'directory = "{pulled}/recordings"', 1
+    )
+    text = text.replace('audit_directory = "audit"', f'audit_directory = "{pulled}/audit"', 1)
+    reading = gw.dir / "reading.toml"
+    reading.write_text(text)
+    r = await _acli(reading, "sessions", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sid in r.stdout
+    r = await _acli(reading, "search", "orders")
+    assert r.returncode == 0 and sid in r.stdout, r.stdout + r.stderr
+    r = await _acli(reading, "audit", "--type", "session.start")
+    assert r.returncode == 0 and sid in r.stdout, r.stdout + r.stderr
+
+
+async def test_spool_full_ends_sessions_and_refuses_new_ones(s3_server, pg_server, tmp_path):
+    """The store is down and the spool passes its limit: the running session is ended with a
+    clear message, a new one is refused; everything the client saw is in the local recording;
+    once the store is back and the spool drains, sessions are allowed again."""
+    gw = GatewayThread(
+        tmp_path / "gw",
+        pg=pg_server,
+        edit_config=_gateway_config(s3_server, "g2", spool_limit="4KiB"),
+    )
+    gw.start()
+    try:
+        conn = await _connect(gw.cfg, gw.grant(ttl=600))
+        sid = gw.sessions()[0]["id"]
+        s3_server.pause()
+        answered: list[int] = []
+        try:
+            pad = "x" * 200
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)) as e:
+                for i in range(400):  # bounded: the spool passes 4 KiB within a few queries
+                    assert await conn.fetchval(f"select {i} as n /* {pad} */") == i
+                    answered.append(i)
+                    await asyncio.sleep(0.02)
+            assert gw.gw.uploader.spool_full(), repr(e.value)
+            with pytest.raises(asyncpg.PostgresError) as e:
+                await _connect(gw.cfg, gw.grant(ttl=600))
+            assert "cannot be recorded" in str(e.value)
+        finally:
+            s3_server.resume()
+        from recorder.reader import read_events
+
+        gw.wait_idle()
+        texts = " ".join(
+            str(ev.get("text", ""))
+            for ev in read_events(gw.cfg.recordings_dir / f"{sid}.rec")
+            if ev["kind"] == "query"
+        )
+        assert answered and all(f"select {i} as n" in texts for i in answered)
+        await _wait(lambda: not gw.gw.uploader.spool_full(), timeout=30, what="spool to drain")
+        conn = await _connect(gw.cfg, gw.grant(ttl=600))
+        assert await conn.fetchval("select 1") == 1
+        await conn.close()
+    finally:
+        gw.stop()
+    events = await _acli(gw.dir / "config.toml", "audit", "--type", "store.", "--json")
+    types = [e["type"] for e in json.loads(events.stdout)]
+    assert "store.spool_full" in types and "store.spool_ok" in types
+    ends = await _acli(gw.dir / "config.toml", "audit", "--type", "session.end", "--json")
+    [end] = [e for e in json.loads(ends.stdout) if e["session"] == sid]
+    assert "spool" in end["reason"], end
+
+
+async def test_kill_9_gateway_then_verify_names_the_gap(s3_server, pg_server, tmp_path):
+    """kill -9 of a real gateway process mid-session: the store holds what was uploaded, and
+    `verify s3://` names the events anchored off-host but never uploaded; after a restart the
+    pending uploads resume and the store holds the recording up to its last checkpoint."""
+    d = tmp_path / "gw"
+    cfg = build_local_workdir(d, pg=pg_server, ssh=None, name="test-gw")
+    path = d / "config.toml"
+    path.write_text(_gateway_config(s3_server, "g3", upload_lag=3)(path.read_text()))
+    from proxy.config import load_config
+
+    cfg = load_config(path)
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proxy.cli.main",
+                "-c",
+                str(path),
+                "gateway",
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        return proc
+
+    proc = start()
+    try:
+        deadline = time.monotonic() + 30
+        conn = None
+        while conn is None:  # bounded: the gateway is up
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                conn = await _connect(cfg, issue_local_grant(cfg, "db-readonly", "shop", ttl=600))
+            except OSError:
+                assert time.monotonic() < deadline, "gateway did not start"
+                await asyncio.sleep(0.1)
+        [rec] = list(cfg.recordings_dir.glob("*.rec"))
+        name = rec.name
+        await _wait(lambda: _segment_ends(s3_server, "g3", name), what="first segment")
+        uploaded = _segment_ends(s3_server, "g3", name)[-1]
+
+        def anchored_beyond() -> bool:
+            c = s3_server.client("admin")
+            for k in _objects(s3_server, "g3"):
+                if k.startswith(f"g3/anchors/recordings/{name}/"):
+                    doc = json.loads(c.get_object(Bucket=s3_server.bucket, Key=k)["Body"].read())
+                    if doc["end"] > uploaded:
+                        return True
+            return False
+
+        await conn.fetchval("select count(*) from orders")
+        await _wait(anchored_beyond, what="an anchor past the uploaded segments")
+        proc.kill()  # kill -9: no shutdown, no final upload
+        proc.wait(10)
+        conn.terminate()
+        reader = s3_server.env("reader")
+        r = await _acli(path, "verify", f"s3://{s3_server.bucket}/g3/{rec.stem}", env=reader)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "are missing: the gateway anchored them off-host" in r.stdout, r.stdout
+        assert "truncated" in r.stdout or "not finalized" in r.stdout, r.stdout
+
+        proc = start()  # the restarted gateway resumes the pending upload
+        size = rec.stat().st_size
+        await _wait(
+            lambda: _segment_ends(s3_server, "g3", name)[-1] > uploaded,
+            timeout=30,
+            what="resumed upload",
+        )
+        r = await _acli(path, "verify", f"s3://{s3_server.bucket}/g3/{rec.stem}", env=reader)
+        assert r.returncode == 1  # still no trailer: the writer died
+        assert "are missing" not in r.stdout, r.stdout  # every anchored event is there now
+        assert "truncated" in r.stdout, r.stdout
+        assert _segment_ends(s3_server, "g3", name)[-1] <= size
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)

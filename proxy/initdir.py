@@ -147,6 +147,20 @@ commit_interval = 0.05
 [recorder.trusted_keys]
 {recorder_kid} = "keys/{recorder_kid}.pub"
 
+# Immutable storage: stream recordings and the audit log, while sessions run, to S3-compatible
+# object storage with Object Lock, and anchor every signed checkpoint there (README:
+# "Recordings on immutable storage"). The local directories above are the spool. Credentials
+# come from the environment (AWS_ACCESS_KEY_ID, an instance role) or credentials_file,
+# never from this file.
+# [recorder.store]
+# url = "s3://breakglass-recordings/gateway-1"
+# endpoint_url = "https://s3.eu-west-1.amazonaws.com"  # SeaweedFS, MinIO, Ceph RGW: theirs
+# region = "eu-west-1"
+# credentials_file = "/etc/breakglass/s3-credentials"  # AWS format; profile = "..." picks one
+# retention = "compliance:400d"  # or "governance:30d"; set on every object at upload
+# upload_lag = 5                 # seconds the store may trail a session
+# spool_limit = "4GiB"           # bytes waiting for upload before sessions are refused
+
 [state]
 # Embedded SQLite database: grants issued, revocations, requests.
 database = "state.db"

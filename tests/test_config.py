@@ -120,3 +120,43 @@ def test_problems_in_late_fields_are_reported(tmp_path):
     doc["recorder"]["commit_interval"] = -1
     p = "\n".join(problems(doc, tmp_path))
     assert "gateway.warn_before_expiry:" in p and "recorder.commit_interval: must be at least" in p
+
+
+def test_recorder_store_section(tmp_path, monkeypatch):
+    """[recorder.store]: validated with key paths; credentials are never accepted inline."""
+    init_workdir(tmp_path)
+    doc = tomllib.loads((tmp_path / "config.toml").read_text())
+    assert parse_config(doc, tmp_path).store is None  # local directories only, by default
+    doc["recorder"]["store"] = {
+        "url": "s3://Bad_Bucket/x",
+        "retention": "forever",
+        "spool_limit": "lots",
+        "secret_access_key": "AKIA...",
+        "upload_lag": 0,
+        "endpoint_url": "s3.example.com",
+    }
+    p = "\n".join(problems(doc, tmp_path))
+    for want in (
+        "recorder.store.url: ",
+        "recorder.store.retention: ",
+        "recorder.store.spool_limit: ",
+        "recorder.store.secret_access_key: credentials never go in the config",
+        "recorder.store.upload_lag: must be at least",
+        "recorder.store.endpoint_url: expected an http",
+    ):
+        assert want in p, p
+    assert "AKIA" not in p
+    doc["recorder"]["store"] = {
+        "url": "s3://recordings/gw-1/",
+        "retention": "governance:30d",
+        "spool_limit": "512MiB",
+        "endpoint_url": "http://127.0.0.1:8333",
+    }
+    st = parse_config(doc, tmp_path).store
+    assert (st.bucket, st.prefix, st.retention_mode, st.retention_days) == (
+        "recordings",
+        "gw-1",
+        "GOVERNANCE",
+        30,
+    )
+    assert st.spool_limit == 512 << 20 and st.upload_lag == 5.0

@@ -185,6 +185,16 @@ async def verify_store(
         for name, r in by_name.items():
             if name not in {sf.name for sf in audit_files}:  # a removed predecessor
                 verdicts.append(StoreVerdict(AUDIT, name, False, [r.message], r.problem, r))
+    for key in pulled.foreign:
+        verdicts.append(
+            StoreVerdict(
+                "?",
+                key,
+                False,
+                [f"tampering attempt: {key} is not a name a gateway writes; it was ignored"],
+                TAMPERED,
+            )
+        )
     return pulled, verdicts
 
 

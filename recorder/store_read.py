@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from .store import ANCHORS, AUDIT, RECORDINGS, StoreConfig, StoreError, open_cli
 __all__ = ["StoreFile", "PullResult", "pull", "pull_sync"]
 
 _AREAS = (RECORDINGS, AUDIT)
+#: What a file name in the store may look like: it becomes a local file name when pulled, so
+#: nothing that could leave the directory (``..``, ``/``) or hide (a leading dot).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,200}\.(rec|audit)\Z")
 _SUFFIX = {RECORDINGS: ".rec", AUDIT: ".audit"}
 
 
@@ -42,6 +46,7 @@ class StoreFile:
 class PullResult:
     directory: Path
     files: dict[tuple[str, str], StoreFile] = field(default_factory=dict)
+    foreign: list[str] = field(default_factory=list)  # object names no gateway writes
 
     def recordings(self) -> list[StoreFile]:
         return [f for (a, _), f in sorted(self.files.items()) if a == RECORDINGS]
@@ -105,6 +110,9 @@ async def pull(
         anchor_keys: dict[tuple[str, str], list[_Version]] = {}
         for key, vs in versions.items():
             parts = key[len(base) :].split("/")
+            if len(parts) in (3, 4) and (not _NAME.match(parts[-2]) or ".." in parts[-2]):
+                result.foreign.append(key)
+                continue
             if len(parts) == 3 and parts[0] in _AREAS:
                 area, name, rng = parts
                 start, _, end = rng.partition("-")

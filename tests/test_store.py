@@ -152,9 +152,17 @@ async def test_streamed_segments_are_locked_and_whole(s3_server, tmp_path):
     gw = s3_server.client("gateway")
     gw.put_object(Bucket=s3_server.bucket, Key=segs[0], Body=b"forged")
     admin.delete_object(Bucket=s3_server.bucket, Key=segs[-1])
+    evil = "t1/recordings/.evil.rec/0000000000000000-0000000000000005"
+    gw.put_object(Bucket=s3_server.bucket, Key=evil, Body=b"evil!")
     pulled, verdicts = await verify_store(reader, tmp_path / "v2", trusted)
     assert pulled.files[("recordings", "s1.rec")].path.read_bytes() == local
-    [v] = verdicts
+    v, planted = verdicts
+    assert (
+        not planted.ok
+        and planted.name == evil
+        and "not a name a gateway writes" in (planted.messages[0])
+    )
+    assert not (tmp_path / "v2" / "recordings" / ".evil.rec").exists()
     assert not v.ok
     text = " ".join(v.messages)
     assert "written again with other content" in text and "tried to delete" in text

@@ -351,6 +351,8 @@ class Uploader:
         )
         if f.uploaded:
             log.info("store.resume", file=path.name, uploaded=f.uploaded)
+        # What is in the file already was written before we looked: it is due now.
+        f.pending_since = time.monotonic() - self.cfg.upload_lag
         return f
 
     def _release(self, f: _File) -> None:

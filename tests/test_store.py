@@ -389,6 +389,10 @@ async def test_gateway_streams_survives_store_outage_and_reads_back(s3_server, p
     assert r.returncode == 0 and sid in r.stdout, r.stdout + r.stderr
     r = await _acli(reading, "audit", "--type", "session.start")
     assert r.returncode == 0 and sid in r.stdout, r.stdout + r.stderr
+    r = await _acli(reading, "export", sid, "--format", "jsonl")
+    assert r.returncode == 0 and "count(*) from orders" in r.stdout, r.stdout + r.stderr
+    r = await _acli(reading, "index", "--rebuild")
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 async def test_spool_full_ends_sessions_and_refuses_new_ones(s3_server, pg_server, tmp_path):
@@ -485,19 +489,26 @@ async def test_kill_9_gateway_then_verify_names_the_gap(s3_server, pg_server, tm
         [rec] = list(cfg.recordings_dir.glob("*.rec"))
         name = rec.name
         await _wait(lambda: _segment_ends(s3_server, "g3", name), what="first segment")
-        uploaded = _segment_ends(s3_server, "g3", name)[-1]
+        seen: dict[str, int] = {}
 
-        def anchored_beyond() -> bool:
+        def anchored_beyond() -> int | None:
+            """The uploaded end, if an anchor lies past it (anchored, not yet uploaded)."""
             c = s3_server.client("admin")
-            for k in _objects(s3_server, "g3"):
-                if k.startswith(f"g3/anchors/recordings/{name}/"):
-                    doc = json.loads(c.get_object(Bucket=s3_server.bucket, Key=k)["Body"].read())
-                    if doc["end"] > uploaded:
-                        return True
-            return False
+            uploaded = _segment_ends(s3_server, "g3", name)[-1]
+            for k in _objects(s3_server, f"g3/anchors/recordings/{name}"):
+                if k not in seen:
+                    body = c.get_object(Bucket=s3_server.bucket, Key=k)["Body"].read()
+                    seen[k] = json.loads(body)["end"]
+            return uploaded if max(seen.values(), default=0) > uploaded else None
 
-        await conn.fetchval("select count(*) from orders")
-        await _wait(anchored_beyond, what="an anchor past the uploaded segments")
+        for _ in range(300):  # bounded: keep the session busy until the window is there
+            await conn.fetchval("select count(*) from orders")
+            uploaded = anchored_beyond()
+            if uploaded is not None:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("no anchor ever got ahead of the uploaded segments")
         proc.kill()  # kill -9: no shutdown, no final upload
         proc.wait(10)
         conn.terminate()

@@ -371,6 +371,17 @@ class Uploader:
         except FileNotFoundError:
             self._lost(f)
             return
+        except _Shrunk as e:
+            # The writer cut a failed write back off the file: forget what was scanned past
+            # the upload point and read it again. Below the upload point it cannot be mended.
+            if e.size >= f.uploaded:
+                f.scan = _Scan(f.uploaded, f.uploaded_seq, f.scan.framed, f.scan.recording_id)
+                f.heads = []
+                return
+            f.broken = f"shrank to {e.size} bytes below its uploaded {f.uploaded}"
+            log.error("store.file_shrank", file=f.name, size=e.size, uploaded=f.uploaded)
+            self._event("store.file_shrank", file=f.name, size=e.size, uploaded=f.uploaded)
+            return
         except (OSError, RecorderError) as e:
             f.broken = str(e)
             log.error("store.file_unreadable", file=f.name, error=str(e))
@@ -399,6 +410,8 @@ class Uploader:
     def _scan(self, f: _File) -> list[Head]:
         with open(f.path, "rb") as fh:
             f.size = os.fstat(fh.fileno()).st_size
+            if f.size < f.scan.offset:
+                raise _Shrunk(f.size)
             return scan_file(fh, f.scan, f.size, limit=SEGMENT_MAX * 4)
 
     def _lost(self, f: _File) -> None:
@@ -511,6 +524,12 @@ class Uploader:
         if self.on_event is not None:
             with contextlib.suppress(Exception):
                 self.on_event(type_, store=self.cfg.url, **fields)
+
+
+class _Shrunk(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 def _read_range(path: Path, start: int, end: int) -> bytes:

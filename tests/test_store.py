@@ -540,3 +540,35 @@ async def test_kill_9_gateway_then_verify_names_the_gap(s3_server, pg_server, tm
         if proc.poll() is None:
             proc.terminate()
             proc.wait(30)
+
+
+async def test_file_cut_back_by_the_writer_is_rescanned(s3_server, tmp_path):
+    """The writer cuts a failed write back off the file (disk full): the uploader forgets what
+    it scanned past the new end and uploads only what the file still holds."""
+    from recorder.uploader import _Scan, scan_file
+
+    key = Ed25519PrivateKey.generate()
+    src = tmp_path / "src.rec"
+    w = _writer(src, key, checkpoint_events=3)
+    for i in range(12):
+        w.query(text=f"select {i}")
+    w.close("done")
+    data = src.read_bytes()
+    with open(src, "rb") as fh:
+        heads = scan_file(fh, _Scan(), len(data))
+    rec_dir = tmp_path / "recordings"
+    rec_dir.mkdir()
+    path = rec_dir / "s4.rec"
+    path.write_bytes(data[: heads[-2].end])  # live: no trailer yet
+    cfg = _store(s3_server, "t4", upload_lag=60)
+    up = await Uploader(cfg, [(rec_dir, ".rec")], poll=0.05).start()
+    try:
+        await _wait(
+            lambda: path in up.files and up.files[path].scan.offset == heads[-2].end,
+            what="the scan",
+        )
+        os.truncate(path, heads[1].end)
+        await _wait(lambda: up.files[path].scan.offset == heads[1].end, what="the re-scan")
+    finally:
+        await up.close()
+    assert _segment_ends(s3_server, "t4", "s4.rec") == [heads[1].end]

@@ -141,6 +141,11 @@ def _verdict(sf: StoreFile, r: VerifyResult | None) -> StoreVerdict:
         v.messages.append(r.message)
         if not r.ok:
             v.ok, v.problem = False, r.problem
+            if not r.finalized and sf.last_upload is not None:
+                v.messages.append(
+                    f"its last segment reached the store at {_when(sf.last_upload)} (a session "
+                    "still running, or a gateway that stopped without closing it)"
+                )
     for p in sf.problems:
         v.ok = False
         v.problem = v.problem or TAMPERED

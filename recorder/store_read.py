@@ -38,6 +38,7 @@ class StoreFile:
     path: Path | None = None  # the rebuilt local copy
     size: int = 0
     segments: int = 0
+    last_upload: float | None = None  # when its newest segment reached the store (server time)
     problems: list[str] = field(default_factory=list)  # tampering attempts, gaps
     anchors: list[dict[str, Any]] = field(default_factory=list)
 
@@ -184,6 +185,7 @@ def _matches(name: str, only: str) -> bool:
 async def _rebuild(sf: StoreFile, items: list, dest: Path, fetch: Any) -> None:
     """Concatenate the segments of one file in offset order into ``dest/<area>/<name>``."""
     items.sort(key=lambda it: (it[0], -it[1]))
+    sf.last_upload = max(v.modified.timestamp() for _, _, v, _ in items)
     for start, end, first, vs in items:
         if len(vs) > 1 and any(v.etag != first.etag for v in vs[1:]):
             sf.problems.append(

@@ -7,7 +7,9 @@ from typing import Any
 
 import structlog
 
+from proxy.config import ConfigError
 from proxy.sessions import Termination
+from recorder.store import StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +35,12 @@ async def start_store(gw: Any) -> Any:
         on_event=gw.audit.append,
         on_spool_full=spool_full,
     )
-    gw.registry.make_recorder = uploader.guard(gw.registry.make_recorder)
     await uploader.start()
+    try:
+        await uploader.probe(cfg.gateway_name)
+    except StoreError as e:
+        await uploader.close(timeout=1)
+        raise ConfigError([f"recorder.store: {e}"], cfg.path) from None
+    gw.registry.make_recorder = uploader.guard(gw.registry.make_recorder)
     log.info("store.started", url=cfg.store.url, upload_lag=cfg.store.upload_lag)
     return uploader

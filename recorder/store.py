@@ -9,6 +9,8 @@ Layout under ``s3://BUCKET/PREFIX``:
 * ``anchors/<area>/<file>/<seq>``: one small JSON document per anchored signed line (its
   sequence number, the SHA-256 of the line, its prev hash, key id, offset), written as the
   gateway sees the checkpoint, before the segment holding it goes up.
+* ``gateways/<name>/<stamp>-<pid>-<random>``: one per gateway process start (the probe that
+  proves bucket, credentials and Object Lock before any session is accepted).
 
 Every object is written once (``If-None-Match: *``) with its Object Lock retention set in the
 same request. Nothing here reads the recording files; see :mod:`recorder.uploader` and
@@ -39,6 +41,7 @@ __all__ = [
 RECORDINGS = "recordings"
 AUDIT = "audit"
 ANCHORS = "anchors"
+GATEWAYS = "gateways"  # one locked object per gateway start
 #: Area of the store each local file suffix goes to.
 AREA_OF_SUFFIX = {".rec": RECORDINGS, ".audit": AUDIT}
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .store import ANCHORS, AUDIT, RECORDINGS, StoreConfig, StoreError, open_client
+from .store import ANCHORS, AUDIT, GATEWAYS, RECORDINGS, StoreConfig, StoreError, open_client
 
 __all__ = ["StoreFile", "PullResult", "pull", "pull_sync"]
 
@@ -48,6 +48,7 @@ class PullResult:
     directory: Path
     files: dict[tuple[str, str], StoreFile] = field(default_factory=dict)
     foreign: list[str] = field(default_factory=list)  # object names no gateway writes
+    gateway_starts: list[str] = field(default_factory=list)  # gateways/NAME/STAMP objects
 
     def recordings(self) -> list[StoreFile]:
         return [f for (a, _), f in sorted(self.files.items()) if a == RECORDINGS]
@@ -111,6 +112,9 @@ async def pull(
         anchor_keys: dict[tuple[str, str], list[_Version]] = {}
         for key, vs in versions.items():
             parts = key[len(base) :].split("/")
+            if parts[0] == GATEWAYS and len(parts) == 3:
+                result.gateway_starts.append(key)
+                continue
             if len(parts) in (3, 4) and (not _NAME.match(parts[-2]) or ".." in parts[-2]):
                 result.foreign.append(key)
                 continue

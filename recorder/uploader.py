@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ import structlog
 
 from . import format as fmt
 from .format import RecorderError
-from .store import ANCHORS, AREA_OF_SUFFIX, StoreConfig, error_code, open_client
+from .store import ANCHORS, AREA_OF_SUFFIX, StoreConfig, StoreError, error_code, open_client
 
 __all__ = ["Uploader", "Head", "scan_file", "STATE_DIR"]
 
@@ -241,6 +242,33 @@ class Uploader:
         self._client = await self._cm.__aenter__()
         self._task = asyncio.ensure_future(self._run())
         return self
+
+    async def probe(self, gateway: str) -> bool:
+        """Record this gateway's start in the store (``gateways/NAME/...``, locked like the
+        rest): proves the bucket, credentials and Object Lock work before any session. Raises
+        ``StoreError`` when the store answers with a refusal (no such bucket, access denied,
+        no Object Lock ...); returns False when it cannot be reached (sessions then spool)."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        key = self.cfg.key("gateways", gateway, f"{stamp}-{os.getpid()}-{os.urandom(4).hex()}")
+        body = json.dumps(
+            {
+                "gateway": gateway,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started_at": time.time(),
+            }
+        ).encode()
+        try:
+            await asyncio.wait_for(self._put(key, body, "application/json"), self.cfg.timeout + 5)
+        except Exception as e:  # noqa: BLE001
+            code = error_code(e)
+            if code:
+                raise StoreError(
+                    f"{self.cfg.url}: the store refuses a locked upload: {e}"
+                ) from None
+            log.warning("store.unreachable", url=self.cfg.url, error=str(e) or type(e).__name__)
+            return False
+        return True
 
     def kick(self) -> None:
         """Run a pass now (tests, shutdown)."""

@@ -354,6 +354,8 @@ async def test_gateway_streams_survives_store_outage_and_reads_back(s3_server, p
         gw.stop()
     cfg_path = gw.dir / "config.toml"
     reader = s3_server.env("reader")
+    # Each gateway start is recorded in the store, locked like the rest.
+    assert any(k.startswith("g1/gateways/test-gw/") for k in _objects(s3_server, "g1"))
     r = await _acli(cfg_path, "verify", f"s3://{s3_server.bucket}/g1", env=reader)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"recordings/{sid}.rec" in r.stdout and "/audit/" in r.stdout
@@ -572,3 +574,22 @@ async def test_file_cut_back_by_the_writer_is_rescanned(s3_server, tmp_path):
     finally:
         await up.close()
     assert _segment_ends(s3_server, "t4", "s4.rec") == [heads[1].end]
+
+
+async def test_gateway_refuses_to_start_on_a_store_that_refuses(s3_server, pg_server, tmp_path):
+    """A bucket that does not exist (or no Object Lock, or wrong credentials): the gateway says
+    so at start instead of accepting sessions it could never store."""
+    from proxy.config import ConfigError
+
+    edit = _gateway_config(s3_server, "g5")
+    gw = GatewayThread(
+        tmp_path / "bad",
+        pg=pg_server,
+        edit_config=lambda t: edit(t).replace(f"s3://{s3_server.bucket}/", "s3://no-such-bucket/"),
+    )
+    with pytest.raises(ConfigError) as e:
+        gw.start()
+    gw.stop()
+    text = str(e.value)
+    assert "recorder.store:" in text and "refuses a locked upload" in text
+    assert "NoSuchBucket" in text or "AccessDenied" in text  # SeaweedFS says the latter

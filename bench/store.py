@@ -101,7 +101,8 @@ async def main_async(a: argparse.Namespace) -> None:
         closed_after = time.perf_counter() - t_end
         print(
             f"paced {a.rate_mb} MB/s for {a.seconds} s, upload_lag {a.lag} s: "
-            f"{up.uploads} segments, longest wait for upload {up.max_lag:.2f} s, "
+            f"{up.uploads} segments, data in the store after {statistics.median(up.lags):.2f} s "
+            f"(median), {up.max_lag:.2f} s (longest), "
             f"whole file in the store {closed_after:.2f} s after the trailer"
         )
         await up.close()

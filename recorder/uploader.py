@@ -22,6 +22,7 @@ turns true: the gateway refuses new sessions and ends running ones.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import fcntl
@@ -50,6 +51,8 @@ STATE_DIR = ".store"
 #: A segment is cut at the last signed line within this many bytes (bulk output does not pile
 #: up in one object); a single checkpoint interval larger than this still makes one segment.
 SEGMENT_MAX = 64 << 20
+#: Bulk output does not wait out the lag: once this much is signed and waiting, it goes up.
+SEGMENT_EARLY = 8 << 20
 _SIGNED = re.compile(
     rb'\{"seq":(\d+),(?:"t":[-+0-9.eE]+,)?"kind":"(checkpoint|trailer)","prev":"([0-9a-f]{64})"'
 )
@@ -212,6 +215,7 @@ class Uploader:
         self._sem = asyncio.Semaphore(8)
         self.uploads = 0  # segment objects written (for tests and benchmarks)
         self.max_lag = 0.0  # longest wait of data for its upload, seconds
+        self.lags: collections.deque[float] = collections.deque(maxlen=10_000)
 
     # ------------------------------------------------------------------ public
 
@@ -478,7 +482,7 @@ class Uploader:
             force
             or last.kind == fmt.TRAILER
             or (f.pending_since is not None and now - f.pending_since >= self._wait())
-            or last.end - f.uploaded >= SEGMENT_MAX
+            or last.end - f.uploaded >= SEGMENT_EARLY
         )
         if not due:
             return
@@ -490,8 +494,10 @@ class Uploader:
         data = await asyncio.to_thread(_read_range, f.path, f.uploaded, cut.end)
         key = self.cfg.key(f.area, f.name, f"{f.uploaded:016d}-{cut.end:016d}")
         await self._put(key, data, "application/octet-stream")
-        if f.pending_since is not None:
-            self.max_lag = max(self.max_lag, now - f.pending_since)
+        if f.pending_since is not None:  # how long the oldest of these bytes waited
+            lag = time.monotonic() - f.pending_since
+            self.max_lag = max(self.max_lag, lag)
+            self.lags.append(lag)
         self.uploads += 1
         f.uploaded, f.uploaded_seq = cut.end, cut.seq + 1
         f.heads = [h for h in f.heads if h.end > cut.end]

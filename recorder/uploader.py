@@ -48,10 +48,11 @@ __all__ = ["Uploader", "Head", "scan_file", "STATE_DIR"]
 log = structlog.get_logger(__name__)
 
 STATE_DIR = ".store"
-#: A segment is cut at the last signed line within this many bytes (bulk output does not pile
-#: up in one object); a single checkpoint interval larger than this still makes one segment.
+#: How far one scan reads ahead.
 SEGMENT_MAX = 64 << 20
-#: Bulk output does not wait out the lag: once this much is signed and waiting, it goes up.
+#: Bulk output does not wait out the lag: once this much is signed and waiting, it goes up, and
+#: a segment is cut at the last signed line within this many bytes (a single checkpoint
+#: interval larger than this still makes one segment).
 SEGMENT_EARLY = 8 << 20
 _SIGNED = re.compile(
     rb'\{"seq":(\d+),(?:"t":[-+0-9.eE]+,)?"kind":"(checkpoint|trailer)","prev":"([0-9a-f]{64})"'
@@ -487,8 +488,8 @@ class Uploader:
         if not due:
             return
         cut = f.heads[0]
-        for h in f.heads:
-            if h.end - f.uploaded > SEGMENT_MAX:
+        for h in f.heads:  # segments of about SEGMENT_EARLY: a steady stream of modest PUTs
+            if h.end - f.uploaded > SEGMENT_EARLY:
                 break
             cut = h
         data = await asyncio.to_thread(_read_range, f.path, f.uploaded, cut.end)

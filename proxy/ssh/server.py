@@ -62,8 +62,14 @@ SERVER_ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 SERVER_WINDOW = 8 * 1024 * 1024
 SERVER_MAX_PKTSIZE = 256 * 1024
 LOGIN_TIMEOUT = 60
+#: Largest SSH packet accepted once authenticated (asyncssh's default is 256 KiB): big
+#: enough that an oversized exec command (1 MB) arrives whole and is refused with a message
+#: instead of the transport closing the connection. Before authentication the default holds.
+MAX_REQUEST_PACKET = 2 * 1024 * 1024 + 1024
 #: After Ctrl-C in the restricted shell, detach from a command still running this long.
 INTERRUPT_GRACE = 1.0
+#: The originator OpenSSH names for stdio forwarding (ssh -W, ProxyJump): port 65535.
+STDIO_ORIGIN = "127.0.0.1"
 #: Signals an engineer may send to an upstream command.
 FORWARDED_SIGNALS = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "USR1", "USR2"})
 
@@ -147,6 +153,9 @@ class Bridge:
         self.crlf = False  # translate LF -> CR LF in target output (no upstream PTY)
         self._pending: list[bytes] = []
         self._up_paused: set[str] = set()
+        #: The gateway ended this channel (exit status, signal or close): a connection
+        #: dropped afterwards did not cut it short.
+        self.ended = False
 
     # -- plumbing shared by session and forward channels
 
@@ -156,6 +165,8 @@ class Bridge:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is not None and not self.ended:
+            self.o.channels_cut += 1
         self.o.channel_gone(self)
         if self.up is not None and self.up.chan is not None:
             self.up.chan.close()
@@ -296,11 +307,11 @@ class Bridge:
             return
         if up.signal is not None:
             sig, core, msg, lang = up.signal
-            self.chan.exit_with_signal(sig, core, msg, lang)
+            self.end_channel(signal=(sig, core, msg, lang))
         elif up.status is not None:
-            self.chan.exit(up.status)
+            self.end_channel(up.status)
         else:
-            self.chan.close()
+            self.end_channel()
 
     # -- gateway messages to the engineer
 
@@ -327,10 +338,22 @@ class Bridge:
         except OSError:  # channel already closing
             pass
 
+    def end_channel(
+        self, status: int | None = None, signal: tuple[str, bool, str, str] | None = None
+    ) -> None:
+        """End the client's channel: exit signal, exit status, or a plain close."""
+        self.ended = True
+        if signal is not None:
+            self.chan.exit_with_signal(*signal)
+        elif status is not None:
+            self.chan.exit(status)
+        else:
+            self.chan.close()
+
     def fail(self, text: str, status: int = GATEWAY_ERROR_STATUS) -> None:
         self.say(text)
         if not self.closed:
-            self.chan.exit(status)
+            self.end_channel(status)
 
     def stop_upstream(self) -> None:
         """Terminating: ask the target to end the command, drop the channel."""
@@ -443,7 +466,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
     def session_started(self) -> None:
         if self.kind == "denied":
             self.say(self.deny_text)
-            self.chan.exit(DENIED_STATUS)
+            self.end_channel(DENIED_STATUS)
         elif self.kind == "exec":
             assert self.verdict is not None
             rules = self.o.rules
@@ -459,7 +482,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
         elif self.kind == "subsystem":
             self.o.spawn(self._open_upstream(subsystem=self.subsystem))
         else:  # pragma: no cover - asyncssh only starts shell/exec/subsystem
-            self.chan.close()
+            self.end_channel()
 
     async def _open_upstream(
         self,
@@ -592,12 +615,12 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
                     self._prompt()
                 elif ev.kind == "eof":
                     self._echo(b"\r\n")
-                    self.chan.exit(0)
+                    self.end_channel(0)
                     return
                 elif ev.kind == "line":
                     self._line(ev.text)
         if self.running is None and self.client_eof and not editor.pending and not self.closed:
-            self.chan.exit(0)
+            self.end_channel(0)
 
     def _echo(self, data: bytes) -> None:
         if self.o.record_output(data, self.cid, "stdout"):
@@ -614,7 +637,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
             self._prompt()
         elif action.kind == "exit":
             self.o.record_event("builtin", channel=self.cid, name="exit")
-            self.chan.exit(0)
+            self.end_channel(0)
         else:
             verdict = action.verdict
             assert verdict is not None
@@ -768,7 +791,7 @@ class ForwardChannel(Bridge, asyncssh.SSHTCPSession):
     def up_closed(self, up: UpChannel, exc: Exception | None) -> None:
         self.o.record_event("forward-closed", channel=self.cid)
         if not self.closed and self.o.terminating is None:
-            self.chan.close()
+            self.end_channel()
 
 
 # --------------------------------------------------------------------------- connection
@@ -805,6 +828,10 @@ class GatewayConnection(asyncssh.SSHServer):
         self._tasks: set[asyncio.Task] = set()
         self._channels_gone = asyncio.Event()
         self._failed_recording = False
+        #: Channels the connection's loss cut short (the gateway had not ended them).
+        self.channels_cut = 0
+        #: Session channels opened (0: a forward-only connection, e.g. ssh -W / ProxyJump).
+        self.sessions_opened = 0
 
     # -- connection lifecycle
 
@@ -823,8 +850,10 @@ class GatewayConnection(asyncssh.SSHServer):
         for t in list(self._tasks):
             t.cancel()
         if self.session is not None:
-            reason = None if exc is None else "connection-lost"
-            self.session.finish(reason)
+            # A client that drops TCP without a DISCONNECT after its channels ended (paramiko,
+            # ssh -W/-N killed) closed cleanly; only work in progress makes it "lost".
+            lost = exc is not None and self.channels_cut > 0
+            self.session.finish("connection-lost" if lost else None)
 
     def _close_upstream(self) -> None:
         if self.upstream is not None and not self._upstream_closing:
@@ -991,11 +1020,19 @@ class GatewayConnection(asyncssh.SSHServer):
         session.on_terminate = self._on_terminate
         session.on_warn = self._on_warn
         session.abort = self._abort
+        self._accept_large_requests()
         try:
             self.conn.send_auth_banner(self._banner())
         except OSError:
             pass
         return True
+
+    def _accept_large_requests(self) -> None:
+        # asyncssh has no public option for the transport's packet limit; it raises it for
+        # channels with a larger max_pktsize through this method.
+        update = getattr(self.conn, "_update_recv_pktlen", None)
+        if update is not None:
+            update(MAX_REQUEST_PACKET)
 
     def _banner(self) -> str:
         grant, gt = self.grant, self.gtarget
@@ -1026,6 +1063,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def session_requested(self) -> Any:
         if self.session is None or self.terminating is not None:
             return False
+        self.sessions_opened += 1
         return SessionChannel(self, self._next_cid("ch"))
 
     def grant_flag(self, name: str) -> bool:
@@ -1046,11 +1084,24 @@ class GatewayConnection(asyncssh.SSHServer):
         )
         if not allowed:
             self.session.count_denial("forwarding")
-            raise ChannelOpenError(
+            self.refuse_forward(
                 OPEN_ADMINISTRATIVELY_PROHIBITED,
-                "breakglass: port forwarding is not allowed by this grant",
+                "breakglass: port forwarding is not allowed by this grant "
+                "(ssh -L, -W and ProxyJump need a grant with forwarding)",
+                orig_host,
+                orig_port,
             )
         return self._open_forward(dest_host, dest_port, orig_host, orig_port)
+
+    def refuse_forward(self, code: int, text: str, orig_host: str, orig_port: int) -> None:
+        """Refuse a forwarding channel with ``text``. OpenSSH's stdio forwarding (``ssh -W``,
+        hence ProxyJump) hides a channel-open failure behind "stdio forwarding failed"; it
+        is the only channel of its connection and names the fake origin 127.0.0.1:65535.
+        There the reason also ends the connection: OpenSSH prints a DISCONNECT's text."""
+        stdio = self.sessions_opened == 0 and (orig_host, orig_port) == (STDIO_ORIGIN, 65535)
+        if stdio and self.conn is not None and not self.closed:
+            self.conn.disconnect(DISC_BY_APPLICATION, text)
+        raise ChannelOpenError(code, text)
 
     async def _open_forward(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -1062,10 +1113,13 @@ class GatewayConnection(asyncssh.SSHServer):
             )
         except (asyncssh.Error, OSError) as e:
             reason = getattr(e, "reason", None) or type(e).__name__
-            raise ChannelOpenError(
+            self.refuse_forward(
                 OPEN_CONNECT_FAILED,
-                f"breakglass: the target could not connect: {printable(reason)}",
-            ) from None
+                f"breakglass: the target could not connect to {printable(dest_host, 255)}:"
+                f"{dest_port}: {printable(reason)}",
+                orig_host,
+                orig_port,
+            )
         fwd.up = up
         fwd.ready = True
         return fwd

@@ -1,0 +1,164 @@
+"""SSH client compatibility matrix: everyday tasks with real clients through the gateway.
+
+Each test runs the task on the grant that should allow it, and checks that what the grant
+does not cover is refused with a reason the client shows. The README's "Client
+compatibility" SSH table lists these tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import _unavailable
+from tests.ssh_gateway_fixture import LOOPBACK, GatewayHarness, ssh_gateway  # noqa: F401
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def work(ssh_gateway: GatewayHarness) -> Path:  # noqa: F811
+    work = ssh_gateway.sshd.workdir
+    (work / "logs").mkdir(exist_ok=True)
+    (work / "logs" / "app.log").write_bytes(b"hello from the app log\n")
+    return work
+
+
+def end_reason(h: GatewayHarness, jti: str) -> str:
+    h.wait_session_ended(jti)
+    return h.events(jti)[-1]["reason"]
+
+
+def decisions(h: GatewayHarness, jti: str, kind: str) -> list[dict]:
+    return [e for e in h.events(jti) if e.get("decision_kind") == kind]
+
+
+# --------------------------------------------------------------------------- paramiko
+
+
+def paramiko_client(h: GatewayHarness, token: str):
+    try:
+        import paramiko
+    except ImportError:
+        _unavailable("paramiko is not installed (pip install -e '.[test]')")
+    client = paramiko.SSHClient()
+    kind, b64 = h.host_key_line.split()[:2]
+    key = paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
+    client.get_host_keys().add(f"[{LOOPBACK}]:{h.port}", kind, key)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(
+        LOOPBACK,
+        h.port,
+        username="web-1",
+        password=token,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
+    return client
+
+
+def test_paramiko_exec_allowed_refused_and_closed(ssh_gateway: GatewayHarness, work):  # noqa: F811
+    h = ssh_gateway
+    claims = h.claims(commands=[f"cat {work}/logs/*"])
+    client = paramiko_client(h, h.sign(claims))
+    try:
+        _in, out, err = client.exec_command(f"cat {work}/logs/app.log")
+        assert out.read() == b"hello from the app log\n"
+        assert out.channel.recv_exit_status() == 0
+        _in, out, err = client.exec_command(f"rm {work}/logs/app.log")
+        assert out.channel.recv_exit_status() == 126
+        assert err.read().startswith(b"breakglass: denied: command not allowed by this grant")
+    finally:
+        client.close()
+    assert (work / "logs" / "app.log").exists()
+    # paramiko closes the TCP connection without a DISCONNECT: still a clean end.
+    assert end_reason(h, claims["jti"]) == "closed"
+
+
+# --------------------------------------------------------------------------- ProxyJump
+
+
+def jump_config(h: GatewayHarness, path: Path) -> Path:
+    """An ssh_config with ``gw`` (the gateway, grant via askpass) and ``tgt`` (the test sshd,
+    the engineer's own key) reached with ``ProxyJump gw``. ProxyJump's inner ssh reads -F
+    but not -o, so everything lives in the file."""
+    sshd = h.sshd
+    path.write_text(
+        f"""Host *
+  UserKnownHostsFile {h.known_hosts} {sshd.known_hosts}
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  UpdateHostKeys no
+  IdentityAgent none
+  NumberOfPasswordPrompts 1
+  ConnectTimeout 10
+  LogLevel ERROR
+Host gw
+  HostName {LOOPBACK}
+  Port {h.port}
+  User web-1
+  PubkeyAuthentication no
+  PreferredAuthentications keyboard-interactive,password
+Host tgt
+  HostName {LOOPBACK}
+  Port {sshd.port}
+  User {sshd.login}
+  IdentityFile {sshd.client_key}
+  IdentitiesOnly yes
+  PasswordAuthentication no
+  ProxyJump gw
+"""
+    )
+    return path
+
+
+def test_proxyjump_with_forwarding_grant_and_reason_without(
+    ssh_gateway: GatewayHarness,  # noqa: F811
+    tmp_path,
+):
+    h = ssh_gateway
+    cfg = jump_config(h, tmp_path / "ssh_config")
+    results = {}
+    for fw in (True, False):
+        claims = h.claims(forwarding=fw)
+        gf = h.grant_file(h.sign(claims))
+        results[fw] = subprocess.run(
+            ["ssh", "-F", str(cfg), "tgt", "echo", "through the jump"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=h.client_env(gf),
+            timeout=30,
+        )
+        assert end_reason(h, claims["jti"]) == "closed"
+        (fwd,) = decisions(h, claims["jti"], "forward")
+        assert fwd["allowed"] is fw and fwd["text"] == f"{LOOPBACK}:{h.sshd.port}"
+    assert results[True].returncode == 0, results[True].stderr
+    assert results[True].stdout == b"through the jump\n"
+    assert results[False].returncode == 255
+    assert b"port forwarding is not allowed by this grant (ssh -L, -W and ProxyJump" in (
+        results[False].stderr
+    )
+
+
+# --------------------------------------------------------------------------- big input
+
+
+def test_one_megabyte_exec_refused_with_a_message(ssh_gateway: GatewayHarness, work):  # noqa: F811
+    h = ssh_gateway
+    claims = h.claims(commands=["echo *"])
+    client = paramiko_client(h, h.sign(claims))
+    try:
+        _in, out, err = client.exec_command("echo " + "a" * 1_000_000)
+        assert out.channel.recv_exit_status() == 126
+        assert err.read().startswith(b"breakglass: denied: the command is too long (1000005 bytes")
+        _in, out, err = client.exec_command("echo usable")
+        assert out.read() == b"usable\n"
+    finally:
+        client.close()
+    (deny, ok) = decisions(h, claims["jti"], "exec")
+    assert deny["allowed"] is False and deny["rule"] == "too-long"
+    assert ok["allowed"] is True

@@ -143,7 +143,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -767,6 +767,44 @@ class CommandRules:
 
     def _candidates(self, program: str) -> tuple[_Pattern, ...]:
         return self._compiled.get(program, ())
+
+    def completions(self, words: Sequence[str], partial: str) -> list[tuple[str, bool]]:
+        """Tab completion from the allowlist alone (nothing runs on the target): the next
+        word the patterns allow after ``words``, starting with ``partial``. Each candidate
+        is ``(text, complete)``: ``complete`` for a whole literal word; otherwise the
+        literal start of a pattern word (``/var/log/app/`` for ``/var/log/app/*``)."""
+        found: dict[str, bool] = {}
+        if not words:
+            for program in self._compiled:
+                found[program] = True
+        else:
+            args = list(words[1:])
+            for p in self._candidates(words[0]):
+                if p.variadic is None and len(args) >= len(p.words):
+                    continue
+                globs = [_word_at(p, i) for i in range(len(args) + 1)]
+                if all(g.glob_match(a) for g, a in zip(globs, args, strict=False)):
+                    text, complete = _literal_start(globs[-1])
+                    if text:
+                        found[text] = found.get(text, False) or complete
+        return sorted((t, c) for t, c in found.items() if t.startswith(partial))
+
+
+def _word_at(p: _Pattern, i: int) -> _Glob:
+    glob = p.words[i] if i < len(p.words) else p.variadic
+    assert glob is not None
+    return glob
+
+
+def _literal_start(glob: _Glob) -> tuple[str, bool]:
+    """The literal text a pattern word starts with, and whether that is the whole word."""
+    if glob.any_arg:
+        return "", False
+    text = glob.text[:-2] if glob.subtree else glob.text
+    for i, c in enumerate(text):
+        if c in _GLOB_CHARS:
+            return text[:i], False
+    return text, not glob.subtree
 
 
 # ----------------------------------------------------------------------- checking

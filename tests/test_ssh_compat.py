@@ -162,3 +162,44 @@ def test_one_megabyte_exec_refused_with_a_message(ssh_gateway: GatewayHarness, w
     (deny, ok) = decisions(h, claims["jti"], "exec")
     assert deny["allowed"] is False and deny["rule"] == "too-long"
     assert ok["allowed"] is True
+
+
+def read_until(chan, marker: bytes, timeout: float = 20) -> bytes:
+    """Read a paramiko channel until ``marker`` shows (bounded by ``timeout``)."""
+    chan.settimeout(timeout)
+    buf = b""
+    while marker not in buf:
+        chunk = chan.recv(65536)
+        assert chunk, f"channel closed before {marker!r}; got {buf[-300:]!r}"
+        buf += chunk
+    return buf
+
+
+def test_paramiko_shell_and_a_paste_over_64k_in_one_packet(ssh_gateway: GatewayHarness, work):  # noqa: F811
+    h = ssh_gateway
+    claims = h.claims(commands=[f"cat {work}/logs/*", "echo *"])
+    client = paramiko_client(h, h.sign(claims))
+    prompt = f"{h.sshd.login}@web-1 (breakglass)$ ".encode()
+    try:
+        chan = client.invoke_shell(width=100, height=24)
+        read_until(chan, prompt)
+        chan.sendall(f"cat {work}/logs/app.log\r".encode())
+        assert b"hello from the app log\r\n" in read_until(chan, prompt)
+        chan.sendall(b"rm -rf /\r")
+        assert b"breakglass: denied: command not allowed by this grant" in read_until(chan, prompt)
+        # 100 KiB in one SSH packet (the gateway allows 256 KiB): 20 blank lines of 5000
+        # spaces, a line too long to keep, then a command. Nothing is dropped.
+        paste = (b" " * 5000 + b"\r") * 20 + b"x" * 10_000 + b"\recho pasted-ok\r"
+        assert len(paste) > 100 * 1024
+        chan.sendall(paste)
+        out = read_until(chan, b"pasted-ok\r\n")
+        assert out.count(prompt) >= 21
+        assert b"breakglass: denied: the line is too long" in out
+        read_until(chan, prompt)
+        chan.sendall(b"exit\r")
+        assert chan.recv_exit_status() == 0
+    finally:
+        client.close()
+    assert end_reason(h, claims["jti"]) == "closed"
+    shell = [(e["text"], e["allowed"]) for e in decisions(h, claims["jti"], "shell")]
+    assert shell[-2:] == [("(line too long)", False), ("echo pasted-ok", True)]

@@ -77,6 +77,56 @@ def test_restricted_shell_runs_allowed_and_refuses_others(ssh_gateway: GatewayHa
     assert end["commands"] == 3 and end["denials"] == 2
 
 
+def test_restricted_shell_line_editing_and_tab_completion(ssh_gateway: GatewayHarness):  # noqa: F811
+    work = ssh_gateway.sshd.workdir
+    (work / "notes.txt").write_text("first\nsecond\n")
+    claims = ssh_gateway.claims(commands=["uptime", f"cat {work}/*.txt"])
+    child = spawn(ssh_gateway, ssh_gateway.sign(claims))
+    prompt = f"{ssh_gateway.sshd.login}@web-1 (breakglass)$ "
+    child.expect_exact(prompt)
+    # Left, Home, End, Ctrl-A/E/K/U/W fix a line before it is judged
+    child.send("ptme\x1b[D\x1b[Di\x1b[Hu\x1b[F; id\x1b[D\x1b[D\x1b[D\x1b[D\x0b\r")
+    child.expect(r"load average")
+    child.expect_exact(prompt)
+    child.send("rm -rf uptime\x1b[D\x1b[D\x1b[D\x1b[D\x1b[D\x1b[D\x15\x05\r")
+    child.expect(r"load average")
+    child.expect_exact(prompt)
+    # Tab: the program, then the literal start of the path pattern
+    child.send("ca\t")
+    child.expect_exact("cat ")
+    child.send("\t")
+    child.expect_exact(f"{work}/")
+    child.send("notes.txt\r")
+    child.expect_exact("first\r\nsecond\r\n")
+    child.expect_exact(prompt)
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    ssh_gateway.wait_session_ended(claims["jti"])
+    evs = ssh_gateway.events(claims["jti"])
+    assert [(e["text"], e["allowed"]) for e in evs if e["kind"] == "decision"] == [
+        ("uptime", True),
+        ("uptime", True),
+        (f"cat {work}/notes.txt", True),
+    ]
+
+
+def test_restricted_shell_stderr_comes_before_the_next_prompt(ssh_gateway: GatewayHarness):  # noqa: F811
+    work = ssh_gateway.sshd.workdir
+    script = work / "warn.sh"
+    script.write_text("#!/bin/sh\necho out-line\necho err-line >&2\n")
+    script.chmod(0o755)
+    child = spawn(ssh_gateway, ssh_gateway.token(commands=[str(script)]))
+    prompt = f"{ssh_gateway.sshd.login}@web-1 (breakglass)$ "
+    child.expect_exact(prompt)
+    for _ in range(8):
+        child.sendline(str(script))
+        child.expect_exact(prompt)
+        assert "out-line\r\nerr-line\r\n" in child.before.decode()
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+
+
 def test_restricted_shell_without_tty_reads_lines(ssh_gateway: GatewayHarness):  # noqa: F811
     claims = ssh_gateway.claims(commands=["echo *"])
     res = ssh_gateway.ssh(

@@ -134,6 +134,21 @@ class UpChannel(asyncssh.SSHClientSession):
         self.bridge.up_closed(self, exc)
 
 
+class TerminalCommandChannel(UpChannel):
+    """A restricted-shell command shown on the engineer's terminal: its stderr goes out in
+    the stdout stream, in order, as a terminal shows both. As two SSH streams, the client
+    could print stderr after the next prompt (OpenSSH writes stdout first)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        super().__init__(bridge)
+        forward = self.data_received
+
+        def merged(data: bytes, datatype: int | None) -> None:
+            forward(data, None)
+
+        self.data_received = merged  # type: ignore[method-assign]
+
+
 class Bridge:
     """Client-side channel of a connection, bridged to an upstream channel, recorded."""
 
@@ -393,6 +408,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
         self.running: UpChannel | str | None = None
         self.interrupts = 0
         self._detach_timer: asyncio.TimerHandle | None = None
+        self._input_paused = False
 
     # -- requests before the session starts
 
@@ -574,7 +590,11 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
     def _start_restricted(self) -> None:
         o = self.o
         self.shell = RestrictedShell(o.rules, target=o.gtarget.name, login=o.gtarget.login or "")
-        self.editor = LineEditor(echo=self.interactive)
+        self.editor = LineEditor(
+            echo=self.interactive,
+            prompt=to_crlf(self.shell.prompt.encode()),
+            completer=self.shell.complete,
+        )
         grant = o.grant
         left = max(0, int((grant.expires_at - time.time()) // 60))
         self.say(self.shell.welcome(utc_text(grant.expires_at), left), stderr=False)
@@ -596,9 +616,23 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
                 self._interrupt()
             else:
                 self.editor.feed(data)  # type-ahead, handled after the command
+                self._pace_input()
             return
         self.editor.feed(data)
         self._pump()
+
+    def _pace_input(self) -> None:
+        """Flow control for type-ahead and large pastes: stop reading from the client while
+        the editor holds more than it should, resume once it has worked through it."""
+        editor = self.editor
+        if editor is None or self.closed:
+            return
+        if editor.backlogged and not self._input_paused:
+            self._input_paused = True
+            self.chan.pause_reading()
+        elif not editor.backlogged and self._input_paused:
+            self._input_paused = False
+            self.chan.resume_reading()
 
     def _pump(self) -> None:
         editor = self.editor
@@ -621,6 +655,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
                     self._line(ev.text)
         if self.running is None and self.client_eof and not editor.pending and not self.closed:
             self.end_channel(0)
+        self._pace_input()
 
     def _echo(self, data: bytes) -> None:
         if self.o.record_output(data, self.cid, "stdout"):
@@ -680,7 +715,7 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
         )
         try:
             _chan, up = await self.o.upstream.create_session(
-                lambda: UpChannel(self),
+                lambda: TerminalCommandChannel(self) if self.interactive else UpChannel(self),
                 sent,
                 encoding=None,
                 env={},

@@ -8,12 +8,16 @@ compatibility" SSH table lists these tests.
 from __future__ import annotations
 
 import base64
+import contextlib
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import _unavailable
+from tests.servers import free_port
 from tests.ssh_gateway_fixture import LOOPBACK, GatewayHarness, ssh_gateway  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
@@ -203,3 +207,83 @@ def test_paramiko_shell_and_a_paste_over_64k_in_one_packet(ssh_gateway: GatewayH
     assert end_reason(h, claims["jti"]) == "closed"
     shell = [(e["text"], e["allowed"]) for e in decisions(h, claims["jti"], "shell")]
     assert shell[-2:] == [("(line too long)", False), ("echo pasted-ok", True)]
+
+
+# --------------------------------------------------------------------------- ssh -R
+
+
+class PongServer:
+    """A one-connection TCP server on the engineer's side of ssh -R: reads a line, answers
+    ``pong:LINE`` and closes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server((LOOPBACK, 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(30)
+        with contextlib.suppress(OSError), self.sock:
+            conn, _ = self.sock.accept()
+            with conn:
+                line = conn.makefile("rb").readline()
+                conn.sendall(b"pong:" + line)
+
+
+def test_remote_forwarding_allowed_and_recorded_refused_with_reason(
+    ssh_gateway: GatewayHarness,  # noqa: F811
+):
+    h = ssh_gateway
+    pong = PongServer()
+    claims = h.claims(commands=["cat"], forwarding=True)
+    gf = h.grant_file(h.sign(claims))
+    # `cat` keeps the session open until stdin closes: a clean end, no kill.
+    proc = subprocess.Popen(
+        h.ssh_argv(
+            "web-1",
+            "cat",
+            options=["-o", "ExitOnForwardFailure=yes", "-R", f"0:{LOOPBACK}:{pong.port}"],
+            log_level="INFO",
+        ),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=h.client_env(gf),
+    )
+    try:
+        # The target picks the port; OpenSSH prints it once the listener exists.
+        while b"Allocated port" not in (line := proc.stderr.readline()):
+            assert line, "ssh ended before the remote forward was set up"
+        listen = int(line.split(b"Allocated port ")[1].split()[0])
+        with socket.create_connection((LOOPBACK, listen), timeout=10) as conn:  # the target
+            conn.sendall(b"ping\n")
+            answer = conn.makefile("rb").read()
+        assert answer == b"pong:ping\n"
+        out, err = proc.communicate(b"", timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert end_reason(h, claims["jti"]) == "closed"
+    evs = h.events(claims["jti"])
+    (fwd,) = decisions(h, claims["jti"], "forward")
+    assert fwd["direction"] == "remote" and fwd["allowed"] is True
+    (opened,) = [e for e in evs if e["kind"] == "forward-open"]
+    cid = opened["channel"]
+    assert b"".join(e["data"] for e in evs if e["kind"] == "output" and e["channel"] == cid) == (
+        b"ping\n"
+    )
+    assert b"".join(e["data"] for e in evs if e["kind"] == "input" and e["channel"] == cid) == (
+        b"pong:ping\n"
+    )
+
+    # without forwarding in the grant: refused, the reason shown on the session, recorded
+    claims = h.claims(commands=["uptime"])
+    res = h.ssh(h.sign(claims), "uptime", options=["-R", f"{free_port()}:{LOOPBACK}:9"])
+    assert res.returncode == 0, res.stderr
+    assert b"breakglass: remote port forwarding (ssh -R" in res.stderr
+    assert b"is not allowed by this grant" in res.stderr
+    (fwd,) = decisions(h, claims["jti"], "forward")
+    assert fwd["direction"] == "remote" and fwd["allowed"] is False

@@ -255,10 +255,13 @@ def test_agent_forwarding_not_forwarded(ssh_gateway: GatewayHarness, tmp_path): 
     ).stdout
     pid = int(out.split("SSH_AGENT_PID=")[1].split(";")[0])
     try:
-        tok = ssh_gateway.token(shell=True)
-        gf = ssh_gateway.grant_file(tok)
+        claims = ssh_gateway.claims(shell=True)
+        gf = ssh_gateway.grant_file(ssh_gateway.sign(claims))
+        argv = ssh_gateway.ssh_argv("web-1", 'echo "[$SSH_AUTH_SOCK]"', options=["-A"])
+        # IdentityAgent=none would make ssh forget the agent: -A would ask for nothing.
+        argv[argv.index("IdentityAgent=none")] = f"IdentityAgent={sock}"
         res = subprocess.run(
-            ssh_gateway.ssh_argv("web-1", 'echo "[$SSH_AUTH_SOCK]"', options=["-A"]),
+            argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             env=ssh_gateway.client_env(gf, {"SSH_AUTH_SOCK": str(sock)}),
@@ -266,6 +269,13 @@ def test_agent_forwarding_not_forwarded(ssh_gateway: GatewayHarness, tmp_path): 
         )
         assert res.returncode == 0, res.stderr
         assert res.stdout == b"[]\n"
+        # never dropped without a word: said on the session, recorded as refused
+        assert b"breakglass: agent forwarding (ssh -A) is not supported" in res.stderr
+        ssh_gateway.wait_session_ended(claims["jti"])
+        (agent,) = [
+            e for e in ssh_gateway.events(claims["jti"]) if e.get("decision_kind") == "agent"
+        ]
+        assert agent["allowed"] is False
     finally:
         os.kill(pid, 15)
 

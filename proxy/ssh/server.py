@@ -11,9 +11,10 @@ One client connection = one authenticated grant = one :class:`proxy.sessions.Ses
   unless the grant allows a full shell. A denial shows the reason on stderr, exit status 126.
 * ``shell``: with ``ssh.shell`` an upstream PTY shell, every byte recorded; otherwise the
   gateway's restricted shell (``proxy.ssh.restricted_shell``).
-* Subsystems (sftp), port forwarding, agent and X11 forwarding: refused unless the grant
-  allows them (sftp: ``ssh.sftp``; local forwarding: ``ssh.forwarding``; remote, agent and
-  X11 forwarding are always refused).
+* Subsystems (sftp) and port forwarding: refused unless the grant allows them (sftp:
+  ``ssh.sftp``; local -L/-W/ProxyJump and remote -R forwarding: ``ssh.forwarding``). Agent
+  forwarding (-A) is refused with a message on the session; X11 and Unix-socket
+  forwarding are refused.
 * Recording happens before forwarding: a chunk that cannot be recorded is dropped and the
   session is closed ("no recording, no access").
 """
@@ -70,6 +71,12 @@ MAX_REQUEST_PACKET = 2 * 1024 * 1024 + 1024
 INTERRUPT_GRACE = 1.0
 #: The originator OpenSSH names for stdio forwarding (ssh -W, ProxyJump): port 65535.
 STDIO_ORIGIN = "127.0.0.1"
+#: Why ssh -A gets no agent: said to the engineer and recorded.
+AGENT_REFUSAL = (
+    "agent forwarding (ssh -A) is not supported by the gateway; your agent was not "
+    "forwarded (to reach hosts behind the target use ProxyJump, ssh -J, with a grant "
+    "that allows forwarding)"
+)
 #: Signals an engineer may send to an upstream command.
 FORWARDED_SIGNALS = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "USR1", "USR2"})
 
@@ -132,6 +139,15 @@ class UpChannel(asyncssh.SSHClientSession):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.bridge.up_closed(self, exc)
+
+
+class RemoteUpChannel(UpChannel):
+    """Target side of a connection to an ssh -R listener: the engineer's channel is open
+    by then, so bytes flow both ways as soon as this one is."""
+
+    def connection_made(self, chan: Any) -> None:
+        super().connection_made(chan)
+        self.bridge._upstream_ready(self)
 
 
 class TerminalCommandChannel(UpChannel):
@@ -480,6 +496,9 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
         return True
 
     def session_started(self) -> None:
+        notes = self.o.take_notes()
+        if notes:
+            self.say(notes)
         if self.kind == "denied":
             self.say(self.deny_text)
             self.end_channel(DENIED_STATUS)
@@ -819,7 +838,8 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
 
 
 class ForwardChannel(Bridge, asyncssh.SSHTCPSession):
-    """A direct-tcpip channel (ssh -L), allowed by ``ssh.forwarding``: bytes recorded."""
+    """A direct-tcpip (ssh -L, -W) or forwarded-tcpip (ssh -R) channel, allowed by
+    ``ssh.forwarding``: bytes recorded."""
 
     kind = "forward"
 
@@ -867,6 +887,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self.channels_cut = 0
         #: Session channels opened (0: a forward-only connection, e.g. ssh -W / ProxyJump).
         self.sessions_opened = 0
+        #: Refusals not yet shown to the engineer (see take_notes).
+        self.notes: list[str] = []
 
     # -- connection lifecycle
 
@@ -874,6 +896,10 @@ class GatewayConnection(asyncssh.SSHServer):
         self.conn = conn
         peer = conn.get_extra_info("peername")
         self.client_ip = str(peer[0]) if peer else "?"
+        # asyncssh answers auth-agent-req itself (refused: agent_forwarding=False) and tells
+        # the application nothing; its session channel asks the connection through this
+        # method, before it handles the channel's next request (the shell or exec).
+        conn.create_agent_listener = self.agent_forwarding_requested
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -1159,17 +1185,99 @@ class GatewayConnection(asyncssh.SSHServer):
         fwd.ready = True
         return fwd
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        if self.session is not None:
-            self.record_decision(
-                kind="forward",
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        """ssh -R: with ``ssh.forwarding`` the target listens (its sshd decides which
+        addresses, GatewayPorts); every connection it accepts is bridged to the engineer's
+        client and recorded like ssh -L."""
+        if self.session is None or self.terminating is not None:
+            return False
+        allowed = self.grant_flag("forwarding")
+        text = f"{printable(listen_host, 255)}:{listen_port}"
+        if not self.record_decision(
+            kind="forward",
+            direction="remote",
+            text=text,
+            allowed=allowed,
+            message=None if allowed else "remote port forwarding is not allowed by this grant",
+        ):
+            return False
+        if not allowed:
+            self.session.count_denial("forwarding")
+            self.notes.append(
+                f"breakglass: remote port forwarding (ssh -R {text}) is not allowed by this grant\n"
+            )
+            return False
+        return self._listen_on_target(listen_host, listen_port)
+
+    async def _listen_on_target(self, listen_host: str, listen_port: int) -> Any:
+        where = [listen_host, listen_port]  # the port is known once the target listens
+        try:
+            listener = await self.upstream.create_server(
+                lambda orig_host, orig_port: self._accept_remote(where, orig_host, orig_port),
+                listen_host,
+                listen_port,
+            )
+        except (asyncssh.Error, OSError) as e:
+            reason = getattr(e, "reason", None) or type(e).__name__
+            self.record_event(
+                "forward-failed",
                 direction="remote",
                 text=f"{printable(listen_host, 255)}:{listen_port}",
-                allowed=False,
-                message="remote port forwarding is not supported by the gateway",
+                error=printable(reason),
             )
-            self.session.count_denial("forwarding")
+            return False  # OpenSSH says "remote port forwarding failed for listen port N"
+        if listener is None:
+            return False
+        where[1] = listener.get_port()
+        return listener
+
+    async def _accept_remote(self, where: list[Any], orig_host: str, orig_port: int) -> Any:
+        """The target accepted a connection on an ssh -R listener: open the forwarded
+        channel to the engineer's client first, then take the target's channel."""
+        if self.session is None or self.terminating is not None or self.closed:
+            raise ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, "the session is closing")
+        fwd = ForwardChannel(self, self._next_cid("rfwd"))
+        listen_host, listen_port = where
+        if not self.record_event(
+            "forward-open",
+            channel=fwd.cid,
+            direction="remote",
+            text=f"{printable(listen_host, 255)}:{listen_port}",
+            origin=f"{printable(orig_host, 255)}:{orig_port}",
+        ):
+            raise ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, "recording failed")
+        try:
+            await self.conn.create_connection(
+                lambda: fwd, listen_host, listen_port, orig_host, orig_port
+            )
+        except (asyncssh.Error, OSError) as e:
+            reason = getattr(e, "reason", None) or type(e).__name__
+            self.record_event("forward-closed", channel=fwd.cid, error=printable(reason))
+            raise ChannelOpenError(
+                OPEN_CONNECT_FAILED, f"the engineer's client refused: {printable(reason)}"
+            ) from None
+        return RemoteUpChannel(fwd)
+
+    async def agent_forwarding_requested(self) -> bool:
+        """ssh -A: not supported (see the README). Recorded, and said on the session's
+        channel, since OpenSSH asks without waiting for an answer and would print nothing."""
+        if self.session is not None:
+            self.record_decision(
+                kind="agent",
+                text="auth-agent-req@openssh.com",
+                allowed=False,
+                message=AGENT_REFUSAL,
+            )
+            self.session.count_denial("agent")
+            self.notes.append(f"breakglass: {AGENT_REFUSAL}\n")
         return False
+
+    def take_notes(self) -> str:
+        """Refusals of requests that carry no reason in SSH (agent forwarding, tcpip-forward
+        global requests), for the next session channel to show once."""
+        text = "".join(self.notes)
+        self.notes.clear()
+        return text
 
     def unix_connection_requested(self, dest_path: str) -> bool:
         if self.session is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import shutil
 import socket
 import subprocess
 import threading
@@ -287,3 +288,103 @@ def test_remote_forwarding_allowed_and_recorded_refused_with_reason(
     assert b"is not allowed by this grant" in res.stderr
     (fwd,) = decisions(h, claims["jti"], "forward")
     assert fwd["direction"] == "remote" and fwd["allowed"] is False
+
+
+# --------------------------------------------------------------------------- scp, sftp, rsync
+
+
+def test_scp_sftp_mode_with_sftp_grant_and_reason_without(
+    ssh_gateway: GatewayHarness,  # noqa: F811
+    work,
+    tmp_path,
+):
+    """OpenSSH 9's scp speaks sftp: it needs ``ssh.sftp`` (legacy ``scp -O`` needs command
+    patterns instead: test_ssh_gateway.py::test_scp_legacy_allowed_by_pattern...)."""
+    h = ssh_gateway
+    base = ["scp", "-P", str(h.port), *h.client_options()]
+    src = f"web-1@{LOOPBACK}:{work}/logs/app.log"
+    claims = h.claims(sftp=True)
+    gf = h.grant_file(h.sign(claims))
+    res = subprocess.run(
+        [*base, src, str(tmp_path / "got.log")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=h.client_env(gf),
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "got.log").read_bytes() == b"hello from the app log\n"
+    h.wait_session_ended(claims["jti"])
+    ops = [e.get("op") for e in h.events(claims["jti"]) if e["kind"] == "sftp"]
+    assert "open" in ops
+
+    gf = h.grant_file(h.token(commands=["uptime"]))
+    res = subprocess.run(
+        [*base, src, str(tmp_path / "nope.log")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=h.client_env(gf),
+        timeout=30,
+    )
+    assert res.returncode != 0
+    assert b"the sftp subsystem is not allowed by this grant" in res.stderr
+    assert b"use 'scp -O'" in res.stderr
+    assert not (tmp_path / "nope.log").exists()
+
+
+def rsync_env(h: GatewayHarness, token: str) -> tuple[list[str], dict[str, str]]:
+    if shutil.which("rsync") is None:
+        _unavailable("rsync is not installed (apt-get install rsync)")
+    rsh = " ".join(["ssh", "-p", str(h.port), *h.client_options()])
+    return ["rsync", "-a", "-e", rsh], h.client_env(h.grant_file(token))
+
+
+def rsync_server_command(src: str, dest: str, tmp_path: Path) -> list[str]:
+    """The command this machine's rsync asks the remote side to run (it varies with the
+    version and options): what a grant's pattern has to spell out."""
+    capture = tmp_path / "rsh-capture"
+    args = tmp_path / "rsh-args"
+    capture.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {args}\nexit 255\n')
+    capture.chmod(0o755)
+    subprocess.run(["rsync", "-a", "-e", str(capture), src, dest], capture_output=True)
+    words = args.read_text().splitlines()
+    return words[words.index("rsync") :]
+
+
+def test_rsync_download_allowed_by_pattern_upload_refused(
+    ssh_gateway: GatewayHarness,  # noqa: F811
+    work,
+    tmp_path,
+):
+    h = ssh_gateway
+    src = f"web-1@{LOOPBACK}:{work}/logs/app.log"
+    rsync, _ = rsync_env(h, "unused")
+    server = rsync_server_command(src, str(tmp_path / "x"), tmp_path)
+    assert server[:3] == ["rsync", "--server", "--sender"]
+    pattern = " ".join([*server[:-1], f"{work}/logs/*"])  # the path: any log file
+    claims = h.claims(commands=[pattern])
+    rsync, env = rsync_env(h, h.sign(claims))
+    res = subprocess.run(
+        [*rsync, src, str(tmp_path / "got.log")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "got.log").read_bytes() == b"hello from the app log\n"
+    (up := tmp_path / "upload.txt").write_text("should not arrive\n")
+    rsync, env = rsync_env(h, h.token(commands=[pattern]))
+    res = subprocess.run(
+        [*rsync, str(up), f"web-1@{LOOPBACK}:{work}/logs/"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        timeout=30,
+    )
+    assert res.returncode != 0
+    assert b"breakglass: denied: command not allowed by this grant: rsync --server" in res.stderr
+    assert not (work / "logs" / "upload.txt").exists()
+    h.wait_session_ended(claims["jti"])
+    (allowed,) = decisions(h, claims["jti"], "exec")
+    assert allowed["allowed"] is True and allowed["pattern"] == pattern

@@ -359,7 +359,8 @@ class RestrictedShell:
             "In a pattern, * and ? match within one argument (never '/'), DIR/** any path "
             "below DIR, and a trailing ... further arguments.",
             "No pipes, redirections, variables or wildcards: quote literal characters.",
-            "Built-ins: help, exit. Ctrl-C interrupts a running command.",
+            "Built-ins: help, exit. Tab completes what this grant allows; Ctrl-C interrupts "
+            "a running command.",
         ]
         return "\n".join(lines) + "\n"
 

@@ -732,9 +732,22 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
             sent=sent,
             pty=False,
         )
+        interrupted = False
+
+        def command_channel() -> UpChannel:
+            # The command is "running" from here on: a quick one's output, and even its
+            # exit, can arrive before create_session returns.
+            nonlocal interrupted
+            up = TerminalCommandChannel(self) if self.interactive else UpChannel(self)
+            interrupted = self.running == "interrupt"
+            self.running = up
+            self.up = up
+            self.crlf = self.interactive
+            return up
+
         try:
             _chan, up = await self.o.upstream.create_session(
-                lambda: TerminalCommandChannel(self) if self.interactive else UpChannel(self),
+                command_channel,
                 sent,
                 encoding=None,
                 env={},
@@ -742,20 +755,20 @@ class SessionChannel(Bridge, asyncssh.SSHServerSession):
                 x11_forwarding=False,
             )
         except (asyncssh.Error, OSError) as e:
-            if not self.closed and self.o.terminating is None:
+            if not self.closed and self.o.terminating is None and self.running is not None:
                 reason = getattr(e, "reason", None) or type(e).__name__
                 self.say(f"breakglass: the target refused the command: {printable(reason)}\n")
                 self.running = None
+                self.up = None
+                self.crlf = False
                 self._prompt()
                 self._pump()
             return
         if self.closed or self.o.terminating is not None:
             up.chan.abort()
             return
-        interrupted = self.running == "interrupt"
-        self.running = up
-        self.up = up
-        self.crlf = self.interactive
+        if self.running is not up:  # it has already ended (up_closed showed the prompt)
+            return
         up.chan.write_eof()  # commands never read the engineer's keystrokes
         if self._up_paused:
             up.chan.pause_reading()
@@ -1234,7 +1247,12 @@ class GatewayConnection(asyncssh.SSHServer):
     async def _accept_remote(self, where: list[Any], orig_host: str, orig_port: int) -> Any:
         """The target accepted a connection on an ssh -R listener: open the forwarded
         channel to the engineer's client first, then take the target's channel."""
-        if self.session is None or self.terminating is not None or self.closed:
+        if (
+            self.session is None
+            or self.terminating is not None
+            or self.closed
+            or not self.session.forwarding_allowed()
+        ):
             raise ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, "the session is closing")
         fwd = ForwardChannel(self, self._next_cid("rfwd"))
         listen_host, listen_port = where

@@ -210,6 +210,31 @@ def test_paramiko_shell_and_a_paste_over_64k_in_one_packet(ssh_gateway: GatewayH
     assert shell[-2:] == [("(line too long)", False), ("echo pasted-ok", True)]
 
 
+def test_type_ahead_over_64k_while_a_command_runs_is_paced_not_dropped(
+    ssh_gateway: GatewayHarness,  # noqa: F811
+):
+    h = ssh_gateway
+    claims = h.claims(commands=["sleep 1", "echo *"])
+    client = paramiko_client(h, h.sign(claims))
+    prompt = f"{h.sshd.login}@web-1 (breakglass)$ ".encode()
+    try:
+        chan = client.invoke_shell(width=100, height=24)
+        read_until(chan, prompt)
+        chan.sendall(b"sleep 1\r")
+        read_until(chan, b"sleep 1\r\n")
+        # 200 KiB typed ahead while sleep runs: past 64 KiB the gateway stops reading
+        # (the client's window fills) and takes the rest once the command is done.
+        chan.sendall((b" " * 5000 + b"\r") * 40 + b"echo after-the-wait\r")
+        out = read_until(chan, b"after-the-wait\r\n")
+        assert out.count(prompt) >= 41
+        chan.sendall(b"exit\r")
+        assert chan.recv_exit_status() == 0
+    finally:
+        client.close()
+    shell = [(e["text"], e["allowed"]) for e in decisions(h, claims["jti"], "shell")]
+    assert shell == [("sleep 1", True), ("echo after-the-wait", True)]
+
+
 # --------------------------------------------------------------------------- ssh -R
 
 

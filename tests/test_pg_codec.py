@@ -152,7 +152,7 @@ def test_unsupported_protocol_versions(major, minor, text):
     data = startup_packet(proto(major, minor) + b"user\0u\0\0")
     with pytest.raises(ProtocolError) as err:
         startup_all(data)
-    assert str(err.value) == f"unsupported frontend protocol {text}: breakglass supports 3.0"
+    assert str(err.value) == f"unsupported frontend protocol {text}: breakglass supports 3.0 to 3.2"
     assert err.value.sqlstate == "0A000"
 
 
@@ -164,21 +164,44 @@ def test_protocol_version_rejected_before_body_arrives():
 
 
 def test_newer_minor_version_is_negotiated_down():
-    data = startup_packet(proto(3, 2) + b"user\0u\0_pq_.test_ext\0on\0database\0d\0\0")
+    """NegotiateProtocolVersion carries the whole version (3 << 16 | minor), as PostgreSQL
+    sends it: libpq 18 refuses anything below 3.0 as a "downgrade to pre-3.0"."""
+    data = startup_packet(proto(3, 9) + b"user\0u\0_pq_.test_ext\0on\0database\0d\0\0")
     [msg] = startup_all(data, chunk=1)
-    assert msg.protocol == (3 << 16) | 2
-    assert (msg.major, msg.minor) == (3, 2)
+    assert msg.protocol == (3 << 16) | 9
+    assert (msg.major, msg.minor) == (3, 9)
     assert msg.params == {"user": "u", "database": "d"}
     assert msg.protocol_options == {"_pq_.test_ext": "on"}
     assert msg.needs_negotiation
+    assert msg.negotiated == c.PROTOCOL_3_2 == c.NEWEST_PROTOCOL
     reply = c.negotiate_protocol_version_for(msg)
-    assert reply == c.encode_negotiate_protocol_version(0, ["_pq_.test_ext"])
+    assert reply == c.encode_negotiate_protocol_version(c.PROTOCOL_3_2, ["_pq_.test_ext"])
     [m] = messages_all(reply)
     assert m.type == b"v"
-    assert c.decode_negotiate_protocol_version(m.body) == (0, ["_pq_.test_ext"])
-    # 3.0 with a _pq_ option also needs the reply (to list the unknown option)
+    assert m.body[:4] == b"\x00\x03\x00\x02"
+    assert c.decode_negotiate_protocol_version(m.body) == (c.PROTOCOL_3_2, ["_pq_.test_ext"])
+    # 3.0 with a _pq_ option also needs the reply (to list the unknown option), at 3.0
     [msg] = startup_all(startup_packet(proto(3, 0) + b"user\0u\0_pq_.x\0y\0\0"))
     assert msg.needs_negotiation
+    [m] = messages_all(c.negotiate_protocol_version_for(msg))
+    assert c.decode_negotiate_protocol_version(m.body) == (c.PROTOCOL_3_0, ["_pq_.x"])
+
+
+@pytest.mark.parametrize("minor", [0, 2])
+def test_versions_we_speak_need_no_negotiation(minor):
+    [msg] = startup_all(startup_packet(proto(3, minor) + b"user\0u\0\0"))
+    assert not msg.needs_negotiation
+    assert c.negotiate_protocol_version_for(msg) is None
+    assert msg.negotiated == (3 << 16) | minor
+    assert c.cancel_key_length(msg.negotiated) == (32 if minor == 2 else 4)
+
+
+def test_tls_handshake_detection():
+    assert c.looks_like_tls_handshake(b"\x16\x03\x01")
+    assert not c.looks_like_tls_handshake(c.encode_ssl_request())
+    assert not c.looks_like_tls_handshake(b"")
+    with pytest.raises(ValueError):
+        c.encode_negotiate_protocol_version(2, [])
 
 
 @pytest.mark.parametrize("length", [0, 1, 4, 7, 10_001, 0x7FFFFFFF, 0xFFFFFFFF])
@@ -207,7 +230,7 @@ def test_ssl_request_with_wrong_length():
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP request"),
         (
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40),
-            "TLS handshake without SSLRequest",
+            "TLS handshake where a startup packet was expected",
         ),
         (b"\xff\xfe\xfd\xfc" + c.encode_ssl_request(), "invalid startup packet length"),
         (b"\n" + c.encode_ssl_request(), "invalid startup packet length"),
@@ -689,7 +712,7 @@ VALID_BODIES = [
         + c.encode_error("ERROR", "42501", "x", "d", "h")
         + c.encode_backend_key_data(1, 2)
         + c.encode_parameter_status("a", "b")
-        + c.encode_negotiate_protocol_version(0, ["_pq_.a", "_pq_.b"])
+        + c.encode_negotiate_protocol_version(c.PROTOCOL_3_0, ["_pq_.a", "_pq_.b"])
         + c.encode_authentication(c.AUTH_SASL, b"SCRAM-SHA-256\0\0")
     )
 ]

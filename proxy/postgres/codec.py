@@ -49,7 +49,10 @@ __all__ = [
     "GSSENC_REQUEST_CODE",
     "MAX_CANCEL_KEY_LEN",
     "MAX_STARTUP_LEN",
+    "NEWEST_PROTOCOL",
     "PROTOCOL_3_0",
+    "PROTOCOL_3_2",
+    "DIRECT_TLS_ALPN",
     "SSL_REQUEST_CODE",
     "Bind",
     "CancelRequest",
@@ -63,7 +66,10 @@ __all__ = [
     "SSLRequest",
     "StartupMessage",
     "StartupReader",
+    "cancel_key_length",
     "check_empty",
+    "looks_like_tls_handshake",
+    "protocol_text",
     "decode_authentication",
     "decode_backend_key_data",
     "decode_bind",
@@ -120,6 +126,11 @@ __all__ = [
 # Constants
 
 PROTOCOL_3_0 = 3 << 16  # 196608
+PROTOCOL_3_2 = PROTOCOL_3_0 | 2  # 196610: PostgreSQL 18, variable-length cancel keys
+#: The newest version the gateway speaks (to clients, and asks of the upstream).
+NEWEST_PROTOCOL = PROTOCOL_3_2
+#: ALPN protocol name a direct-TLS client (``sslnegotiation=direct``) must offer.
+DIRECT_TLS_ALPN = "postgresql"
 SSL_REQUEST_CODE = (1234 << 16) | 5679  # 80877103
 GSSENC_REQUEST_CODE = (1234 << 16) | 5680  # 80877104
 CANCEL_REQUEST_CODE = (1234 << 16) | 5678  # 80877102
@@ -129,7 +140,9 @@ MAX_STARTUP_LEN = 10_000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 DEFAULT_MAX_MESSAGE_LEN = 64 * 1024 * 1024
 #: Longest cancel key accepted (protocol 3.2 allows up to 256 bytes; 3.0 uses 4).
 MAX_CANCEL_KEY_LEN = 256
-SUPPORTED_MINOR = 0  # we speak 3.0 to both sides
+SUPPORTED_MINOR = NEWEST_PROTOCOL & 0xFFFF
+#: Cancel key length the gateway issues to a 3.2 client (PostgreSQL 18 issues 32 bytes).
+CANCEL_KEY_LEN_3_2 = 32
 
 # Authentication request codes (the int32 after 'R').
 AUTH_OK = 0
@@ -241,6 +254,11 @@ class StartupMessage:
         """True if the server must answer with NegotiateProtocolVersion."""
         return self.minor > SUPPORTED_MINOR or bool(self.protocol_options)
 
+    @property
+    def negotiated(self) -> int:
+        """The version both sides use: the client's, capped at the newest we speak."""
+        return min(self.protocol, NEWEST_PROTOCOL)
+
 
 StartupPacket = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage
 
@@ -348,7 +366,7 @@ class StartupReader:
             self._fail(
                 ProtocolError(
                     f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-                    "breakglass supports 3.0",
+                    "breakglass supports 3.0 to 3.2",
                     "0A000",
                 )
             )
@@ -377,10 +395,7 @@ class StartupReader:
     def _bad_length_message(length: int) -> str:
         head = length.to_bytes(4, "big")
         if head[0] == 0x16 and head[1] == 0x03:
-            return (
-                "received a TLS handshake without SSLRequest: direct SSL negotiation is "
-                "not supported, use sslnegotiation=postgres"
-            )
+            return "received a TLS handshake where a startup packet was expected"
         if head in _HTTP_PREFIXES:
             return "received an HTTP request: this is a PostgreSQL gateway"
         return f"invalid startup packet length {length}"
@@ -428,12 +443,33 @@ def negotiate_protocol_version_for(startup: StartupMessage) -> bytes | None:
     """The NegotiateProtocolVersion to send after ``startup``, or None if not needed.
 
     PostgreSQL sends it when the client asks for a newer minor version than the
-    server supports (e.g. libpq 18 asking for 3.2) or uses ``_pq_.`` options; the
-    client then continues with 3.0.
+    server supports or uses ``_pq_.`` options; it carries the whole version number
+    the session will use (``3 << 16 | minor``, the newest the server supports, not
+    just the minor: libpq 18 reads 2 as "version 0.2" and gives up), and the
+    client continues with that version.
     """
     if not startup.needs_negotiation:
         return None
-    return encode_negotiate_protocol_version(SUPPORTED_MINOR, list(startup.protocol_options))
+    return encode_negotiate_protocol_version(startup.negotiated, list(startup.protocol_options))
+
+
+def protocol_text(version: int) -> str:
+    """``196610`` -> ``"3.2"``."""
+    return f"{version >> 16}.{version & 0xFFFF}"
+
+
+def cancel_key_length(version: int) -> int:
+    """Length of the cancel key to issue to a client speaking ``version``."""
+    return CANCEL_KEY_LEN_3_2 if version >= PROTOCOL_3_2 else 4
+
+
+def looks_like_tls_handshake(prefix: bytes) -> bool:
+    """True if a connection's first bytes are a TLS record (direct TLS, no SSLRequest).
+
+    A startup packet starts with its int32 length, which is never above 10,000, so
+    its first byte is 0; a TLS handshake record starts with 0x16 (22).
+    """
+    return bool(prefix) and prefix[0] == 0x16
 
 
 # --------------------------------------------------------------------------
@@ -888,9 +924,9 @@ def decode_sasl_mechanisms(payload: bytes | memoryview) -> list[str]:
 
 
 def decode_negotiate_protocol_version(body: bytes | memoryview) -> tuple[int, list[str]]:
-    """NegotiateProtocolVersion ('v'): (newest minor supported, unrecognised options)."""
+    """NegotiateProtocolVersion ('v'): (version to use, ``3 << 16 | minor``; unrecognised options)."""
     c = _Cursor(body, "NegotiateProtocolVersion")
-    minor = c.i32()
+    version = c.i32()
     n = c.i32()
     if n < 0:
         raise c.error(f"invalid option count {n}")
@@ -898,7 +934,7 @@ def decode_negotiate_protocol_version(body: bytes | memoryview) -> tuple[int, li
     for _ in range(n):
         options.append(c.cstr())
     c.end()
-    return minor, options
+    return version, options
 
 
 # --------------------------------------------------------------------------
@@ -1036,13 +1072,16 @@ def encode_command_complete(tag: str) -> bytes:
     return encode_message(b"C", _cstr(tag))
 
 
-def encode_negotiate_protocol_version(minor: int, unrecognised_options: Iterable[str]) -> bytes:
-    """NegotiateProtocolVersion: ``minor`` is the newest minor version *we* support
-    for the requested major (0), plus the ``_pq_.`` options we did not recognise."""
+def encode_negotiate_protocol_version(version: int, unrecognised_options: Iterable[str]) -> bytes:
+    """NegotiateProtocolVersion: ``version`` is the whole version the session will use
+    (``3 << 16 | minor``, as PostgreSQL sends it), plus the ``_pq_.`` options we did
+    not recognise."""
+    if version >> 16 != 3:
+        raise ValueError(f"not a protocol 3 version: {version}")
     opts = list(unrecognised_options)
     return encode_message(
         b"v",
-        _pack(_I32, minor) + _pack(_I32, len(opts)) + b"".join(_cstr(o) for o in opts),
+        _pack(_I32, version) + _pack(_I32, len(opts)) + b"".join(_cstr(o) for o in opts),
     )
 
 

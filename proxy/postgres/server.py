@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import secrets
+import socket
 import ssl
 import time
 from collections import Counter
@@ -60,6 +62,9 @@ def server_tls_context(cert: Any, key: Any) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
+    # Direct TLS (libpq 17+ sslnegotiation=direct) must offer this ALPN name; a client on
+    # the SSLRequest path that offers other names simply gets none (no handshake failure).
+    ctx.set_alpn_protocols([codec.DIRECT_TLS_ALPN])
     return ctx
 
 
@@ -83,14 +88,15 @@ class CancelKeys:
         """Which worker issued ``pid`` (they are issued so that pid % workers == worker)."""
         return pid % self.workers
 
-    def issue(self, conn: PgConnection) -> tuple[int, bytes]:
+    def issue(self, conn: PgConnection, key_len: int = 4) -> tuple[int, bytes]:
+        """A fresh (pid, key): 4-byte keys for protocol 3.0 clients, longer for 3.2."""
         while True:
             pid = (
                 secrets.randbelow((2**31 - 1) // self.workers - 1) + 1
             ) * self.workers + self.worker
             if pid not in self.by_pid:
                 break
-        key = secrets.token_bytes(4)
+        key = secrets.token_bytes(key_len)
         self.by_pid[pid] = (key, conn)
         return pid, key
 
@@ -118,6 +124,10 @@ class PgConnection:
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.client_ip = str(peer[0])
         self.tls = False
+        self.direct_tls = False
+        #: Protocol version agreed with the client, and with the upstream.
+        self.protocol = codec.PROTOCOL_3_0
+        self.up_protocol = codec.PROTOCOL_3_0
         self.session: Session | None = None
         self.up_reader: asyncio.StreamReader | None = None
         self.up_writer: asyncio.StreamWriter | None = None
@@ -189,7 +199,54 @@ class PgConnection:
 
     # -- startup: SSLRequest, GSSENCRequest, CancelRequest, StartupMessage -----
 
+    async def _peek_first_byte(self) -> bytes:
+        """The connection's first byte, left in the socket (the transport starts paused).
+
+        A direct-TLS ClientHello must reach the TLS layer untouched, so it cannot be read
+        through the StreamReader first. Waits on a duplicate of the socket's descriptor.
+        """
+        sock = self.writer.get_extra_info("socket")
+        if sock is None or self.reader._buffer:  # noqa: SLF001 - already read: not TLS-able
+            return bytes(self.reader._buffer[:1])  # noqa: SLF001
+        loop = asyncio.get_running_loop()
+        peek = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            peek.setblocking(False)
+            readable = loop.create_future()
+            loop.add_reader(peek.fileno(), lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                loop.remove_reader(peek.fileno())
+            try:
+                return peek.recv(1, socket.MSG_PEEK)
+            except OSError:
+                return b""
+        finally:
+            peek.close()
+
+    async def _direct_tls(self) -> None:
+        """TLS from the first byte (``sslnegotiation=direct``): ALPN "postgresql" required."""
+        await self.writer.start_tls(self.listener.tls)
+        self.tls = self.direct_tls = True
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn != codec.DIRECT_TLS_ALPN:
+            # As PostgreSQL 17: without ALPN, a direct-TLS connection could be a
+            # cross-protocol attack from a client that meant to talk to another service.
+            raise ProtocolError(
+                "received direct TLS connection without ALPN protocol "
+                f'"{codec.DIRECT_TLS_ALPN}": use sslnegotiation=direct with libpq 17 or newer'
+            )
+
     async def _startup(self) -> StartupMessage | None:
+        first = await self._peek_first_byte()
+        if not first:
+            return None
+        if codec.looks_like_tls_handshake(first) and not self.reader._buffer:  # noqa: SLF001
+            await self._direct_tls()
+        else:
+            self.writer.transport.resume_reading()
         sr = StartupReader()
         while True:
             packet = sr.next()
@@ -225,6 +282,7 @@ class PgConnection:
                 negotiate = codec.negotiate_protocol_version_for(packet)
                 if negotiate:
                     self.writer.write(negotiate)
+                self.protocol = packet.negotiated
                 self.early = sr.take_buffer()  # a client may pipeline its password
                 return packet
 
@@ -326,7 +384,16 @@ class PgConnection:
                 f"the gateway could not log in to target {target.name}: {e}", "08006"
             ) from None
         self.login_params = dict(params)
-        self.our_pid, key = self.listener.cancel_keys.issue(self)
+        self.our_pid, key = self.listener.cancel_keys.issue(
+            self, codec.cancel_key_length(self.protocol)
+        )
+        log.info(
+            "postgres.protocol",
+            session=session.id,
+            client=codec.protocol_text(self.protocol),
+            upstream=codec.protocol_text(self.up_protocol),
+            direct_tls=self.direct_tls,
+        )
         out = [codec.encode_auth_ok()]
         out += [codec.encode_parameter_status(k, v) for k, v in params]
         out.append(codec.encode_backend_key_data(self.our_pid, key))
@@ -365,7 +432,9 @@ class PgConnection:
         app = startup.params.get("application_name", settings.pop("application_name", ""))
         params = {"user": db_user, "database": target.database, **settings}
         params["application_name"] = f"breakglass:{self.session.grant.subject}:{app}"[:63]
-        writer.write(codec.encode_startup(params))
+        # Ask the upstream for the client's version: the messages relayed after login are
+        # then valid for the client whichever of the two versions the upstream picks.
+        writer.write(codec.encode_startup(params, protocol=self.protocol))
         await writer.drain()
         auth = UpstreamAuth(db_user, password)
         mr = MessageReader()
@@ -396,7 +465,13 @@ class PgConnection:
                 fields = codec.decode_error_fields(msg.body)
                 raise AuthError(fields.get("M", "login refused"))
             elif msg.type == b"v":
-                pass  # NegotiateProtocolVersion: we asked for 3.0 only
+                version, options = codec.decode_negotiate_protocol_version(msg.body)
+                if not codec.PROTOCOL_3_0 <= version <= self.protocol or options:
+                    raise AuthError(
+                        f"upstream negotiated protocol {codec.protocol_text(version)} "
+                        f"(asked for {codec.protocol_text(self.protocol)})"
+                    )
+                self.up_protocol = version
             elif msg.type == b"N":
                 pass
             elif msg.type == b"Z":
@@ -636,6 +711,15 @@ class _Side(asyncio.Protocol):
             t.pause_reading() if paused else t.resume_reading()
 
 
+class _PausedStreamProtocol(asyncio.StreamReaderProtocol):
+    """A stream whose transport starts paused: the first bytes stay in the socket until
+    the connection knows whether they are a startup packet or a direct-TLS ClientHello."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]
+        super().connection_made(transport)
+
+
 class PostgresListener:
     def __init__(self, gw: Any) -> None:
         self.gw = gw
@@ -696,8 +780,14 @@ class PostgresListener:
 
     async def start(self) -> asyncio.AbstractServer:
         listen = self.gw.cfg.postgres_listen
-        self.server = await asyncio.start_server(
-            self._handle, listen.host, listen.port, limit=READ_SIZE, reuse_port=self.gw.workers > 1
+        loop = asyncio.get_running_loop()
+
+        def factory() -> _PausedStreamProtocol:
+            reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+            return _PausedStreamProtocol(reader, self._handle, loop=loop)
+
+        self.server = await loop.create_server(
+            factory, listen.host, listen.port, reuse_port=self.gw.workers > 1
         )
         log.info("postgres.listening", address=str(listen))
         return self.server

@@ -326,6 +326,13 @@ class TimelineEntry:
     duration_ms: float | None = None
     rule: str | None = None
     message: str | None = None
+    #: Batches of a portal read with a row limit (cursor-style), when more than one.
+    fetches: int | None = None
+    param_types: list[Any] | None = None
+    #: COPY data from the client: its size and the first COPY_PREVIEW bytes as text.
+    bytes: int | None = None
+    data: str | None = None
+    truncated: bool | None = None
 
     @property
     def outcome(self) -> str:
@@ -353,12 +360,27 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+#: COPY data kept per COPY in the timeline and the JSON-lines export (the recording has it all).
+COPY_PREVIEW = 4096
+
+
+def _function_text(ev: dict[str, Any]) -> str:
+    name = ev.get("name")
+    if not isinstance(name, str):
+        return f"oid {ev.get('oid')}"
+    args = ev.get("args")
+    if isinstance(args, list):
+        return f"{name}({', '.join(_param(a) for a in args)})"
+    return f"{name}(...)"
+
+
 def statement_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
     """Statements in order with their outcome (matched by ``n``), denials and other events."""
     t0 = session_start(events)
     out: list[TimelineEntry] = []
     by_n: dict[int, TimelineEntry] = {}
     copy_bytes: TimelineEntry | None = None
+    copies: list[TimelineEntry] = []
 
     def off(ev: dict[str, Any]) -> float:
         t = ev.get("t")
@@ -375,9 +397,12 @@ def statement_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
                 seq,
                 "statement" if kind == fmt.QUERY else "function_call",
                 n=ev.get("n") if isinstance(ev.get("n"), int) else None,
-                text=str(ev.get("text", "") if kind == fmt.QUERY else f"oid {ev.get('oid')}"),
+                text=str(ev.get("text", "")) if kind == fmt.QUERY else _function_text(ev),
                 protocol=ev.get("protocol"),
-                params=ev.get("params"),
+                params=ev.get("params") if kind == fmt.QUERY else ev.get("args"),
+                param_types=ev.get("param_types")
+                if isinstance(ev.get("param_types"), list)
+                else None,
             )
             out.append(e)
             if e.n is not None:
@@ -393,6 +418,8 @@ def statement_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
             e.error = err if isinstance(err, dict) else None
             d = ev.get("duration_ms")
             e.duration_ms = float(d) if isinstance(d, int | float) else None
+            f = ev.get("fetches")
+            e.fetches = f if isinstance(f, int) else None
         elif kind == fmt.DECISION and ev.get("allowed") is False:
             out.append(
                 TimelineEntry(
@@ -424,14 +451,28 @@ def statement_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
                 )
             )
         elif kind == "copy_data":
-            size = len(ev["data"]) if isinstance(ev.get("data"), bytes) else 0
-            if copy_bytes is None:
-                copy_bytes = TimelineEntry(off(ev), seq, "copy", rows=0, text="")
+            chunk = ev["data"] if isinstance(ev.get("data"), bytes) else b""
+            n = ev.get("n") if isinstance(ev.get("n"), int) and ev.get("n") else None
+            if copy_bytes is None or (n is not None and copy_bytes.n != n):
+                copy_bytes = TimelineEntry(off(ev), seq, "copy", n=n, bytes=0, data="")
+                copy_bytes.truncated = False
                 out.append(copy_bytes)
-            copy_bytes.rows = (copy_bytes.rows or 0) + size
-            copy_bytes.text = f"{copy_bytes.rows} bytes of COPY data from the client"
+                copies.append(copy_bytes)
+            size = copy_bytes.bytes or 0
+            if size < COPY_PREVIEW:
+                copy_bytes.data = (copy_bytes.data or "") + chunk[: COPY_PREVIEW - size].decode(
+                    "utf-8", "replace"
+                )
+            copy_bytes.truncated = size + len(chunk) > COPY_PREVIEW
+            copy_bytes.bytes = size + len(chunk)
+            copy_bytes.text = f"{copy_bytes.bytes} bytes of COPY data from the client"
         elif kind == fmt.END:
             out.append(TimelineEntry(off(ev), seq, "end", message=str(ev.get("reason", ""))))
+    for c in copies:  # rows: what the server counted ("COPY 251"), not bytes or lines
+        stmt = by_n.get(c.n) if c.n is not None else None
+        if stmt is not None:
+            c.rows = stmt.rows
+            c.error = stmt.error
     return out
 
 
@@ -456,8 +497,13 @@ def render_timeline(entries: list[TimelineEntry]) -> str:
             bits = [n, e.outcome]
             if tag:
                 bits.append(str(tag))
+            if e.fetches is not None:
+                tag = tag.split(" ", 1)[0] if tag and e.fetches > 1 else tag
+                bits[2:] = [str(tag)] if tag else []
             if e.rows is not None:
                 bits.append(f"{e.rows} rows")
+            if e.fetches is not None and e.fetches > 1:
+                bits.append(f"{e.fetches} fetches")
             if e.duration_ms is not None:
                 bits.append(f"{e.duration_ms:.1f} ms")
             lines.append(head + "  ".join(bits))
@@ -471,6 +517,12 @@ def render_timeline(entries: list[TimelineEntry]) -> str:
             lines.append(f"    {_one_line(e.text)}")
         elif e.what == "end":
             lines.append(head + f"END  {e.message}")
+        elif e.what == "copy":
+            rows = f"  {e.rows} rows" if e.rows is not None else ""
+            lines.append(head + f"COPY  #{e.n if e.n is not None else '?'}{rows}  {e.text}")
+            if e.data:
+                more = " …" if e.truncated else ""
+                lines.append(f"    data: {_short(_escaped(e.data), PARAM_WIDTH)}{more}")
         else:
             lines.append(head + f"{e.outcome}  {e.text or ''} {e.message or ''}".rstrip())
     return "\n".join(lines)
@@ -482,9 +534,27 @@ def _params_text(params: Any) -> str:
     return str(params)
 
 
+#: Longest parameter shown in the timeline; the recording and the export keep it whole.
+PARAM_WIDTH = 200
+
+
+def _short(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    return f"{text[: width - 1]}… ({len(text)} characters)"
+
+
+def _escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _param(p: Any) -> str:
     if p is None:
         return "NULL"
     if isinstance(p, bytes | bytearray):
-        return "\\x" + bytes(p).hex()
+        if len(p) * 2 + 2 <= PARAM_WIDTH:
+            return "\\x" + bytes(p).hex()
+        return f"\\x{bytes(p[: PARAM_WIDTH // 2]).hex()}… ({len(p)} bytes)"
+    if isinstance(p, str) and len(p) > PARAM_WIDTH:
+        return f"{p[:PARAM_WIDTH]!r}… ({len(p)} characters)"
     return repr(p)

@@ -5,7 +5,8 @@ Keystrokes and output are searched as byte *streams* (one per channel and direct
 engineer typed arrives one byte per event in a PTY, and output is cut into arbitrary chunks, so
 a match may span many events. A hit points at the event where the match starts (``seq``, time).
 Commands (policy decisions, what was sent upstream) and queries (statement text, parse text,
-parameters, denied statements) are searched per event.
+parameters, denied statements, FunctionCall names and arguments, COPY data) are searched per
+event (a match across two CopyData messages is not found).
 
 Output is searched raw: text broken up by terminal escape sequences (colours inside a word) is
 not found. Must not import proxy/ or policy/.
@@ -142,6 +143,13 @@ def search_recording(
         elif kind in (fmt.QUERY, "parse"):
             w = "queries"
             texts = _text_fields(ev, ("text", "params"))
+        elif kind == "function_call":  # FunctionCall: name and arguments (lowrite's data)
+            w = "queries"
+            texts = _text_fields(ev, ("name", "args"))
+        elif kind == "copy_data":  # COPY ... FROM STDIN rows, per CopyData message
+            w = "queries"
+            data = ev.get("data")
+            texts = [data.decode("utf-8", "replace")] if isinstance(data, bytes) else []
         elif kind in ("upstream", fmt.COMMAND, "exec"):
             w = "commands"
             texts = _text_fields(ev, ("command", "text"))

@@ -81,6 +81,7 @@ __all__ = [
     "decode_execute",
     "decode_function_call",
     "decode_negotiate_protocol_version",
+    "decode_parameter_description",
     "decode_parameter_status",
     "decode_parse",
     "decode_password",
@@ -894,6 +895,15 @@ def decode_backend_key_data(body: bytes | memoryview) -> tuple[int, bytes]:
     if not 4 <= len(key) <= MAX_CANCEL_KEY_LEN:
         raise c.error(f"invalid cancel key length {len(key)}")
     return pid, key
+
+
+def decode_parameter_description(body: bytes | memoryview) -> tuple[int, ...]:
+    """ParameterDescription ('t'): the statement's parameter type oids."""
+    c = _Cursor(body, "ParameterDescription")
+    n = c.u16()
+    oids = tuple(c.u32() for _ in range(n))
+    c.end()
+    return oids
 
 
 def decode_parameter_status(body: bytes | memoryview) -> tuple[str, str]:

@@ -8,6 +8,13 @@ block and, in the extended protocol, discards until Sync exactly as it would
 for a real error); ``Relay.from_server`` swaps that upstream error for our
 ErrorResponse (SQLSTATE 42501, naming the rule) and records each statement's
 outcome (command tag, rows, error, duration).
+
+Recording accuracy: binary parameters are recorded as text, decoded with the
+statement's parameter types (from Parse, or the upstream's ParameterDescription);
+a portal read in batches (Execute with a row limit, PortalSuspended) gets one
+result for the whole portal, with every row and the time from the first fetch;
+FunctionCall names the function and its arguments; COPY data carries the
+statement number.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.postgres import codec
+from proxy.postgres.binary_values import FASTPATH_FUNCTIONS, decode_binary, type_name
 from proxy.postgres.codec import Message, ProtocolError
 from recorder.format import encode_str
 
@@ -28,7 +36,7 @@ MAX_TRACKED_NAMES = 10_000
 
 _FRONTEND_RELAYED = frozenset(b"QPBESHDCFdcfX")
 #: Backend messages the relay looks at; everything else (rows, descriptions...) just passes.
-_BOOKKEEPING = frozenset((b"C", b"I", b"E", b"s", b"Z", b"S"))
+_BOOKKEEPING = frozenset((b"C", b"I", b"E", b"s", b"Z", b"S", b"t", b"3"))
 
 
 class SessionBroken(Exception):
@@ -36,10 +44,34 @@ class SessionBroken(Exception):
 
 
 @dataclass(slots=True)
+class Statement:
+    """A prepared statement as the relay knows it."""
+
+    text: str
+    #: Parameter type oids: from Parse (0 = unspecified), then from ParameterDescription.
+    param_types: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class PortalRun:
+    """A portal read in batches (Execute with a row limit): one result for all of them."""
+
+    n: int
+    started: float
+    rows: int = 0  # rows of the batches that ended in PortalSuspended
+    fetches: int = 0
+    inflight: int = 0  # Executes sent and not answered yet
+    detached: bool = False  # the portal is gone (closed, replaced, transaction ended)
+    recorded: bool = False
+
+
+@dataclass(slots=True)
 class Pending:
     """A request sent upstream whose response we are waiting for."""
 
-    kind: str  # Q (simple query), X (Execute), F (FunctionCall), P (refused Parse), S (Sync)
+    # Q (simple query), X (Execute), F (FunctionCall), P (refused Parse), S (Sync),
+    # D (Describe of a statement: waits for ParameterDescription), K (Close: CloseComplete)
+    kind: str
     n: int = 0  # statement number in this session, 0 for S
     text: str = ""
     started: float = 0.0
@@ -47,6 +79,9 @@ class Pending:
     tags: list[str] = field(default_factory=list)
     error: dict[str, str] | None = None
     done: bool = False
+    run: PortalRun | None = None  # X with a row limit
+    limit: int = 0  # X: Execute's row limit
+    name: str = ""  # D: statement; K: portal name ("" for a statement Close)
 
 
 def rows_from_tag(tag: str) -> int | None:
@@ -82,7 +117,9 @@ class Relay:
         self.pending: deque[Pending] = deque()
         self.discarding = False  # after a refused extended-protocol message, until Sync
         self.substitutions = 0
-        self.statements: OrderedDict[str, str] = OrderedDict()  # prepared name -> text
+        self.statements: OrderedDict[str, Statement] = OrderedDict()
+        #: Portals being read in batches, by name.
+        self.runs: dict[str, PortalRun] = {}
         self.portals: OrderedDict[str, tuple[int, str]] = OrderedDict()  # portal -> (n, text)
         self.counter = 0
         self.terminated = False
@@ -113,9 +150,7 @@ class Relay:
             elif t == b"B":
                 self._bind(m, out)
             elif t == b"E":
-                ex = codec.decode_execute(m.body)
-                n, text = self.portals.get(ex.portal, (0, ""))
-                self.pending.append(Pending("X", n, text, time.monotonic()))
+                self._execute(m)
                 out.append(m.raw)
             elif t == b"S":
                 self.discarding = False
@@ -124,16 +159,26 @@ class Relay:
             elif t == b"F":
                 self._function_call(m, out)
             elif t == b"d":
-                self.recorder.event("copy_data", data=bytes(m.body))
+                head = self._head()
+                self.recorder.event("copy_data", n=head.n if head else 0, data=bytes(m.body))
                 out.append(m.raw)
             elif t == b"C":
                 kind, name = codec.decode_close(m.body)
-                (self.statements if kind == "S" else self.portals).pop(name, None)
+                if kind == "S":
+                    self.statements.pop(name, None)
+                else:
+                    self.portals.pop(name, None)
+                self.pending.append(Pending("K", name=name if kind == "P" else ""))
+                out.append(m.raw)
+            elif t == b"D":
+                kind, name = codec.decode_describe(m.body)
+                if kind == "S" and name in self.statements:
+                    self.pending.append(Pending("D", name=name))
                 out.append(m.raw)
             elif t == b"X":
                 self.terminated = True
                 out.append(m.raw)
-            else:  # D (Describe), H (Flush), c (CopyDone), f (CopyFail): no statement text
+            else:  # H (Flush), c (CopyDone), f (CopyFail): no statement text
                 out.append(m.raw)
         if len(out) == len(messages) and all(
             o is m.raw for o, m in zip(out, messages, strict=True)
@@ -162,6 +207,7 @@ class Relay:
         text = codec.decode_query(m.body)
         verdict = self.checker.check(text)
         self.counter += 1
+        self._detach("")  # a simple Query replaces the unnamed portal
         if verdict.allowed:
             self.recorder.append_encoded(
                 "query", b'"n":%d,"text":%s,"protocol":"simple"' % (self.counter, encode_str(text))
@@ -180,7 +226,7 @@ class Relay:
         verdict = self.checker.check(p.query, single=True)
         if verdict.allowed:
             self.recorder.event("parse", statement=p.name, text=p.query)
-            self._remember(self.statements, p.name, p.query)
+            self._remember(self.statements, p.name, Statement(p.query, p.param_type_oids))
             out.append(m.raw)
             return
         err = self._deny(verdict.rule, verdict.message, p.query, "extended")
@@ -191,28 +237,97 @@ class Relay:
 
     def _bind(self, m: Message, out: list[bytes]) -> None:
         b = codec.decode_bind(m.body)
-        text = self.statements.get(b.statement, "")
+        st = self.statements.get(b.statement)
+        text = st.text if st is not None else ""
         fields: dict[str, Any] = {"statement": b.statement, "portal": b.portal, "text": text}
         if self.record_parameters:
-            fields["params"] = [
-                None
-                if v is None
-                else (v.decode("utf-8", "replace") if b.param_format(i) == 0 else v)
-                for i, v in enumerate(b.params)
-            ]
+            fields["params"] = params = []
+            types = st.param_types if st is not None else ()
+            binary = False
+            for i, v in enumerate(b.params):
+                if v is None:
+                    params.append(None)
+                elif b.param_format(i) == 0:
+                    params.append(v.decode("utf-8", "replace"))
+                else:
+                    binary = True
+                    decoded = decode_binary(types[i], v) if i < len(types) else None
+                    params.append(v if decoded is None else decoded)
+            if binary and any(types):
+                fields["param_types"] = [type_name(o) if o else None for o in types]
         else:
             fields["params"] = f"{len(b.params)} not recorded"
         self.counter += 1
         self.recorder.query(n=self.counter, protocol="extended", **fields)
         self.on_statement()
+        self._detach(b.portal)  # Bind replaces an unnamed portal; a named one must be closed
         self._remember(self.portals, b.portal, (self.counter, text))
         out.append(m.raw)
+
+    def _execute(self, m: Message) -> None:
+        ex = codec.decode_execute(m.body)
+        n, text = self.portals.get(ex.portal, (0, ""))
+        now = time.monotonic()
+        run = self.runs.get(ex.portal)
+        if run is None and ex.max_rows > 0:
+            run = self.runs[ex.portal] = PortalRun(n, now)
+        if run is not None:
+            run.inflight += 1
+        self.pending.append(Pending("X", n, text, now, run=run, limit=max(ex.max_rows, 0)))
+
+    def _detach(self, portal: str) -> None:
+        """The portal is gone: record its batched read now, or when its last batch answers."""
+        run = self.runs.pop(portal, None)
+        if run is not None:
+            run.detached = True
+            if run.inflight == 0:
+                self._record_run(run)
+
+    def _record_run(self, run: PortalRun, now: float | None = None) -> None:
+        """A portal left suspended (the client stopped reading): the rows it fetched."""
+        if run.recorded or run.fetches == 0 or run.n == 0:
+            return
+        run.recorded = True
+        duration = ((now or time.monotonic()) - run.started) * 1000
+        self.recorder.event(
+            "result",
+            n=run.n,
+            duration_ms=round(duration, 3),
+            tag="(suspended)",
+            rows=run.rows,
+            fetches=run.fetches,
+        )
+
+    def finish(self) -> None:
+        """The session ends: record the portals still suspended."""
+        for portal in list(self.runs):
+            self._detach(portal)
 
     def _function_call(self, m: Message, out: list[bytes]) -> None:
         fc = codec.decode_function_call(m.body)
         self.counter += 1
         if self.allow_everything:
-            self.recorder.event("function_call", n=self.counter, oid=fc.oid)
+            name, arg_types = FASTPATH_FUNCTIONS.get(fc.oid, (None, ()))
+            fields: dict[str, Any] = {"n": self.counter, "oid": fc.oid}
+            if name is not None:
+                fields["name"] = f"pg_catalog.{name}"
+            if self.record_parameters:
+                fields["args"] = args = []
+                for i, v in enumerate(fc.args):
+                    if v is None:
+                        args.append(None)
+                    elif (
+                        fc.arg_formats[i]
+                        if len(fc.arg_formats) > 1
+                        else (fc.arg_formats[0] if fc.arg_formats else 0)
+                    ) == 0:
+                        args.append(v.decode("utf-8", "replace"))
+                    else:
+                        decoded = decode_binary(arg_types[i], v) if i < len(arg_types) else None
+                        args.append(v if decoded is None else decoded)
+            else:
+                fields["args"] = f"{len(fc.args)} not recorded"
+            self.recorder.event("function_call", **fields)
             self.pending.append(
                 Pending("F", self.counter, f"function call oid {fc.oid}", time.monotonic())
             )
@@ -262,6 +377,19 @@ class Relay:
                     head.tags.append(tag)
                     if head.kind == "X":
                         self._finish(head)
+            elif t == b"t":
+                head = self._head()
+                if head is not None and head.kind == "D":
+                    head.done = True
+                    st = self.statements.get(head.name)
+                    if st is not None:
+                        st.param_types = codec.decode_parameter_description(m.body)
+            elif t == b"3":
+                head = self._head()
+                if head is not None and head.kind == "K":
+                    head.done = True
+                    if head.name:
+                        self._detach(head.name)
             elif t == b"E":
                 head = self._head()
                 if head is not None:
@@ -275,13 +403,14 @@ class Relay:
                     head.error = codec.decode_error_fields(m.body)
                     if head.kind in "XP":
                         self._finish(head)
+                    elif head.kind in "DK":
+                        head.done = True
             elif t == b"s":
                 head = self._head()
                 if head is not None and head.kind == "X":
-                    head.tags.append("(suspended)")
-                    self._finish(head)
+                    self._suspended(head)
             elif t == b"Z":
-                self._ready()
+                self._ready(codec.decode_ready_for_query(m.body))
             elif t == b"S":
                 name, value = codec.decode_parameter_status(m.body)
                 problem = self.parameter_problem(name, value)
@@ -297,11 +426,32 @@ class Relay:
                 out.append(m.raw)
         return b"".join(out) if rewrite else None
 
+    def _suspended(self, p: Pending) -> None:
+        """PortalSuspended: the batch returned exactly its row limit; more may follow."""
+        p.done = True
+        run = p.run
+        if run is None:  # an Execute without a limit never suspends; be safe
+            p.tags.append("(suspended)")
+            self._finish(p)
+            return
+        run.inflight -= 1
+        run.rows += p.limit
+        run.fetches += 1
+        if run.detached and run.inflight == 0:
+            self._record_run(run)
+
     def _finish(self, p: Pending) -> None:
         p.done = True
+        run = p.run
+        if run is not None:
+            run.inflight -= 1
         if p.kind == "P" or p.n == 0:
             return
-        duration = (time.monotonic() - p.started) * 1000
+        now = time.monotonic()
+        if run is not None:
+            self._finish_run(p, run, now)
+            return
+        duration = (now - p.started) * 1000
         if len(p.tags) == 1 and not p.error:  # the common case, encoded without a dict
             tag = p.tags[0]
             rows = rows_from_tag(tag)
@@ -320,8 +470,35 @@ class Relay:
             fields["error"] = {"sqlstate": p.error.get("C"), "message": p.error.get("M")}
         self.recorder.event("result", **fields)
 
-    def _ready(self) -> None:
+    def _finish_run(self, p: Pending, run: PortalRun, now: float) -> None:
+        """The last batch of a portal read in batches: one result for the whole portal."""
+        for portal, current in list(self.runs.items()):
+            if current is run:
+                del self.runs[portal]  # complete: a later Execute starts a new read
+        run.recorded = True
+        rows = run.rows
+        tag = p.tags[-1] if p.tags else None
+        last = rows_from_tag(tag) if tag else None
+        if last is not None:
+            rows += last
+        fields: dict[str, Any] = {"n": p.n, "duration_ms": round((now - run.started) * 1000, 3)}
+        if tag is not None:
+            fields["tag"] = tag
+        fields["rows"] = rows
+        fields["fetches"] = run.fetches + 1
+        if p.error:
+            fields["error"] = {"sqlstate": p.error.get("C"), "message": p.error.get("M")}
+        self.recorder.event("result", **fields)
+
+    def _ready(self, status: str = "I") -> None:
         """ReadyForQuery ends one Q, F or Sync; anything left before it was skipped."""
+        try:
+            self._ready_pending()
+        finally:
+            if status == "I" and self.runs:  # no transaction: every portal is gone
+                self.finish()
+
+    def _ready_pending(self) -> None:
         while self.pending:
             p = self.pending.popleft()
             if p.kind in "QF":
@@ -332,9 +509,15 @@ class Relay:
                 return
             if p.kind == "S":
                 return
-            if not p.done:  # X or P skipped after an error
+            if not p.done:  # X or P skipped after an error (D, K: nothing to record)
                 if p.substitute is not None:
                     self.substitutions -= 1
                 elif p.kind == "X":
+                    if p.run is not None:  # a later batch skipped: the rows so far stand
+                        p.done = True
+                        p.run.inflight -= 1
+                        if p.run.detached and p.run.inflight == 0:
+                            self._record_run(p.run)
+                        continue
                     p.tags.append("(skipped)")
                     self._finish(p)

@@ -598,6 +598,9 @@ class PgConnection:
             with contextlib.suppress(Exception):
                 self.up_writer.write(codec.encode_terminate())
         self._abort()
+        if self.relay is not None and self.session is not None:
+            with contextlib.suppress(Exception):  # a dead recorder already ended the session
+                self.relay.finish()  # portals left suspended: the rows they fetched
         if self.session is not None:
             self.session.finish()
         for w in (self.writer, self.up_writer):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
-import os
 import secrets
 import socket
 import ssl
@@ -115,7 +115,11 @@ class PgConnection:
     """One client connection, from its first byte to its close."""
 
     def __init__(
-        self, listener: PostgresListener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        listener: PostgresListener,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        direct_tls: bool = False,
     ):
         self.listener = listener
         self.gw = listener.gw
@@ -123,8 +127,8 @@ class PgConnection:
         self.writer = writer
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.client_ip = str(peer[0])
-        self.tls = False
-        self.direct_tls = False
+        #: Direct TLS: the acceptor did the handshake before the first protocol byte.
+        self.tls = self.direct_tls = direct_tls
         #: Protocol version agreed with the client, and with the upstream.
         self.protocol = codec.PROTOCOL_3_0
         self.up_protocol = codec.PROTOCOL_3_0
@@ -199,54 +203,21 @@ class PgConnection:
 
     # -- startup: SSLRequest, GSSENCRequest, CancelRequest, StartupMessage -----
 
-    async def _peek_first_byte(self) -> bytes:
-        """The connection's first byte, left in the socket (the transport starts paused).
-
-        A direct-TLS ClientHello must reach the TLS layer untouched, so it cannot be read
-        through the StreamReader first. Waits on a duplicate of the socket's descriptor.
-        """
-        sock = self.writer.get_extra_info("socket")
-        if sock is None or self.reader._buffer:  # noqa: SLF001 - already read: not TLS-able
-            return bytes(self.reader._buffer[:1])  # noqa: SLF001
-        loop = asyncio.get_running_loop()
-        peek = socket.socket(fileno=os.dup(sock.fileno()))
-        try:
-            peek.setblocking(False)
-            readable = loop.create_future()
-            loop.add_reader(peek.fileno(), lambda: readable.done() or readable.set_result(None))
-            try:
-                await readable
-            finally:
-                loop.remove_reader(peek.fileno())
-            try:
-                return peek.recv(1, socket.MSG_PEEK)
-            except OSError:
-                return b""
-        finally:
-            peek.close()
-
-    async def _direct_tls(self) -> None:
-        """TLS from the first byte (``sslnegotiation=direct``): ALPN "postgresql" required."""
-        await self.writer.start_tls(self.listener.tls)
-        self.tls = self.direct_tls = True
+    def _check_direct_tls(self) -> None:
+        """Direct TLS (``sslnegotiation=direct``, handshake done by the acceptor): the client
+        must have offered ALPN "postgresql", as PostgreSQL 17 requires; without it the
+        connection could be another protocol's client (a cross-protocol attack)."""
         ssl_object = self.writer.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         if alpn != codec.DIRECT_TLS_ALPN:
-            # As PostgreSQL 17: without ALPN, a direct-TLS connection could be a
-            # cross-protocol attack from a client that meant to talk to another service.
             raise ProtocolError(
                 "received direct TLS connection without ALPN protocol "
                 f'"{codec.DIRECT_TLS_ALPN}": use sslnegotiation=direct with libpq 17 or newer'
             )
 
     async def _startup(self) -> StartupMessage | None:
-        first = await self._peek_first_byte()
-        if not first:
-            return None
-        if codec.looks_like_tls_handshake(first) and not self.reader._buffer:  # noqa: SLF001
-            await self._direct_tls()
-        else:
-            self.writer.transport.resume_reading()
+        if self.direct_tls:
+            self._check_direct_tls()
         sr = StartupReader()
         while True:
             packet = sr.next()
@@ -714,15 +685,6 @@ class _Side(asyncio.Protocol):
             t.pause_reading() if paused else t.resume_reading()
 
 
-class _PausedStreamProtocol(asyncio.StreamReaderProtocol):
-    """A stream whose transport starts paused: the first bytes stay in the socket until
-    the connection knows whether they are a startup packet or a direct-TLS ClientHello."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.pause_reading()  # type: ignore[attr-defined]
-        super().connection_made(transport)
-
-
 class PostgresListener:
     def __init__(self, gw: Any) -> None:
         self.gw = gw
@@ -733,7 +695,7 @@ class PostgresListener:
         self.connections: set[PgConnection] = set()
         #: source address -> connections not yet authenticated (slow-loris protection)
         self.unauthenticated: Counter[str] = Counter()
-        self.server: asyncio.AbstractServer | None = None
+        self.server: _Acceptor | None = None
 
     def checker_for(self, rules: Any, factory: Any) -> Any:
         """One verdict cache per distinct rule set, shared by its sessions."""
@@ -773,30 +735,127 @@ class PostgresListener:
         await conn.cancel_upstream()
         return True
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = PgConnection(self, reader, writer)
+    async def _handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direct_tls: bool = False
+    ) -> None:
+        conn = PgConnection(self, reader, writer, direct_tls)
         self.connections.add(conn)
         try:
             await conn.serve()
         finally:
             self.connections.discard(conn)
 
-    async def start(self) -> asyncio.AbstractServer:
-        listen = self.gw.cfg.postgres_listen
+    async def accepted(self, sock: socket.socket) -> None:
+        """A new connection: peek at its first byte (left in the socket), then hand it to a
+        stream, through a TLS handshake first when it is a direct-TLS ClientHello."""
         loop = asyncio.get_running_loop()
+        try:
+            ip = str(sock.getpeername()[0])
+        except OSError:
+            sock.close()
+            return
+        if self.unauthenticated[ip] >= MAX_UNAUTHENTICATED_PER_SOURCE:
+            with contextlib.suppress(OSError):
+                sock.send(
+                    codec.encode_error(
+                        "FATAL",
+                        "53300",
+                        "breakglass: too many connections from your address are still logging in",
+                    )
+                )
+            sock.close()
+            return
+        self.unauthenticated[ip] += 1
+        try:
+            first = await asyncio.wait_for(_peek(loop, sock), STARTUP_TIMEOUT)
+        except (OSError, TimeoutError):
+            first = b""
+        finally:
+            self.unauthenticated[ip] -= 1
+            if not self.unauthenticated[ip]:
+                del self.unauthenticated[ip]
+        if not first:
+            sock.close()
+            return
+        direct = codec.looks_like_tls_handshake(first)
 
-        def factory() -> _PausedStreamProtocol:
+        def factory() -> asyncio.StreamReaderProtocol:
             reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
-            return _PausedStreamProtocol(reader, self._handle, loop=loop)
+            handler = functools.partial(self._handle, direct_tls=direct)
+            return asyncio.StreamReaderProtocol(reader, handler, loop=loop)
 
-        self.server = await loop.create_server(
-            factory, listen.host, listen.port, reuse_port=self.gw.workers > 1
+        try:
+            await loop.connect_accepted_socket(
+                factory,
+                sock,
+                ssl=self.tls if direct else None,
+                ssl_handshake_timeout=STARTUP_TIMEOUT if direct else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as e:
+            log.info("postgres.direct_tls_failed", client=ip, error=str(e))
+            sock.close()
+
+    async def start(self) -> _Acceptor:
+        listen = self.gw.cfg.postgres_listen
+        family = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server(
+            (listen.host, listen.port), family=family, reuse_port=self.gw.workers > 1
         )
+        sock.setblocking(False)
+        self.server = _Acceptor(self, sock)
         log.info("postgres.listening", address=str(listen))
         return self.server
 
 
-async def start_postgres_listener(gw: Any) -> asyncio.AbstractServer:
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """The socket's first byte, without taking it out of the socket."""
+    sock.setblocking(False)
+    readable = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+    try:
+        await readable
+    finally:
+        loop.remove_reader(sock.fileno())
+    return sock.recv(1, socket.MSG_PEEK)
+
+
+class _Acceptor:
+    """The listening socket. Connections are accepted here rather than by the event loop's
+    server, so that no byte is read before the first one is known: a direct-TLS ClientHello
+    must reach the TLS handshake untouched (uvloop starts reading as soon as it accepts)."""
+
+    def __init__(self, listener: PostgresListener, sock: socket.socket) -> None:
+        self.listener = listener
+        self.sock = sock
+        self.sockets = [sock]
+        self.handshakes: set[asyncio.Task] = set()
+        self.task = asyncio.ensure_future(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as e:  # e.g. EMFILE: keep serving the connections we have
+                log.warning("postgres.accept_failed", error=str(e))
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.ensure_future(self.listener.accepted(conn))
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    def close(self) -> None:
+        self.task.cancel()
+        for t in list(self.handshakes):
+            t.cancel()
+        self.sock.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def start_postgres_listener(gw: Any) -> _Acceptor:
     listener = PostgresListener(gw)
     gw.postgres = listener
     return await listener.start()

@@ -15,14 +15,17 @@ from proxy.gateway import Gateway, start_gateway, stop_gateway
 
 
 class GatewayThread:
-    def __init__(self, directory: Path, *, pg=None, ssh=None, edit_config=None) -> None:
+    def __init__(
+        self, directory: Path, *, pg=None, ssh=None, edit_config=None, loop_factory=None
+    ) -> None:
         self.dir = Path(directory)
         self.cfg: Config = build_local_workdir(self.dir, pg=pg, ssh=ssh, name="test-gw")
         if edit_config is not None:  # e.g. add webhooks: text -> text
             path = self.dir / "config.toml"
             path.write_text(edit_config(path.read_text()))
             self.cfg = load_config(path)
-        self.loop = asyncio.new_event_loop()
+        # loop_factory: e.g. uvloop.new_event_loop, the loop `breakglass gateway` runs on
+        self.loop = (loop_factory or asyncio.new_event_loop)()
         self.gw: Gateway | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
 

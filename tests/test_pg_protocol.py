@@ -185,3 +185,18 @@ async def test_direct_tls_without_postgresql_alpn_is_refused(gw, alpn):
     err = error_of(codec.MessageReader().feed_and_split(data))
     assert err and err["S"] == "FATAL" and "ALPN" in err["M"], err
     assert b"R" not in data[:1]
+
+
+def test_direct_tls_and_32_on_uvloop(pg_server, tmp_path):
+    """The production loop (uvloop) reads a socket as soon as it is accepted: the gateway's own
+    acceptor must still hand the ClientHello to the TLS handshake untouched."""
+    libpq18()
+    uvloop = pytest.importorskip("uvloop")
+    g = GatewayThread(tmp_path / "gw", pg=pg_server, loop_factory=uvloop.new_event_loop).start()
+    try:
+        assert type(g.loop).__module__.startswith("uvloop")
+        for kw in ({"sslnegotiation": "direct"}, {"max_protocol_version": "3.2"}, {}):
+            with connect(g, g.grant(), **kw) as conn:
+                assert conn.execute("select 1").fetchone() == (1,), kw
+    finally:
+        g.stop()

@@ -264,3 +264,41 @@ async def test_function_call_recorded_with_name_and_arguments(gw):
     ]
     text = render_timeline(statement_timeline(events))
     assert "pg_catalog.lowrite(" in text
+
+
+async def test_named_portal_closed_and_failing_fetch(gw):
+    """Hand-built extended protocol: a named portal read 2 rows at a time then closed mid-read
+    (recorded when CloseComplete arrives, inside the transaction), and a read whose third
+    batch fails (the rows before the error, the error, 3 fetches)."""
+    c = await RawClient.connect(gw.pg_port, gw.dir / "keys/gateway_tls.crt")
+    try:
+        assert error_of(await c.login("erin", gw.grant())) is None
+        c.send(codec.encode_query("begin"))
+        await c.until(b"Z")
+        c.send(
+            codec.encode_parse("s1", "select g from generate_series(1, 10) g /* named */")
+            + codec.encode_bind("p1", "s1")
+            + codec.encode_execute("p1", 2)
+            + codec.encode_execute("p1", 2)
+            + codec.encode_close("P", "p1")
+            + codec.encode_sync()
+        )
+        msgs = await c.until(b"Z")
+        assert [m.type for m in msgs].count(b"s") == 2 and b"3" in [m.type for m in msgs]
+        c.send(
+            codec.encode_parse("", "select 10 / (5 - g) from generate_series(1, 9) g /* fails */")
+            + codec.encode_bind("", "")
+            + b"".join(codec.encode_execute("", 2) for _ in range(4))
+            + codec.encode_sync()
+        )
+        msgs = await c.until(b"Z")
+        assert error_of(msgs)["C"] == "22012"
+        c.send(codec.encode_query("rollback"))
+        await c.until(b"Z")
+    finally:
+        c.close()
+    events = events_of(gw)
+    _q, [named] = statement(events, "/* named */")
+    assert (named["tag"], named["rows"], named["fetches"]) == ("(suspended)", 4, 2)
+    _q, [failed] = statement(events, "/* fails */")
+    assert (failed["rows"], failed["fetches"], failed["error"]["sqlstate"]) == (4, 3, "22012")

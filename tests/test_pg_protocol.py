@@ -82,13 +82,20 @@ def test_cancel_with_a_32_byte_key(gw):
     """A 3.2 client's CancelRequest carries the long key; the gateway routes it upstream."""
     libpq18()
     with connect(gw, gw.grant(), max_protocol_version="3.2") as conn:
-        timer = threading.Timer(0.5, conn.cancel_safe)
-        timer.start()
+        done = threading.Event()
+
+        def cancel_until_done() -> None:  # a cancel before the query starts does nothing
+            while not done.wait(0.3):
+                conn.cancel_safe()
+
+        canceller = threading.Thread(target=cancel_until_done)
+        canceller.start()
         try:
             with pytest.raises(psycopg.errors.QueryCanceled):
                 conn.execute("select pg_sleep(20)")
         finally:
-            timer.cancel()
+            done.set()
+            canceller.join()
         conn.rollback()
         assert conn.execute("select 1").fetchone() == (1,)
 

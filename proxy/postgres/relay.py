@@ -300,8 +300,10 @@ class Relay:
 
     def finish(self) -> None:
         """The session ends: record the portals still suspended."""
-        for portal in list(self.runs):
-            self._detach(portal)
+        runs, self.runs = self.runs, {}
+        for run in runs.values():
+            run.detached = True
+            self._record_run(run)
 
     def _function_call(self, m: Message, out: list[bytes]) -> None:
         fc = codec.decode_function_call(m.body)
@@ -495,8 +497,9 @@ class Relay:
         try:
             self._ready_pending()
         finally:
-            if status == "I" and self.runs:  # no transaction: every portal is gone
-                self.finish()
+            if status == "I" and self.runs:  # no transaction: its portals are gone
+                for portal in [k for k, r in self.runs.items() if r.inflight == 0]:
+                    self._detach(portal)  # (a run with Executes in flight is a later Sync's)
 
     def _ready_pending(self) -> None:
         while self.pending:

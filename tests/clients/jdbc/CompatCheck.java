@@ -68,8 +68,11 @@ public class CompatCheck {
 
             // cancel: Statement.cancel() from another thread stops a running query
             try (Statement s = c.createStatement()) {
-                Thread t = new Thread(() -> {
-                    try { Thread.sleep(700); s.cancel(); } catch (Exception e) { }
+                java.util.concurrent.atomic.AtomicBoolean done = new java.util.concurrent.atomic.AtomicBoolean();
+                Thread t = new Thread(() -> {  // a cancel before the query starts does nothing
+                    try {
+                        while (!done.get()) { Thread.sleep(300); if (!done.get()) s.cancel(); }
+                    } catch (Exception e) { }
                 });
                 t.start();
                 long t0 = System.nanoTime();
@@ -79,6 +82,7 @@ public class CompatCheck {
                 } catch (SQLException e) {
                     System.out.println("cancel=" + state(e));
                 }
+                done.set(true);
                 System.out.println("cancelSeconds=" + (System.nanoTime() - t0) / 1_000_000_000L);
                 t.join();
                 ResultSet r = s.executeQuery("select 1");

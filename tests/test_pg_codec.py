@@ -696,6 +696,7 @@ DECODERS = [
     c.decode_ready_for_query,
     c.decode_backend_key_data,
     c.decode_parameter_status,
+    c.decode_parameter_description,
     c.decode_authentication,
     c.decode_sasl_mechanisms,
     c.decode_negotiate_protocol_version,
@@ -712,6 +713,7 @@ VALID_BODIES = [
         + c.encode_error("ERROR", "42501", "x", "d", "h")
         + c.encode_backend_key_data(1, 2)
         + c.encode_parameter_status("a", "b")
+        + c.encode_message(b"t", struct.pack("!HII", 2, 23, 1007))
         + c.encode_negotiate_protocol_version(c.PROTOCOL_3_0, ["_pq_.a", "_pq_.b"])
         + c.encode_authentication(c.AUTH_SASL, b"SCRAM-SHA-256\0\0")
     )
@@ -799,3 +801,10 @@ def test_fuzz_message_reader():
         assert results[0][0] == results[1][0]
         if results[0][0] == "ok":
             assert results[0] == results[1]
+
+
+def test_parameter_description():
+    assert c.decode_parameter_description(struct.pack("!HII", 2, 23, 1007)) == (23, 1007)
+    assert c.decode_parameter_description(struct.pack("!H", 0)) == ()
+    with pytest.raises(ProtocolError, match="ParameterDescription"):
+        c.decode_parameter_description(struct.pack("!HI", 2, 23))

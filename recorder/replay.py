@@ -342,6 +342,8 @@ class TimelineEntry:
             return self.what.upper()
         if self.error:
             return "ERROR"
+        if self.what == "function_call" and self.duration_ms is not None:
+            return "OK"  # FunctionCallResponse carries no command tag
         if self.tag is None:
             return "no result"
         return "OK"
@@ -508,7 +510,7 @@ def render_timeline(entries: list[TimelineEntry]) -> str:
                 bits.append(f"{e.duration_ms:.1f} ms")
             lines.append(head + "  ".join(bits))
             lines.append(f"    {_one_line(e.text)}")
-            if e.params not in (None, [], ""):
+            if e.params not in (None, [], "") and e.what == "statement":  # calls show args inline
                 lines.append(f"    params: {_params_text(e.params)}")
             if e.error:
                 lines.append(f"    error: {e.error.get('sqlstate')} {e.error.get('message')}")

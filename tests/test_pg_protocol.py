@@ -18,7 +18,7 @@ from tests.conftest import _unavailable
 from tests.harness import GatewayThread
 from tests.pg_client import RawClient, client_tls, error_of
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)  # includes starting PostgreSQL on a loaded machine
 
 psycopg = pytest.importorskip("psycopg")
 

@@ -20,7 +20,7 @@ from recorder.search import search_recording
 from tests.harness import GatewayThread
 from tests.pg_client import RawClient, client_tls, error_of
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)  # includes starting PostgreSQL on a loaded machine
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.timeout(120)
 CLIENTS = Path(__file__).parent / "clients"
 JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 GRANTS = {"read-only": "db-readonly", "read-write": "db-readwrite"}
-NEEDS_STARTUP_PARAMETERS = "needs startup parameters (sql helper)"
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +113,10 @@ def test_jdbc_everyday_tasks(jdbc_results, grant):
     assert any(e["kind"] == "cancel" for e in events)
 
 
-@pytest.mark.xfail(reason=NEEDS_STARTUP_PARAMETERS, strict=True)
 @pytest.mark.parametrize("grant", GRANTS)
 def test_jdbc_current_schema(jdbc_results, grant):
-    """pgJDBC's currentSchema is a search_path startup parameter; setSchema() runs SET.
-    Today the gateway drops the parameter (current_schema() stays public)."""
+    """pgJDBC's currentSchema is a search_path startup parameter (applied: these grants have
+    no table list); setSchema() runs SET search_path."""
     res, _events = jdbc_results[grant]
     assert res["currentSchema"] == "secret"
     assert res["setSchema"] == "public"
@@ -171,10 +169,9 @@ def test_node_pool(node_results, grant):
     assert res["afterTimeout"] == 1
 
 
-@pytest.mark.xfail(reason=NEEDS_STARTUP_PARAMETERS, strict=True)
 @pytest.mark.parametrize("grant", GRANTS)
 def test_node_statement_timeout(node_results, grant):
-    """node-postgres sends statement_timeout as a startup parameter; today it is dropped."""
+    """node-postgres sends statement_timeout as a startup parameter: applied, and it fires."""
     res = node_results[grant]
     assert res["statementTimeoutSetting"] == "300ms"
     assert res["statementTimeout"] == {"error": "57014"}

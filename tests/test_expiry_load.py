@@ -39,7 +39,7 @@ async def _hammer(conn: asyncpg.Connection, answered: list[float]) -> None:
         while True:
             # the database's own clock says when the statement ran
             answered.append(await conn.fetchval("select extract(epoch from clock_timestamp())"))
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError, OSError):
+    except Exception:  # noqa: BLE001 - the session was ended (how asyncpg says so varies)
         pass
     finally:
         conn.terminate()

@@ -591,12 +591,25 @@ def check_overdue_reviews(cfg: Config, alerter: Alerter, *, now: float | None = 
     from proxy.context import trusted_recorder_keys
     from recorder.index import SessionFilter, SqliteIndex, refresh
     from recorder.review import load_reviews, review_queue
+    from recorder.session_check import load_audit_facts
 
     keys = trusted_recorder_keys(cfg)
     deadline = review_settings(cfg).deadline
     sent = 0
     with SqliteIndex(index_path(cfg)) as index:
-        refresh(index, cfg.recordings_dir, keys)
+        report = refresh(
+            index, cfg.recordings_dir, keys, facts=load_audit_facts(cfg.audit_dir, keys)
+        )
+        for s in report.failed or []:  # the index found a recording that fails: alert once
+            if index.mark_once(f"{VERIFY_FAILED}:{s.session_id}:{s.integrity}"):
+                alerter.notify(
+                    VERIFY_FAILED,
+                    session=s.session_id,
+                    user=s.user,
+                    target=s.target,
+                    problem=s.integrity,
+                    message=s.problem_message,
+                )
         items = review_queue(
             index.query(SessionFilter(breakglass=True)),
             load_reviews(cfg.audit_dir, keys),

@@ -206,7 +206,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     state = open_state(cfg)
     registry_ref: list[SessionRegistry] = []
     audit = GuardedAudit(
-        lambda: open_audit(cfg),
+        lambda: open_audit(cfg, role=f"gateway-{cfg.gateway_name}-w{worker}"),
         cfg.audit_dir,
         on_fault=lambda message: registry_ref and registry_ref[0].audit_failed(message),
     )

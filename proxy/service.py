@@ -929,7 +929,7 @@ async def start_service(
 ) -> RunningService:
     """Start listening; returns once connections are accepted. ``port=0`` picks a free port."""
     state = state if state is not None else open_service_state(cfg, settings)
-    audit = open_audit(cfg)
+    audit = open_audit(cfg, role="service")
     try:
         try:
             service = GrantService(cfg, settings, state, audit)

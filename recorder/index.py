@@ -37,7 +37,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import format as fmt
 from .format import RecorderError
 from .reader import read_events
-from .verify import MISSING_TRAILER, verify_recording
+from .session_check import AuditFacts, check_session
+from .verify import (
+    MISSING_TRAILER,
+    STATUS_INCOMPLETE,
+    STATUS_LIVE,
+    STATUS_UNFINALIZED,
+)
 
 __all__ = [
     "SessionSummary",
@@ -131,12 +137,19 @@ def _count(v: Any) -> int | None:
 
 
 def summarize_recording(
-    path: Path, trusted_keys: dict[str, Ed25519PublicKey], *, st: os.stat_result | None = None
+    path: Path,
+    trusted_keys: dict[str, Ed25519PublicKey],
+    *,
+    st: os.stat_result | None = None,
+    facts: AuditFacts | None = None,
 ) -> SessionSummary:
-    """Verify the recording at ``path`` and read its metadata and counts."""
+    """Verify the recording at ``path`` (cross-checked with the audit log when ``facts`` are
+    given) and read its metadata and counts. The session's facts (user, target, grant,
+    break-glass, times) come from the signed audit events when there are any, so a recording
+    whose header was altered keeps its place in every list, flagged."""
     path = Path(path)
     st = st or os.stat(path)
-    result = verify_recording(path, trusted_keys)
+    result = check_session(path, trusted_keys, facts)
     s = SessionSummary(session_id=path.stem, path=str(path))
     s.file_size, s.file_mtime_ns, s.file_ctime_ns, s.file_ino = (
         st.st_size,
@@ -148,8 +161,12 @@ def summarize_recording(
     s.events = result.events
     if result.ok:
         s.integrity = OK
-    elif result.problem == MISSING_TRAILER and result.live:
+    elif result.status == STATUS_LIVE or (
+        facts is None and result.problem == MISSING_TRAILER and result.live
+    ):
         s.integrity, s.live = LIVE, True
+    elif result.status in (STATUS_INCOMPLETE, STATUS_UNFINALIZED):
+        s.integrity = result.status
     else:
         s.integrity = result.problem or "malformed"
     s.problem_message = "" if result.ok else result.message
@@ -178,7 +195,7 @@ def summarize_recording(
         pass  # a damaged recording: keep what decoded; integrity says what is wrong
     if header is None:
         header = result.header or {}
-    s.session_id = _str(header.get("session_id")) or path.stem
+    s.session_id = path.stem
     for k in (
         "protocol",
         "gateway",
@@ -211,7 +228,42 @@ def summarize_recording(
     elif not s.live:
         s.ended_at = last_t
         s.end_reason = "no end event"
+    if facts is not None:
+        _apply_audit_facts(s, facts)
     return s
+
+
+def _apply_audit_facts(s: SessionSummary, facts: AuditFacts) -> None:
+    """Overlay what the signed audit log says about the session (and its grant)."""
+    sf = facts.sessions.get(s.session_id)
+    start = sf.start if sf is not None else None
+    if start is not None and start.signed:
+        for col, key in (
+            ("protocol", "protocol"),
+            ("user", "user"),
+            ("target", "target"),
+            ("account", "account"),
+            ("client", "client"),
+            ("grant_jti", "jti"),
+        ):
+            v = _str(start.get(key))
+            if v is not None:
+                setattr(s, col, v)
+        s.breakglass = start.get("breakglass") is True
+        s.started_at = _num(start.get("t")) or s.started_at
+    grant = facts.grants.get(s.grant_jti or "")
+    if grant is not None and grant.signed:
+        for col in ("template", "reason", "ticket"):
+            v = _str(grant.get(col))
+            if v is not None:
+                setattr(s, col, v)
+        s.expires_at = _num(grant.get("expires_at")) or s.expires_at
+        if grant.get("breakglass") is True:
+            s.breakglass = True
+    end = sf.end if sf is not None else None
+    if end is not None and end.signed and not s.live:
+        s.ended_at = _num(end.get("t")) or s.ended_at
+        s.end_reason = _str(end.get("reason")) or s.end_reason
 
 
 @dataclass
@@ -453,6 +505,7 @@ def refresh(
     rebuild: bool = False,
     reverify: bool = False,
     audit_sessions: Iterable[dict[str, Any]] = (),
+    facts: AuditFacts | None = None,
 ) -> RefreshReport:
     """Bring the index up to date with the recordings in ``recordings_dir``.
 
@@ -461,7 +514,16 @@ def refresh(
     recordings alone). ``audit_sessions``: ``session.start`` audit events (``session``, ``user``,
     ``target``, ``protocol``, ``jti``, ``breakglass``, ``t``); a session the audit log knows
     whose recording is not there is indexed as ``missing`` - deleting a recording is detected.
+    ``facts``: the audit log (:func:`recorder.session_check.load_audit_facts`); recordings are
+    then cross-checked with it and take their facts from it, and its session starts are used
+    as ``audit_sessions``. Rows that are not ``ok`` are re-checked on every refresh.
     """
+    if facts is not None and not audit_sessions:
+        audit_sessions = [
+            {**sf.start.fields}
+            for sf in facts.sessions.values()
+            if sf.start is not None and sf.start.signed
+        ]
     report = RefreshReport(failed=[])
     if rebuild:
         index.delete_all()
@@ -474,20 +536,17 @@ def refresh(
         except OSError:
             continue
         old = known.get(p.stem)
-        if old is not None and old.path == str(p) and _unchanged(old, st) and not reverify:
+        if (
+            old is not None
+            and old.path == str(p)
+            and _unchanged(old, st)
+            and not reverify
+            and (facts is None or old.integrity == OK)
+        ):
             seen.add(old.session_id)
             continue
-        s = summarize_recording(p, trusted_keys, st=st)
+        s = summarize_recording(p, trusted_keys, st=st, facts=facts)
         report.verified += 1
-        if s.session_id != p.stem:
-            # a header naming another session than the file: that is not a consistent recording
-            s.problem_message = (
-                f"header names session {s.session_id!r} but the file is {p.name}; "
-                + s.problem_message
-            ).strip("; ")
-            s.session_id = p.stem
-            if s.integrity in (OK, LIVE):
-                s.integrity = "malformed"
         index.upsert(s)
         seen.add(s.session_id)
         if s.integrity not in (OK, LIVE):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import stat
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import format as fmt
 
-__all__ = ["VerifyResult", "verify_recording"]
+__all__ = ["VerifyResult", "verify_recording", "GOOD_STATUSES"]
 
 ALTERED = "altered"
 REORDERED = "reordered"
@@ -39,6 +40,19 @@ MISSING_TRAILER = "missing-trailer"
 BAD_SIGNATURE = "bad-signature"
 UNKNOWN_KEY = "unknown-key"
 MALFORMED = "malformed"
+
+# Overall verdicts (VerifyResult.status). verify_recording alone can only say ok, tampered or
+# unfinalized (no trailer, still writable); recorder.session_check and recorder.audit refine an
+# unfinalized file with what the audit log and lock files say.
+STATUS_OK = "ok"
+STATUS_LIVE = "live"  # a running writer holds it: verified through the last checkpoint
+STATUS_OPEN = "open"  # shared audit segment between appends, every event signed
+STATUS_CRASHED = "crashed"  # audit segment whose writer died; its successor vouches for it
+STATUS_TAMPERED = "tampered"
+STATUS_INCOMPLETE = "incomplete"  # storage failure, proven by a signed audit event
+STATUS_UNFINALIZED = "unfinalized"  # no trailer, writer gone, nothing says why
+#: Statuses that are not a failure (``breakglass verify`` exits 0 on these alone).
+GOOD_STATUSES = frozenset({STATUS_OK, STATUS_LIVE, STATUS_OPEN, STATUS_CRASHED})
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _HEX128 = re.compile(r"[0-9a-f]{128}\Z")
@@ -59,6 +73,12 @@ class VerifyResult:
     finalized: bool = False
     key_ids: list[str] = field(default_factory=list)
     last_checkpoint: int | None = None  # seq of the last valid checkpoint
+    status: str = STATUS_TAMPERED  # overall verdict, see STATUS_*
+    torn: bool = False  # the file ends inside a line or frame
+
+    @property
+    def good(self) -> bool:
+        return self.status in GOOD_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +93,7 @@ class VerifyResult:
             "finalized": self.finalized,
             "key_ids": list(self.key_ids),
             "last_checkpoint": self.last_checkpoint,
+            "status": self.status,
         }
 
 
@@ -206,17 +227,30 @@ class _Lines:
 
 
 def _scan_for_seq(path: Path, offset: int, start_index: int, seq: int) -> int | None:
-    """Position (line index) of the first line at or after ``offset`` whose seq is ``seq``."""
-    needle = b'"seq":%d' % seq
+    """Position (event index) of the first line at or after ``offset`` whose seq is ``seq``.
+
+    Raw frames (format /2) hold arbitrary bytes, and after a swap a line may no longer sit
+    right after the frame it used to follow, so lines are found by their start
+    (``{"seq":N,``), not by splitting at newlines. The position counts line starts on the way.
+    """
+    needle = b'{"seq":%d,' % seq
+    start = b'{"seq":'
     with open(path, "rb") as f:
-        f.seek(offset)
-        index = start_index
-        for raw in f:
-            if needle in raw:
-                line = _Line(index, raw, 0)
+        size = os.fstat(f.fileno()).st_size
+        if size <= offset:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:  # constant memory
+            at = data.find(needle, offset)
+            while at >= 0:
+                end = data.find(b"\n", at)
+                line = _Line(0, data[at : size if end < 0 else end + 1], 0)
                 if line.seq == seq:
-                    return index
-            index += 1
+                    count, pos = 0, data.find(start, offset, at)
+                    while 0 <= pos < at:
+                        count += 1
+                        pos = data.find(start, pos + 1, at)
+                    return start_index + count
+                at = data.find(needle, at + 1)
     return None
 
 
@@ -264,6 +298,12 @@ def verify_recording(path: Path, trusted_keys: dict[str, Ed25519PublicKey]) -> V
             if result.last_checkpoint is not None and result.last_checkpoint >= fail.index:
                 result.checkpoints -= 1
                 result.last_checkpoint = None
+    if result.ok:
+        result.status = STATUS_OK
+    elif result.problem == MISSING_TRAILER and result.live:
+        result.status = STATUS_UNFINALIZED
+    else:
+        result.status = STATUS_TAMPERED
     return result
 
 
@@ -413,6 +453,7 @@ def _walk(
         return
 
     r.live = live
+    r.torn = torn
     tail = "; its last line is incomplete" if torn else ""
     if r.events == 0:
         raise _Fail(TRUNCATED, 0, "recording is empty (no header)" + tail)

@@ -117,12 +117,14 @@ def test_deleted_recording_is_missing_and_rebuild_finds_it_from_the_audit_log(re
     assert rows[gone.stem].integrity == MISSING and rows[gone.stem].user == "mallory"
 
 
-def test_header_naming_another_session_is_malformed(rec, index):
+def test_header_naming_another_session_is_renamed(rec, index):
     w = rec.open(session_id="s-real")
     w.close("closed")
     os.rename(w.path, rec.dir / "s-other.rec")
     refresh(index, rec.dir, rec.trusted)
-    assert index.get("s-other").integrity == "malformed"
+    row = index.get("s-other")
+    assert row.integrity == "renamed"
+    assert "header names session 's-real'" in row.problem_message
 
 
 def test_merge_live_marks_dead_writers_and_adds_gateway_counters(rec, index):

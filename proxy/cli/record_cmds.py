@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -20,13 +21,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "verify",
         help="prove recordings and audit segments whole, or say where they were altered",
         description="Verify each recording (files, or directories searched for *.rec and *.audit): "
-        "hash chain, sequence, signed checkpoints and trailer. Exit 1 if any fails.",
+        "hash chain, sequence, signed checkpoints and trailer; each recording's header against "
+        "its file name and the audit log's session.start/session.end; each audit writer's chain "
+        "of segments. Live recordings and open audit segments are reported as live (verified "
+        "through their last checkpoint). Exit 1 if anything is tampered, incomplete or "
+        "unfinalized.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory or s3://BUCKET/PREFIX")
     p.add_argument(
         "--anchors",
         metavar="s3://BUCKET/PREFIX",
         help="also check local files against the heads anchored in this store",
+    )
+    p.add_argument(
+        "--finished", action="store_true", help="only finished recordings and segments (skip live)"
+    )
+    p.add_argument(
+        "--audit-dir",
+        metavar="DIR",
+        help="the audit log to cross-check recordings with (default: the config's)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
@@ -35,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "audit",
         help="read the audit log",
         description="Print audit events (grants issued, refused, revoked; sessions; denials; kills), "
-        "oldest first.",
+        "oldest first. Warns (and exits 1) if a segment is missing or tampered.",
     )
     p.add_argument("--since", help="only events newer than this, e.g. 1h, 2d")
     p.add_argument("--user", help="only events whose actor, subject or user is USER")
@@ -57,31 +70,87 @@ def recording_files(paths: list[str]) -> list[Path]:
     return out
 
 
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def verify_paths(cfg, paths: list[str], audit_dir: Path | None) -> list:
+    """(path, VerifyResult) for every recording and segment under ``paths``, cross-checked."""
+    from recorder.audit import verify_audit
+    from recorder.session_check import check_session, load_audit_facts, session_id_of
+
+    keys = trusted_recorder_keys(cfg)
+    files = recording_files(paths)
+    dirs = [Path(p) for p in paths if Path(p).is_dir()]
+    facts = load_audit_facts(audit_dir, keys) if audit_dir is not None else None
+    results: list = []
+    audit_by_dir: dict[Path, list] = {}
+    for f in files:
+        if f.suffix != ".audit":
+            results.append((f, check_session(f, keys, facts)))
+            continue
+        parent = f.parent.resolve()
+        if parent not in audit_by_dir:
+            if facts is not None and _same(parent, facts.directory):
+                audit_by_dir[parent] = facts.results
+            else:
+                audit_by_dir[parent] = verify_audit(parent, keys)
+        for seg, r in audit_by_dir[parent]:
+            if seg.name == f.name:
+                results.append((f, r))
+    # segments that are gone: named by their successor or their writer's lock file
+    for parent, rs in audit_by_dir.items():
+        if any(_same(d, parent) for d in dirs):
+            results += [(seg, r) for seg, r in rs if not seg.exists()]
+    # recordings that are gone: the audit log recorded their session
+    if facts is not None and any(_same(d, cfg.recordings_dir) for d in dirs):
+        from recorder.verify import VerifyResult
+
+        present = {session_id_of(f) for f in files if f.suffix == ".rec"}
+        for sid, sf in sorted(facts.sessions.items()):
+            if sid in present or sf.start is None or not sf.start.signed:
+                continue
+            gone = cfg.recordings_dir / f"{sid}.rec"
+            r = VerifyResult(path=gone, ok=False, problem="removed")
+            r.message = (
+                f"tampered: the recording is gone; the audit log records session {sid} "
+                f"({sf.start.where})"
+            )
+            results.append((gone, r))
+    return results
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from recorder.verify import verify_recording
+    from recorder.verify import STATUS_LIVE, STATUS_OPEN
 
     if args.anchors or any(p.startswith("s3://") for p in args.paths):
         from proxy.cli import store_cmds  # the object store: segments and off-host anchors
 
         return store_cmds.cmd_verify(args)
     cfg = load_config(args.config)
-    keys = trusted_recorder_keys(cfg)
-    files = recording_files(args.paths)
-    if not files:
+    audit_dir = Path(args.audit_dir) if args.audit_dir else cfg.audit_dir
+    if not recording_files(args.paths):
         raise CliError("no recordings found (looked for *.rec and *.audit)")
-    results = [(f, verify_recording(f, keys)) for f in files]
-    failed = [r for _, r in results if not r.ok]
+    results = verify_paths(cfg, args.paths, audit_dir)
+    if args.finished:
+        results = [(f, r) for f, r in results if r.status not in (STATUS_LIVE, STATUS_OPEN)]
+    failed = [r for _, r in results if not r.good]
     if args.json:
         emit_json(
             [
                 {
                     "path": str(f),
                     "ok": r.ok,
+                    "status": r.status,
                     "problem": r.problem,
                     "event_index": r.event_index,
                     "message": r.message,
                     "events": r.events,
                     "checkpoints": r.checkpoints,
+                    "last_checkpoint": r.last_checkpoint,
                 }
                 for f, r in results
             ]
@@ -93,23 +162,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     f"OK    {f}  ({r.events} events, {r.checkpoints} checkpoints, signed trailer)"
                 )
             else:
-                print(f"FAIL  {f}  {r.message}")
-        print(f"{len(results) - len(failed)} ok, {len(failed)} failed")
+                text = r.message if r.message.startswith(r.status) else f"{r.status}: {r.message}"
+                print(f"{'FAIL' if not r.good else r.status.upper():<5} {f}  {text}")
+        live = sum(1 for _, r in results if r.good and not r.ok)
+        print(f"{len(results) - len(failed) - live} ok, {live} live or open, {len(failed)} failed")
     return 1 if failed else 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from recorder.audit import read_audit
+    from recorder.audit import read_audit, verify_audit
 
     cfg = load_config(args.config)
     since = time.time() - parse_duration(args.since) if args.since else None
     if not cfg.audit_dir.exists():
-        events = []
+        events, bad = [], []
     else:
         events = read_audit(cfg.audit_dir, since=since, user=args.user, type=args.type)
+        bad = [
+            (p, r) for p, r in verify_audit(cfg.audit_dir, trusted_recorder_keys(cfg)) if not r.good
+        ]
+    for p, r in bad:
+        print(
+            f"breakglass: warning: audit segment {p.name}: {r.status}: {r.message}", file=sys.stderr
+        )
+    code = 1 if any(r.status == "tampered" for _, r in bad) else 0
     if args.json:
         emit_json(events)
-        return 0
+        return code
     skip = {"seq", "t", "kind", "prev", "type"}
     for e in events:
         fields = " ".join(
@@ -118,4 +197,4 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{utc_text(e.get('t', 0))}  {e.get('type', e.get('kind')):<18} {fields}")
     if not events:
         print("no audit events match")
-    return 0
+    return code

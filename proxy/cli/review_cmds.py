@@ -211,17 +211,12 @@ def _open_index(cfg: Config):
     return SqliteIndex(index_path(cfg))
 
 
-def _audit_session_starts(cfg: Config) -> list[dict[str, Any]]:
-    from recorder.audit import read_audit
-
-    if not cfg.audit_dir.is_dir():
-        return []
-    return read_audit(cfg.audit_dir, type="session.start")
-
-
-def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=False):
-    """Update the index; alert (once per session and problem) on recordings that fail."""
+def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=True):
+    """Update the index, cross-checked with the audit log (which also supplies each session's
+    facts, and notices recordings that were deleted); alert (once per session and problem) on
+    recordings that fail."""
     from recorder.index import refresh
+    from recorder.session_check import load_audit_facts
 
     keys = trusted_recorder_keys(cfg)
     report = refresh(
@@ -230,7 +225,7 @@ def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=Fa
         keys,
         rebuild=rebuild,
         reverify=reverify,
-        audit_sessions=_audit_session_starts(cfg) if (with_audit or rebuild) else (),
+        facts=load_audit_facts(cfg.audit_dir, keys) if with_audit else None,
     )
     if report.failed:
         _alert_failures(cfg, index, report.failed)
@@ -669,6 +664,9 @@ def _review_one(args: argparse.Namespace) -> int:
     with _open_index(cfg) as index:
         summary, _path = _resolve(cfg, index, args.session)
     reviewer = os_user()
+    if summary is not None and summary.integrity not in ("ok", "live"):
+        with _open_index(cfg) as index:  # the reviewer found it: alert (once)
+            _alert_failures(cfg, index, [summary])
     try:
         check_review(summary, reviewer, args.outcome, args.notes)
     except ReviewRefused as e:

@@ -1,0 +1,251 @@
+"""Verification that cannot be fooled: tampering with real recordings made by a real gateway
+(and with its audit log) is named as tampering, and the session stays visible everywhere.
+
+Each attack is done to the files exactly as an attacker with root on the gateway host would:
+truncate a finished recording back to a checkpoint and make it writable again, copy another
+session's recording over a victim's file name, alter a break-glass header, delete an audit
+segment holding ``grant.revoked``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from proxy.cli.main import main as cli_main
+from tests.harness import GatewayThread
+from tests.pg_client import client_tls
+from tests.test_alerts import Receiver
+from tests.test_alerts_gateway import Inbox
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = Receiver()
+    r.received = Inbox()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def gw(pg_server, tmp_path_factory, receiver):
+    def add_webhook(text: str) -> str:
+        return text + f'\n[[alerts.webhooks]]\nname = "sec"\nurl = "{receiver.url}"\n'
+
+    g = GatewayThread(
+        tmp_path_factory.mktemp("tamper") / "gw", pg=pg_server, edit_config=add_webhook
+    ).start()
+    yield g
+    g.stop()
+
+
+def cli(capsys, gw: GatewayThread, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = cli_main(["-c", str(gw.dir / "config.toml"), *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def cli_json(capsys, gw: GatewayThread, *argv: str):
+    rc, out, err = cli(capsys, gw, *argv, "--json")
+    return rc, json.loads(out) if out.strip() else None
+
+
+async def connect(gw: GatewayThread, token: str, user: str) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        host="127.0.0.1",
+        port=gw.pg_port,
+        user=user,
+        password=token,
+        database="shop",
+        ssl=client_tls(gw.dir / "keys/gateway_tls.crt"),
+    )
+
+
+def run_sessions(gw: GatewayThread, *specs: tuple[str, str, bool]) -> dict[str, str]:
+    """One real psql-protocol session per (user, marker, breakglass); returns user -> session id."""
+
+    async def one(user: str, marker: str, bg: bool) -> None:
+        template = "breakglass" if bg else "db-readonly"
+        c = await connect(gw, gw.grant(template, user=user, breakglass=bg), user)
+        try:
+            for i in range(3):
+                assert await c.fetchval(f"select '{marker}-{i}'") == f"{marker}-{i}"
+        finally:
+            await c.close()
+
+    async def all_of() -> None:
+        await asyncio.gather(*(one(*s) for s in specs))
+
+    before = set((gw.cfg.recordings_dir).glob("*.rec"))
+    asyncio.run(all_of())
+    gw.wait_idle()
+    wait_audit_signed(gw)
+    out = {}
+    for p in set(gw.cfg.recordings_dir.glob("*.rec")) - before:
+        header = json.loads(p.open("rb").readline())
+        out[header["user"]] = header["session_id"]
+    assert len(out) == len(specs)
+    return out
+
+
+def wait_audit_signed(gw: GatewayThread, timeout: float = 10) -> None:
+    """Until the gateway's audit segment is signed to its end (its next checkpoint is due at
+    most ``checkpoint_interval`` after an event): only signed audit facts fill the index."""
+    from proxy.context import trusted_recorder_keys
+    from recorder.audit import verify_audit
+
+    gw.flush_audit()
+    keys = trusted_recorder_keys(gw.cfg)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = [r for _, r in verify_audit(gw.cfg.audit_dir, keys) if r.status == "live"]
+        if live and all(r.last_checkpoint == r.events - 1 for r in live):
+            return
+        gw.flush_audit()
+    raise AssertionError("the gateway's audit segment was not signed to its end in time")
+
+
+def rec_path(gw: GatewayThread, sid: str) -> Path:
+    return gw.cfg.recordings_dir / f"{sid}.rec"
+
+
+def verdicts(capsys, gw: GatewayThread, *paths: Path, extra: tuple[str, ...] = ()):
+    rc, rows = cli_json(capsys, gw, "verify", *map(str, paths), *extra)
+    return rc, {Path(r["path"]).name: r for r in rows}
+
+
+def test_truncated_copied_and_altered_recordings_are_tampered_and_stay_listed(gw, capsys, receiver):
+    ids = run_sessions(
+        gw,
+        ("erin", "victim-a", False),
+        ("fay", "victim-b", False),
+        ("mallory", "attacker", False),
+        ("ina", "incident", True),
+    )
+    paths = {u: rec_path(gw, sid) for u, sid in ids.items()}
+    rc, found = verdicts(capsys, gw, *paths.values())
+    assert rc == 0 and all(r["status"] == "ok" for r in found.values()), found
+
+    # 1. erin's finished recording cut back to its first checkpoint, made writable again
+    p = paths["erin"]
+    lines = p.read_bytes().splitlines(keepends=True)
+    assert json.loads(lines[1])["kind"] == "checkpoint"
+    p.chmod(0o640)
+    p.write_bytes(b"".join(lines[:2]))
+    # 2. mallory's recording copied over fay's file name
+    paths["fay"].chmod(0o640)
+    shutil.copyfile(paths["mallory"], paths["fay"])
+    paths["fay"].chmod(0o440)
+    # 3. ina's break-glass header altered to say it was not break-glass
+    p = paths["ina"]
+    data = p.read_bytes()
+    assert b'"breakglass":true' in data.split(b"\n", 1)[0]
+    p.chmod(0o640)
+    p.write_bytes(data.replace(b'"breakglass":true', b'"breakglass":false', 1))
+    p.chmod(0o440)
+
+    rc, found = verdicts(capsys, gw, gw.cfg.recordings_dir)
+    assert rc == 1
+    erin = found[paths["erin"].name]
+    assert (erin["status"], erin["problem"]) == ("tampered", "truncated")
+    assert "the audit log says the session ended" in erin["message"]
+    assert "session.end reason=" in erin["message"]
+    assert "verified through checkpoint 1, event 1" in erin["message"]
+    assert "writer died" not in erin["message"]
+    fay = found[paths["fay"].name]
+    assert (fay["status"], fay["problem"]) == ("tampered", "renamed")
+    assert f"header names session '{ids['mallory']}'" in fay["message"]
+    ina = found[paths["ina"].name]
+    assert (ina["status"], ina["problem"], ina["event_index"]) == ("tampered", "altered", 0)
+    assert found[paths["mallory"].name]["status"] == "ok"
+    rc, out, _ = cli(capsys, gw, "verify", str(gw.cfg.recordings_dir))
+    assert rc == 1
+    assert f"FAIL  {paths['fay']}  tampered: the header names session" in out
+
+    # the index takes the facts from the audit log: every session stays listed, flagged
+    rc, rows = cli_json(capsys, gw, "sessions")
+    by_id = {r["session_id"]: r for r in rows}
+    assert by_id[ids["erin"]]["integrity"] == "truncated"
+    assert by_id[ids["fay"]]["integrity"] == "renamed"
+    assert by_id[ids["fay"]]["user"] == "fay"  # the audit log's, not the copied header's
+    assert by_id[ids["ina"]]["integrity"] == "altered"
+    for flt in (("--breakglass",), ("--user", "ina"), ("--since", "1h")):
+        rc, rows = cli_json(capsys, gw, "sessions", *flt)
+        row = next(r for r in rows if r["session_id"] == ids["ina"])
+        assert row["breakglass"] and row["user"] == "ina" and row["integrity"] == "altered"
+    rc, rows = cli_json(capsys, gw, "sessions", "--user", "fay")
+    assert [r["session_id"] for r in rows] == [ids["fay"]]
+
+    # the review queue keeps it, flagged; a reviewer can record a follow-up (not "ok")
+    rc, queue = cli_json(capsys, gw, "review", "list")
+    item = next(q for q in queue if q["session"]["session_id"] == ids["ina"])
+    assert item["session"]["integrity"] == "altered" and item["status"] == "pending"
+    rc, _, err = cli(capsys, gw, "review", ids["ina"], "--notes", "looks fine")
+    assert rc == 1 and "does not verify (altered)" in err
+    rc, out, err = cli(
+        capsys, gw, "review", ids["ina"], "--notes", "header altered", "--outcome", "follow-up"
+    )
+    assert rc == 0, err
+    # the index (and the reviewer) found the failures: one alert per session and problem
+    receiver.received.wait_for("recording.verify_failed")
+    got = [
+        (r["breakglass"]["fields"]["session"], r["breakglass"]["fields"]["problem"])
+        for r in receiver.received
+        if r["breakglass"]["event"] == "recording.verify_failed"
+    ]
+    for want in ((ids["erin"], "truncated"), (ids["fay"], "renamed"), (ids["ina"], "altered")):
+        assert got.count(want) == 1, got
+
+
+def test_deleted_audit_segment_holding_a_revocation_is_named(gw, capsys):
+    rc, out, err = cli(
+        capsys,
+        gw,
+        "grant",
+        "issue",
+        "-t",
+        "db-readonly",
+        "--to",
+        "erin",
+        "--target",
+        "shop",
+        "--reason",
+        "t",
+        "--approved-by",
+        "bob",
+        "--ttl",
+        "10m",
+    )
+    assert rc == 0, err
+    rc, info = cli_json(capsys, gw, "grant", "inspect", out.strip())
+    jti = info["claims"]["jti"]
+    rc, out, err = cli(capsys, gw, "revoke", jti, "--reason", "left the company")
+    assert rc == 0, err
+    audit = gw.cfg.audit_dir
+    holding = [
+        p
+        for p in audit.glob("*.audit")
+        if b'"type":"grant.revoked"' in p.read_bytes() and jti.encode() in p.read_bytes()
+    ]
+    assert len(holding) == 1
+    rc, found = verdicts(capsys, gw, audit)
+    assert rc == 0, found
+    assert found[holding[0].name]["status"] in ("ok", "open")
+    holding[0].chmod(0o640)
+    holding[0].unlink()
+    rc, found = verdicts(capsys, gw, audit)
+    assert rc == 1
+    gone = found[holding[0].name]
+    assert (gone["status"], gone["problem"]) == ("tampered", "removed")
+    rc, out, err = cli(capsys, gw, "audit", "--type", "grant.")
+    assert rc == 1
+    assert f"audit segment {holding[0].name}: tampered: segment {holding[0].name} is missing" in err

@@ -252,3 +252,166 @@ def test_append_validates(tmp_path):
         log.append("x.y", prev="nope")
     log.append("x.y", when=None)
     log.close()
+
+
+# ---------------------------------------------------------------- chains across segments
+
+
+def _by_status(d: Path) -> dict[str, tuple[str, str | None]]:
+    return {p.name: (r.status, r.problem) for p, r in verify_audit(d, TRUSTED)}
+
+
+def _chain(d: Path, writer: str) -> list[Path]:
+    from recorder.audit import _first_line
+
+    segs = [(s, _first_line(s)) for s in segments(d)]
+    mine = [(h["segment_seq"], s) for s, h in segs if h and h.get("writer", "").endswith(writer)]
+    return [s for _, s in sorted(mine)]
+
+
+def test_a_writer_chain_continues_across_restarts_and_names_what_was_cut(tmp_path):
+    d = tmp_path / "audit"
+    for run in range(3):  # three gateway runs, one rotation each
+        log = AuditLog(d, KEY, "audit-1", writer="gateway-gw-w0", rotate_events=6)
+        for i in range(5):
+            log.append("session.start", session=f"r{run}-{i}")
+        log.close()
+    chain = _chain(d, "/gateway-gw-w0")
+    from recorder.audit import _first_line
+
+    headers = [_first_line(s) for s in chain]
+    assert [h["segment_seq"] for h in headers] == list(range(len(chain))) and len(chain) >= 6
+    assert len({h["run"] for h in headers}) == 3
+    assert all(s == ("ok", None) for s in _by_status(d).values())
+    # cut a finalized middle segment back to its first checkpoint
+    victim = chain[2]
+    lines = victim.read_bytes().splitlines(keepends=True)
+    rewrite(victim, lines[:2])
+    got = _by_status(d)
+    assert got[victim.name] == ("tampered", "truncated")
+    r = dict(verify_audit(d, TRUSTED))[victim]
+    assert f"{chain[3].name} says it ended with {len(lines)} lines, it has 2" in r.message
+
+
+def test_swapped_segments_are_reordered_and_the_newest_one_deleted_is_named(tmp_path):
+    d = tmp_path / "audit"
+    log = AuditLog(d, KEY, "audit-1", writer="gateway-gw-w0", rotate_events=5)
+    for i in range(12):
+        log.append("grant.revoked", jti=f"j{i}", actor="carol")
+    log.close()
+    chain = _chain(d, "/gateway-gw-w0")
+    assert len(chain) >= 3
+    # swap the contents of two middle segments (each keeps the other's name)
+    a, b = chain[1], chain[2]
+    da, db = a.read_bytes(), b.read_bytes()
+    rewrite(a, [db])
+    rewrite(b, [da])
+    got = _by_status(d)
+    assert ("tampered", "reordered") in got.values(), got
+    rewrite(a, [da])
+    rewrite(b, [db])
+    assert all(s == ("ok", None) for s in _by_status(d).values())
+    # the newest segment of the chain, deleted: the writer's lock file still names it
+    newest = chain[-1]
+    newest.unlink()
+    got = _by_status(d)
+    assert got[newest.name] == ("tampered", "removed")
+    r = dict(verify_audit(d, TRUSTED))[d / newest.name]
+    assert "lock file" in r.message and "newest segment" in r.message
+
+
+def test_cli_runs_share_one_open_segment_every_run_signed(tmp_path):
+    d = tmp_path / "audit"
+    for i in range(30):  # thirty short CLI runs
+        with AuditLog(d, KEY, "audit-1", writer="cli", shared=True) as log:
+            log.append("grant.issued", actor="bob", n=i)
+    segs = segments(d)
+    assert len(segs) == 1
+    ((_, r),) = verify_audit(d, TRUSTED)
+    assert (r.status, r.good) == ("open", True), r.message
+    assert r.last_checkpoint == r.events - 1  # nothing unsigned between runs
+    assert [e["n"] for e in read_audit(d)] == list(range(30))
+    # rotation by events: the old segment is finalized and the chain goes on
+    for i in range(30, 40):
+        with AuditLog(d, KEY, "audit-1", writer="cli", shared=True, rotate_events=60) as log:
+            log.append("grant.issued", actor="bob", n=i)
+    chain = _chain(d, "/cli")
+    assert len(chain) == 2
+    got = _by_status(d)
+    assert got[chain[0].name] == ("ok", None) and got[chain[1].name][0] == "open"
+    assert [e["n"] for e in read_audit(d)] == list(range(40))
+
+
+def test_cli_chain_cut_back_between_runs_is_not_continued_and_is_named(tmp_path):
+    d = tmp_path / "audit"
+    for i in range(3):
+        with AuditLog(d, KEY, "audit-1", writer="cli", shared=True) as log:
+            log.append("grant.revoked", actor="carol", jti=f"j{i}")
+    (seg,) = segments(d)
+    lines = seg.read_bytes().splitlines(keepends=True)
+    cut = max(i for i, line in enumerate(lines[:-1]) if b'"kind":"checkpoint"' in line)
+    rewrite(seg, lines[: cut + 1])  # back to the previous run's checkpoint: looks whole
+    with AuditLog(d, KEY, "audit-1", writer="cli", shared=True) as log:
+        log.append("grant.issued", actor="bob")
+    chain = _chain(d, "/cli")
+    assert len(chain) == 2 and chain[0] == seg
+    got = _by_status(d)
+    assert got[seg.name] == ("tampered", "truncated")
+    assert got[chain[1].name][0] == "open"
+
+
+def test_concurrent_cli_processes_share_the_chain(tmp_path):
+    d = tmp_path / "audit"
+    keyfile = tmp_path / "audit.key"
+    keyfile.write_bytes(
+        KEY.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        from recorder.audit import AuditLog
+        key = load_pem_private_key(Path({str(keyfile)!r}).read_bytes(), None)
+        for i in range(15):
+            with AuditLog(Path({str(d)!r}), key, "audit-1", writer="cli", shared=True) as log:
+                log.append("grant.issued", actor="proc" + sys.argv[1], n=i)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(n)], env=env, cwd=ROOT)
+        for n in range(3)
+    ]
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
+    assert len(segments(d)) == 1
+    assert all(r.good for _, r in verify_audit(d, TRUSTED))
+    events = read_audit(d)
+    for who in ("proc0", "proc1", "proc2"):
+        assert [e["n"] for e in events if e["actor"] == who] == list(range(15))
+
+
+def test_segment_of_a_dead_writer_is_vouched_for_by_its_successor(tmp_path):
+    d = tmp_path / "audit"
+    dead = AuditLog(d, KEY, "audit-1", writer="gateway-gw-w0")
+    dead.append("session.start", session="s1")
+    dead.flush()
+    first = dead.path
+    # the process dies: its locks go, its segment stays unfinalized
+    os.close(dead._segment_fd)
+    dead._segment_fd = -1
+    os.close(dead._identity_fd)
+    dead._identity_fd = -1
+    assert _by_status(d)[first.name] == ("unfinalized", "missing-trailer")
+    nxt = AuditLog(d, KEY, "audit-1", writer="gateway-gw-w0")
+    nxt.append("gateway.start")
+    nxt.flush()
+    got = _by_status(d)
+    assert got[first.name] == ("crashed", "missing-trailer")
+    assert got[nxt.path.name] == ("live", "missing-trailer")
+    nxt.close()
+    dead._writer.close()

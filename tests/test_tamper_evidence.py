@@ -240,6 +240,7 @@ def test_deleted_audit_segment_holding_a_revocation_is_named(gw, capsys):
     rc, found = verdicts(capsys, gw, audit)
     assert rc == 0, found
     assert found[holding[0].name]["status"] in ("ok", "open")
+    saved = holding[0].read_bytes()
     holding[0].chmod(0o640)
     holding[0].unlink()
     rc, found = verdicts(capsys, gw, audit)
@@ -249,3 +250,142 @@ def test_deleted_audit_segment_holding_a_revocation_is_named(gw, capsys):
     rc, out, err = cli(capsys, gw, "audit", "--type", "grant.")
     assert rc == 1
     assert f"audit segment {holding[0].name}: tampered: segment {holding[0].name} is missing" in err
+    holding[0].write_bytes(saved)  # put it back for the next tests
+    rc, found = verdicts(capsys, gw, audit)
+    assert rc == 0, found
+
+
+def test_verify_on_a_live_gateway_exits_0_and_says_live(gw, capsys):
+    async def scenario():
+        c = await connect(gw, gw.grant("db-readonly", user="lena"), "lena")
+        try:
+            assert await c.fetchval("select 'live-marker'") == "live-marker"
+            live = [s for s in await asyncio.to_thread(gw.sessions) if s["user"] == "lena"]
+            rec = Path(live[0]["recording"])
+            gw.flush_audit()
+            rc, found = await asyncio.to_thread(verdicts, capsys, gw, rec, gw.cfg.audit_dir)
+            assert rc == 0, [(r["status"], r["message"]) for r in found.values()]
+            assert found[rec.name]["status"] == "live"
+            assert found[rec.name]["message"].startswith("live (verified through checkpoint ")
+            gw_seg = [
+                r for r in found.values() if r["path"].endswith(".audit") and r["status"] == "live"
+            ]
+            assert len(gw_seg) == 1 and "live (verified through checkpoint" in gw_seg[0]["message"]
+            rc, out, _ = await asyncio.to_thread(cli, capsys, gw, "verify", str(rec))
+            assert rc == 0 and f"LIVE  {rec}  live (verified through checkpoint" in out
+            rc, found = await asyncio.to_thread(
+                verdicts, capsys, gw, rec, gw.cfg.audit_dir, extra=("--finished",)
+            )
+            assert rc == 0 and rec.name not in found
+            assert all(r["status"] not in ("live", "open") for r in found.values())
+        finally:
+            await c.close()
+
+    asyncio.run(scenario())
+    gw.wait_idle()
+
+
+def _dead_session(gw: GatewayThread, sid: str, *, failure: str | None) -> Path:
+    """A session whose writer is gone: its recording (by the real writer) has no trailer, and
+    the audit log (finalized segments, so no live writer) says how it ended, if at all."""
+    from proxy.context import recorder_key
+    from recorder.audit import AuditLog
+    from recorder.writer import RecordingWriter
+
+    cfg = gw.cfg
+    key = recorder_key(cfg)
+    header = {
+        "session_id": sid,
+        "user": "nora",
+        "target": "shop",
+        "protocol": "postgres",
+        "grant_jti": "j-" + sid,
+        "breakglass": False,
+        "started_at": time.time(),
+    }
+    w = RecordingWriter.create(cfg.recordings_dir / f"{sid}.rec", header, key, cfg.recorder_key_id)
+    w.query(text="select 1", tag="SELECT 1", rows=1)
+    w.flush()
+    audit = AuditLog(cfg.audit_dir, key, cfg.recorder_key_id)
+    audit.append(
+        "session.start",
+        session=sid,
+        user="nora",
+        target="shop",
+        protocol="postgres",
+        jti="j-" + sid,
+        breakglass=False,
+    )
+    if failure is not None:
+        audit.append("session.recording_failed", session=sid, error=failure)
+        audit.append("session.end", session=sid, reason="recorder-failed")
+    audit.close()
+    # the writer is abandoned here (flushed, never closed), as a killed gateway leaves it
+    return w.path
+
+
+def test_unfinalized_recordings_storage_failure_vs_dead_writer(gw, capsys):
+    failed = _dead_session(
+        gw, "20261201T000000Z-00000000f1", failure="[Errno 28] No space left on device"
+    )
+    died = _dead_session(gw, "20261201T000000Z-00000000d1", failure=None)
+    rc, found = verdicts(capsys, gw, failed, died)
+    assert rc == 1
+    f = found[failed.name]
+    assert f["status"] == "incomplete"
+    assert f["message"].startswith(
+        "incomplete: storage failure, proven by session.recording_failed (audit segment "
+    )
+    assert (
+        "No space left on device" in f["message"]
+        and "verified through checkpoint 1" in f["message"]
+    )
+    d = found[died.name]
+    assert d["status"] == "unfinalized"
+    assert d["message"].startswith("not finalized: writer died (no session.end in the audit log")
+    rc, rows = cli_json(capsys, gw, "sessions", "--user", "nora")
+    assert {r["session_id"]: r["integrity"] for r in rows} == {
+        failed.stem: "incomplete",
+        died.stem: "unfinalized",
+    }
+
+
+def test_lines_swapped_around_a_raw_frame_are_reordered(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from recorder.verify import verify_recording
+    from recorder.writer import RecordingWriter
+
+    key = Ed25519PrivateKey.generate()
+    trusted = {"k": key.public_key()}
+
+    def make(name: str) -> tuple[Path, list[bytes]]:
+        w = RecordingWriter.create(tmp_path / name, {"session_id": name}, key, "k", raw_min=64)
+        w.input(b"cat big\r")
+        w.output(b"x" * 100 + b"\n" + b"y" * 50)  # a raw frame, with a newline inside
+        w.output(b"$ ")
+        w.close()
+        data, out, pos = w.path.read_bytes(), [], 0
+        while pos < len(data):
+            nl = data.index(b"\n", pos) + 1
+            end = nl + json.loads(data[pos:nl]).get("raw_len", 0)
+            out.append(data[pos:end])
+            pos = end
+        return w.path, out
+
+    for n, (a, b, lines_only) in enumerate(
+        [(2, 3, False), (3, 4, False), (2, 3, True), (3, 4, True)]
+    ):
+        path, events = make(f"r{n}.rec")
+        assert b'"raw_len"' in events[3]
+        if lines_only:  # swap the two lines, each frame stays where it was
+            la, fa = events[a].split(b"\n", 1)
+            lb, fb = events[b].split(b"\n", 1)
+            events[a], events[b] = lb + b"\n" + fa, la + b"\n" + fb
+        else:  # swap the two events, a frame moves with its line
+            events[a], events[b] = events[b], events[a]
+        path.chmod(0o640)
+        path.write_bytes(b"".join(events))
+        path.chmod(0o440)
+        r = verify_recording(path, trusted)
+        assert (r.problem, r.event_index) == ("reordered", a), r.message

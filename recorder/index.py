@@ -4,11 +4,17 @@ The recordings are the source of truth; the index is a cache that can always be 
 them (:func:`refresh` with ``rebuild=True``). Each row says who, where, when, why, how much, how
 it ended, and whether the recording verifies (``integrity``).
 
-Integrity values: ``ok`` (verifies, signed trailer), ``live`` (not finalized yet: still being
-written, or its writer died), ``missing`` (the audit log or an earlier index run knew the
-recording, but the file is gone), or the verifier's problem (``altered``, ``removed``,
-``reordered``, ``truncated``, ``missing-trailer``, ``bad-signature``, ``unknown-key``,
-``malformed``).
+Integrity values: ``ok`` (verifies, signed trailer), ``live`` (not finalized yet and its gateway
+is running; without the audit log: not finalized), ``incomplete`` (no trailer: the recorder
+failed, as a signed audit event proves), ``unfinalized`` (no trailer, its writer died),
+``missing`` (the audit log or an earlier index run knew the recording, but the file is gone),
+or the tampering found (``altered``, ``removed``, ``reordered``, ``truncated``,
+``missing-trailer``, ``bad-signature``, ``unknown-key``, ``malformed``, and from the
+cross-checks of :mod:`recorder.session_check`: ``renamed``, ``mismatch``, ``unaudited``).
+
+With the audit log (``refresh(..., facts=...)``) a row's facts (user, target, account, client,
+grant, break-glass, start, end) come from the signed audit events, not only from the header,
+so a recording that fails keeps its place in every list and in the review queue.
 
 A row is re-verified whenever the file's size, mtime, ctime or inode changes (ctime cannot be
 set back from user space, so an in-place edit is always noticed), and while it is live.

@@ -157,3 +157,29 @@ def test_format_1_recordings_still_read_and_verify(auditor, tmp_path):
         "altered",
         4,
     )
+
+
+def test_independent_verifier_accepts_audit_segments_of_every_writer(auditor, tmp_path):
+    """Audit segments (streaming and shared CLI ones, with the chain fields in their header)
+    are recordings the documented verifier checks as they are."""
+    from recorder.audit import AuditLog, segments
+
+    key = Ed25519PrivateKey.generate()
+    ours = {"k": key.public_key()}
+    d = tmp_path / "audit"
+    gw = AuditLog(d, key, "k", writer="gateway-gw-w0", rotate_events=4)
+    for i in range(6):
+        gw.append("session.start", session=f"s{i}", blob=b"\x00")
+    gw.close()
+    for i in range(8):
+        with AuditLog(d, key, "k", writer="cli", shared=True, rotate_events=8) as cli:
+            cli.append("grant.revoked", jti=f"j{i}", actor="carol")
+    finished = [s for s in segments(d) if not os.stat(s).st_mode & 0o200]
+    assert len(finished) >= 3
+    for seg in segments(d):
+        want = f"OK: {len(seg.read_bytes().splitlines())} lines"
+        if seg in finished:
+            assert auditor(seg, ours) == want
+        else:  # the open CLI segment: every line signed, no trailer yet
+            n = len(seg.read_bytes().splitlines())
+            assert auditor(seg, ours) == f"FAIL: no trailer; signed through line {n - 1}"

@@ -53,18 +53,19 @@ def grant_verifier(cfg: Config, is_revoked=None) -> GrantVerifier:
 
 def open_audit(cfg: Config, role: str = "cli"):
     """The audit log writer for this process. ``role`` names its chain of segments (per host):
-    ``"cli"`` (short runs share one chain and its open segment), ``"service"``, or
-    ``"gateway-NAME-wN"`` (a streaming writer). Every append is written through: once it
-    returns, the event is in the file (fsync follows within the commit interval)."""
+    ``"cli"`` (short runs of one OS user share one chain and its open segment: another user
+    could not append to that user's file), ``"service"``, or ``"gateway-NAME-wN"``. Every
+    append is written through: once it returns, the event is in the file."""
     from recorder.audit import CLI_WRITER, AuditLog
 
     cfg.audit_dir.mkdir(parents=True, exist_ok=True)
+    shared = role == CLI_WRITER
     return AuditLog(
         cfg.audit_dir,
         recorder_key(cfg),
         cfg.recorder_key_id,
-        writer=role,
-        shared=role == CLI_WRITER,
+        writer=f"{CLI_WRITER}-{os.getuid()}" if shared else role,
+        shared=shared,
         checkpoint_interval=cfg.checkpoint_interval,
         checkpoint_events=cfg.checkpoint_events,
         commit_interval=cfg.commit_interval,

@@ -165,7 +165,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 text = r.message if r.message.startswith(r.status) else f"{r.status}: {r.message}"
                 print(f"{'FAIL' if not r.good else r.status.upper():<5} {f}  {text}")
         live = sum(1 for _, r in results if r.good and not r.ok)
-        print(f"{len(results) - len(failed) - live} ok, {live} live or open, {len(failed)} failed")
+        print(f"{len(results) - len(failed) - live} ok, {len(failed)} failed, {live} live or open")
     return 1 if failed else 0
 
 

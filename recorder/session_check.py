@@ -69,6 +69,7 @@ class AuditFacts:
     results: list[tuple[Path, VerifyResult]]
     sessions: dict[str, SessionFacts] = field(default_factory=dict)
     grants: dict[str, AuditRecord] = field(default_factory=dict)  # grant.issued by jti
+    revocations: dict[str, AuditRecord] = field(default_factory=dict)  # grant.revoked by jti
     live_runs: set[str] = field(default_factory=set)  # runs (processes) writing right now
     segment_runs: dict[str, str] = field(default_factory=dict)
 
@@ -120,7 +121,7 @@ def load_audit_facts(
     limits = _signed_limits(results)
     for e in read_audit(directory):
         kind = e.get("type")
-        if kind not in ("session.start", "grant.issued", *END_EVENTS):
+        if kind not in ("session.start", "grant.issued", "grant.revoked", *END_EVENTS):
             continue
         seq = e.get("seq")
         rec = AuditRecord(
@@ -129,10 +130,11 @@ def load_audit_facts(
             seq=seq if isinstance(seq, int) else -1,
             signed=isinstance(seq, int) and seq < limits.get(e["segment"], 0),
         )
-        if kind == "grant.issued":
+        if kind in ("grant.issued", "grant.revoked"):
             jti = e.get("jti")
+            table = facts.grants if kind == "grant.issued" else facts.revocations
             if isinstance(jti, str):
-                facts.grants[jti] = _prefer(facts.grants.get(jti), rec)
+                table[jti] = _prefer(table.get(jti), rec)
             continue
         sid = e.get("session")
         if not isinstance(sid, str):

@@ -250,6 +250,16 @@ def test_deleted_audit_segment_holding_a_revocation_is_named(gw, capsys):
     rc, out, err = cli(capsys, gw, "audit", "--type", "grant.")
     assert rc == 1
     assert f"audit segment {holding[0].name}: tampered: segment {holding[0].name} is missing" in err
+    # the attacker also removes the writer's lock file: the state database still knows
+    locks = {p: p.read_bytes() for p in audit.glob(".*.lock")}
+    for p in locks:
+        p.unlink()
+    rc, out, _ = cli(capsys, gw, "verify", str(audit))
+    assert rc == 1
+    assert f"the state database records the revocation of grant {jti}" in out
+    assert "no audit segment holds its grant.revoked event" in out
+    for p, data in locks.items():
+        p.write_bytes(data)
     holding[0].write_bytes(saved)  # put it back for the next tests
     rc, found = verdicts(capsys, gw, audit)
     assert rc == 0, found

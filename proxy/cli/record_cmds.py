@@ -105,6 +105,9 @@ def verify_paths(cfg, paths: list[str], audit_dir: Path | None) -> list:
     for parent, rs in audit_by_dir.items():
         if any(_same(d, parent) for d in dirs):
             results += [(seg, r) for seg, r in rs if not seg.exists()]
+    # revocations the state database holds but no audit segment does (a segment deleted)
+    if facts is not None and any(_same(d, facts.directory) for d in dirs):
+        results += _unaudited_revocations(cfg, facts)
     # recordings that are gone: the audit log recorded their session
     if facts is not None and any(_same(d, cfg.recordings_dir) for d in dirs):
         from recorder.verify import VerifyResult
@@ -121,6 +124,40 @@ def verify_paths(cfg, paths: list[str], audit_dir: Path | None) -> list:
             )
             results.append((gone, r))
     return results
+
+
+def _unaudited_revocations(cfg, facts) -> list:
+    """Cross-check with the state database: every revocation has its ``grant.revoked`` event
+    (deleting the newest segment of a chain, lock file and all, still shows here)."""
+    import asyncio
+
+    from proxy.context import open_state
+    from recorder.verify import VerifyResult
+
+    async def revocations():
+        state = open_state(cfg)
+        try:
+            return await state.revocations_since(0)
+        finally:
+            await state.close()
+
+    try:
+        revs = asyncio.run(revocations())
+    except Exception as e:  # the state database is optional for verifying files
+        print(f"breakglass: warning: state database not cross-checked: {e}", file=sys.stderr)
+        return []
+    out = []
+    for rev in revs:
+        if rev.jti in facts.revocations:
+            continue
+        r = VerifyResult(path=facts.directory, ok=False, problem="removed")
+        r.message = (
+            f"tampered: the state database records the revocation of grant {rev.jti} (by "
+            f"{rev.actor} at {utc_text(rev.revoked_at)}) but no audit segment holds its "
+            "grant.revoked event (a segment was deleted)"
+        )
+        out.append((facts.directory, r))
+    return out
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

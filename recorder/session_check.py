@@ -14,6 +14,7 @@ Must not import proxy/ or policy/.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ HEADER_FACTS = (
 #: How far apart the header's ``started_at`` and the audit event's time may be (seconds).
 START_SLACK = 30.0
 END_EVENTS = ("session.end", "session.recording_failed")
+#: A session started less than this long ago may not be in the audit files yet (seconds).
+RECENT = 10.0
 
 
 @dataclass
@@ -204,7 +207,12 @@ def check_session(
     sf = facts.sessions.get(sid, SessionFacts())
     start = sf.start
     if start is None:
-        if r.status != v.STATUS_TAMPERED and not facts.writing:
+        # a running writer may still hold a fresh session.start in memory (its commit
+        # interval): only for a session that is live or started moments ago
+        started = h.get("started_at")
+        recent = isinstance(started, int | float) and time.time() - started < RECENT
+        pending = facts.writing and (recent or r.status == v.STATUS_UNFINALIZED)
+        if r.status != v.STATUS_TAMPERED and not pending:
             _tamper(
                 r,
                 "unaudited",

@@ -399,3 +399,31 @@ def test_lines_swapped_around_a_raw_frame_are_reordered(tmp_path):
         path.chmod(0o440)
         r = verify_recording(path, trusted)
         assert (r.problem, r.event_index) == ("reordered", a), r.message
+
+
+def test_recording_the_audit_log_never_saw_is_unaudited_while_the_gateway_runs(gw, capsys):
+    """A finished recording with no session.start anywhere (the segment holding it deleted,
+    or a recording planted from elsewhere) fails, even while a gateway writes the log."""
+    from proxy.context import recorder_key
+    from recorder.writer import RecordingWriter
+
+    sid = "20261201T000000Z-00000000a1"
+    header = {
+        "session_id": sid,
+        "user": "olga",
+        "target": "shop",
+        "protocol": "postgres",
+        "grant_jti": "j-planted",
+        "breakglass": False,
+        "started_at": time.time() - 60,
+    }
+    w = RecordingWriter.create(
+        gw.cfg.recordings_dir / f"{sid}.rec", header, recorder_key(gw.cfg), gw.cfg.recorder_key_id
+    )
+    w.query(text="select 1", tag="SELECT 1", rows=1)
+    w.close("closed")
+    rc, found = verdicts(capsys, gw, w.path, gw.cfg.audit_dir)
+    assert any(r["status"] == "live" for r in found.values())  # the gateway is writing
+    r = found[w.path.name]
+    assert (rc, r["status"], r["problem"]) == (1, "tampered", "unaudited")
+    assert f"the audit log has no session.start for session {sid}" in r["message"]

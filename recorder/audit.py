@@ -366,13 +366,22 @@ class _SharedChain:
         self.log = log
         self.path = Path()
         self._lock_file = _lock_path(log.directory, log.writer)
+        try:  # fail at open, as a streaming writer does, if the directory cannot be written
+            os.close(os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640))
+        except OSError as exc:
+            raise RecorderError(f"cannot write the audit log in {log.directory}: {exc}") from exc
 
     def append(self, fields: bytes) -> None:
-        fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise RecorderError(f"cannot write the audit log: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = self._read_state(fd)
             self._append_locked(fd, state, fields)
+        except OSError as exc:
+            raise RecorderError(f"cannot write the audit log: {exc}") from exc
         finally:
             os.close(fd)
 

@@ -427,3 +427,11 @@ def test_recording_the_audit_log_never_saw_is_unaudited_while_the_gateway_runs(g
     r = found[w.path.name]
     assert (rc, r["status"], r["problem"]) == (1, "tampered", "unaudited")
     assert f"the audit log has no session.start for session {sid}" in r["message"]
+
+
+def test_verify_with_a_missing_audit_dir_says_so(gw, capsys, tmp_path):
+    rc, out, err = cli(
+        capsys, gw, "verify", str(gw.cfg.recordings_dir), "--audit-dir", str(tmp_path / "nope")
+    )
+    assert rc == 1 and "--audit-dir" in err and "no such directory" in err
+    assert "Traceback" not in err

@@ -169,6 +169,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return store_cmds.cmd_verify(args)
     cfg = load_config(args.config)
     audit_dir = Path(args.audit_dir) if args.audit_dir else cfg.audit_dir
+    if args.audit_dir and not audit_dir.is_dir():
+        raise CliError(f"--audit-dir {audit_dir}: no such directory")
     if not recording_files(args.paths):
         raise CliError("no recordings found (looked for *.rec and *.audit)")
     results = verify_paths(cfg, args.paths, audit_dir)

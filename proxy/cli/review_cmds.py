@@ -298,6 +298,8 @@ def _audit_access(cfg: Config, what: str, session: str | None, **fields: Any) ->
         return
     try:
         audit.append(what, session=session, actor=os_user(), **fields)
+    except Exception as e:
+        print(f"breakglass: warning: cannot write the audit log ({e})", file=sys.stderr)
     finally:
         audit.close()
 

@@ -435,3 +435,42 @@ def test_verify_with_a_missing_audit_dir_says_so(gw, capsys, tmp_path):
     )
     assert rc == 1 and "--audit-dir" in err and "no such directory" in err
     assert "Traceback" not in err
+
+
+def test_recording_cut_by_a_real_storage_fault_is_incomplete_not_tampered(
+    pg_server, tmp_path, capsys
+):
+    """The recordings filesystem turns read-only (EROFS) under a live session: the recording
+    cannot be finalized, and the audit log's session.recording_failed proves why."""
+    from tests.storage import abort_ext4, ext4, remount_fresh
+
+    gw = GatewayThread(tmp_path / "gw", pg=pg_server)
+    image = tmp_path / "recordings.img"
+    with ext4(gw.cfg.recordings_dir, image):
+        gw.start()
+        try:
+
+            async def scenario():
+                c = await connect(gw, gw.grant(user="erin"), "erin")
+                try:
+                    assert await c.fetchval("select 'before'") == "before"
+                    abort_ext4(gw.cfg.recordings_dir)
+                    with pytest.raises(Exception, match="recording"):
+                        await c.fetchval("select 'after'")
+                finally:
+                    await c.close(timeout=5)
+
+            asyncio.run(scenario())
+            gw.wait_idle()
+            wait_audit_signed(gw)
+            remount_fresh(image, gw.cfg.recordings_dir)
+            (rec,) = gw.cfg.recordings_dir.glob("*.rec")
+            rc, found = verdicts(capsys, gw, rec)
+        finally:
+            gw.stop()
+    r = found[rec.name]
+    assert (rc, r["status"]) == (1, "incomplete"), r
+    assert r["message"].startswith(
+        "incomplete: storage failure, proven by session.recording_failed (audit segment "
+    )
+    assert "Read-only file system" in r["message"] and "verified through checkpoint" in r["message"]

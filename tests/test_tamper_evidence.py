@@ -474,3 +474,18 @@ def test_recording_cut_by_a_real_storage_fault_is_incomplete_not_tampered(
         "incomplete: storage failure, proven by session.recording_failed (audit segment "
     )
     assert "Read-only file system" in r["message"] and "verified through checkpoint" in r["message"]
+
+
+def test_deleted_recording_is_named_by_verify_of_the_workdir(gw, capsys):
+    ids = run_sessions(gw, ("pia", "to-be-deleted", False))
+    victim = rec_path(gw, ids["pia"])
+    victim.chmod(0o640)
+    victim.unlink()
+    rc, out, _ = cli(capsys, gw, "verify", str(gw.dir))
+    assert rc == 1
+    assert (
+        f"FAIL  {victim}  tampered: the recording is gone; the audit log records session "
+        f"{ids['pia']}" in out
+    )
+    rc, rows = cli_json(capsys, gw, "sessions", "--user", "pia")
+    assert [(r["session_id"], r["integrity"]) for r in rows] == [(ids["pia"], "missing")]

@@ -77,6 +77,14 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def _covers(d: Path, target: Path) -> bool:
+    """``d`` is ``target`` or one of its parents (``verify WORKDIR`` covers its recordings)."""
+    try:
+        return target.resolve().is_relative_to(d.resolve())
+    except OSError:
+        return False
+
+
 def verify_paths(cfg, paths: list[str], audit_dir: Path | None) -> list:
     """(path, VerifyResult) for every recording and segment under ``paths``, cross-checked."""
     from recorder.audit import verify_audit
@@ -103,13 +111,13 @@ def verify_paths(cfg, paths: list[str], audit_dir: Path | None) -> list:
                 results.append((f, r))
     # segments that are gone: named by their successor or their writer's lock file
     for parent, rs in audit_by_dir.items():
-        if any(_same(d, parent) for d in dirs):
+        if any(_covers(d, parent) for d in dirs):
             results += [(seg, r) for seg, r in rs if not seg.exists()]
     # revocations the state database holds but no audit segment does (a segment deleted)
-    if facts is not None and any(_same(d, facts.directory) for d in dirs):
+    if facts is not None and any(_covers(d, facts.directory) for d in dirs):
         results += _unaudited_revocations(cfg, facts)
     # recordings that are gone: the audit log recorded their session
-    if facts is not None and any(_same(d, cfg.recordings_dir) for d in dirs):
+    if facts is not None and any(_covers(d, cfg.recordings_dir) for d in dirs):
         from recorder.verify import VerifyResult
 
         present = {session_id_of(f) for f in files if f.suffix == ".rec"}

@@ -245,10 +245,14 @@ class AuditLog:
         if shared:
             self._shared = _SharedChain(self)
             return
+        link: _Link | None = None
         if writer is not None:
             self._claim_identity()
-        head = _chain_head(self.directory, self.writer) if writer is not None else None
-        link = _link_to(*head) if head is not None else None
+            if self._identity_fd >= 0:
+                link = _missing_head(self.directory, _read_state(self._identity_fd))
+            if link is None:
+                head = _chain_head(self.directory, self.writer)
+                link = _link_to(*head) if head is not None else None
         self._writer = self._new_segment(link)
 
     def _claim_identity(self) -> None:
@@ -289,7 +293,9 @@ class AuditLog:
         self._hold(w.path)
         if self._identity_fd >= 0:
             with contextlib.suppress(OSError):
-                _write_state(self._identity_fd, {"segment": w.path.name})
+                _write_state(
+                    self._identity_fd, {"segment": w.path.name, "segment_seq": self._segment_seq}
+                )
         self._started = time.monotonic()
         return w
 
@@ -365,6 +371,7 @@ class _SharedChain:
     def __init__(self, log: AuditLog) -> None:
         self.log = log
         self.path = Path()
+        self._seg_seq = 0
         self._lock_file = _lock_path(log.directory, log.writer)
         try:  # fail at open, as a streaming writer does, if the directory cannot be written
             os.close(os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640))
@@ -378,25 +385,19 @@ class _SharedChain:
             raise RecorderError(f"cannot write the audit log: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            state = self._read_state(fd)
+            state = _read_state(fd)
             self._append_locked(fd, state, fields)
         except OSError as exc:
             raise RecorderError(f"cannot write the audit log: {exc}") from exc
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _read_state(fd: int) -> dict[str, Any]:
-        os.lseek(fd, 0, os.SEEK_SET)
-        data = os.read(fd, 65536)
-        try:
-            state = json.loads(data) if data else {}
-        except ValueError:
-            state = {}
-        return state if isinstance(state, dict) else {}
-
     def _append_locked(self, lock_fd: int, state: dict[str, Any], fields: bytes) -> None:
         log = self.log
+        gone = _missing_head(log.directory, state)
+        if gone is not None:  # the chain's newest segment was deleted: keep naming it
+            self._create(gone, fields, lock_fd)
+            return
         link: _Link | None = None
         head = self._head(state)
         if head is not None:
@@ -425,6 +426,7 @@ class _SharedChain:
                 link = _Link(path.name, last, tail.events + 2, seg_seq)
             else:
                 self.path = path
+                self._seg_seq = seg_seq
                 self._write(path, tail.events, tail.last_hash, tail.last_t, [fields], lock_fd)
                 return
         self._create(link, fields, lock_fd)
@@ -520,7 +522,10 @@ class _SharedChain:
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
-        _write_state(lock_fd, {"segment": path.name, "events": seq, "hash": prev})
+        _write_state(
+            lock_fd,
+            {"segment": path.name, "events": seq, "hash": prev, "segment_seq": self._seg_seq},
+        )
 
     def _create(self, link: _Link | None, fields: bytes, lock_fd: int) -> None:
         log = self.log
@@ -534,6 +539,7 @@ class _SharedChain:
         }
         path = log.directory / _segment_name()
         self.path = path
+        self._seg_seq = header["segment_seq"]
         self._write(
             path,
             0,
@@ -562,6 +568,33 @@ class _SharedChain:
         finally:
             os.close(fd)
         return prev
+
+
+def _read_state(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 65536)
+    try:
+        state = json.loads(data) if data else {}
+    except ValueError:
+        state = {}
+    return state if isinstance(state, dict) else {}
+
+
+def _missing_head(directory: Path, state: dict[str, Any]) -> _Link | None:
+    """The lock file names the chain's newest segment, and it is gone: the next segment names
+    it as its predecessor (so ``verify_audit`` reports it removed) rather than quietly
+    continuing from an older one."""
+    name = state.get("segment")
+    if not isinstance(name, str) or "/" in name or not name or (directory / name).exists():
+        return None
+    seq = state.get("segment_seq")
+    events = state.get("events")
+    return _Link(
+        name,
+        str(state.get("hash") or ""),
+        events if isinstance(events, int) else 0,
+        seq if isinstance(seq, int) else 0,
+    )
 
 
 def _write_state(fd: int, state: dict[str, Any]) -> None:

@@ -415,3 +415,31 @@ def test_segment_of_a_dead_writer_is_vouched_for_by_its_successor(tmp_path):
     assert got[nxt.path.name] == ("live", "missing-trailer")
     nxt.close()
     dead._writer.close()
+
+
+def test_a_deleted_newest_segment_stays_named_after_the_chain_goes_on(tmp_path):
+    """Deleting the newest segment, then letting the writer start again, must not erase the
+    evidence: the next segment names the deleted one (from the lock file) as its predecessor."""
+    d = tmp_path / "audit"
+    for i in range(3):
+        with AuditLog(d, KEY, "audit-1", writer="cli", shared=True, rotate_events=8) as log:
+            log.append("grant.revoked", actor="carol", jti=f"j{i}")
+    newest = _chain(d, "/cli")[-1]
+    newest.chmod(0o640)
+    newest.unlink()
+    with AuditLog(d, KEY, "audit-1", writer="cli", shared=True) as log:
+        log.append("grant.issued", actor="bob")
+    assert _by_status(d)[newest.name] == ("tampered", "removed")
+
+    g = AuditLog(d, KEY, "audit-1", writer="gateway-gw-w0")
+    g.append("session.start", session="s1")
+    g.close()
+    newest = g.path
+    newest.unlink()
+    g = AuditLog(d, KEY, "audit-1", writer="gateway-gw-w0")
+    g.append("gateway.start")
+    g.close()
+    got = _by_status(d)
+    assert got[newest.name] == ("tampered", "removed")
+    r = dict(verify_audit(d, TRUSTED))[d / newest.name]
+    assert f"{g.path.name} names it as its predecessor" in r.message

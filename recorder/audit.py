@@ -782,7 +782,10 @@ def _live_status(seg: Path, r: VerifyResult) -> None:
         r.status = "open"
         r.message = f"open (shared segment between appends; every event signed, through {where})"
         return
-    r.message = "not finalized: its writer died (no trailer, no process holds it); " + r.message
+    r.message = (
+        "not finalized: no process on this host holds it (its writer died, or this is a "
+        "copy or another host's segment); " + r.message
+    )
 
 
 def _last_line_hash(path: Path) -> str | None:

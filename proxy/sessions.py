@@ -74,6 +74,8 @@ class Session:
         self._timers: list[asyncio.TimerHandle] = []
         self._loop = asyncio.get_running_loop()
         self._end_lock = threading.Lock()  # the recording's end: loop or expiry watch
+        #: the gate reads the recording's own clock, so "recorded before exp" is exact
+        self._clock: Callable[[], float] = getattr(recorder, "now", time.time)
 
     @property
     def deadline(self) -> float:
@@ -108,7 +110,7 @@ class Session:
             return False
         if self.grant.jti in self.registry.revoked:
             why = Termination("revoked", "grant revoked")
-        elif time.time() >= self.grant.expires_at:
+        elif self._clock() >= self.grant.expires_at:
             why = Termination("expired", f"grant expired at {utc_text(self.deadline)}")
         else:
             return True
@@ -124,7 +126,7 @@ class Session:
         """Why the session is over, if it is (terminated, or past its grant's exp)."""
         if self.termination is not None:
             return self.termination
-        if time.time() >= self.grant.expires_at:
+        if self._clock() >= self.grant.expires_at:
             return Termination("expired", f"grant expired at {utc_text(self.deadline)}")
         return None
 
@@ -153,11 +155,13 @@ class Session:
             except Exception:
                 pass  # already ended (by the expiry watch), or the recording failed
 
-    def expired_off_loop(self) -> None:
+    def expired_off_loop(self) -> bool | None:
         """Called by the expiry watch thread at ``exp``: end the recording now, then let the
-        loop end the connection."""
-        if self.ended or self.termination is not None or time.time() < self.grant.expires_at:
-            return
+        loop end the connection. False: not yet expired by the recording's clock."""
+        if self.ended or self.termination is not None:
+            return None
+        if self._clock() < self.grant.expires_at:
+            return False
         why = Termination("expired", f"grant expired at {utc_text(self.deadline)}")
         self._end_recording(why)
         try:
@@ -290,8 +294,10 @@ class ExpiryWatch:
                     self._cond.wait(None if not self._heap else self._heap[0][0] - time.time())
                 if self._stopped:
                     return
-                _, _, session = heapq.heappop(self._heap)
-            session.expired_off_loop()
+                deadline, n, session = heapq.heappop(self._heap)
+            if session.expired_off_loop() is False:  # its recording's clock is a hair behind
+                with self._cond:
+                    heapq.heappush(self._heap, (deadline + 0.001, n, session))
 
 
 class SessionRegistry:

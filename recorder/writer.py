@@ -311,6 +311,11 @@ class RecordingWriter:
     def _now(self) -> float:
         return self._t_offset + _monotonic()
 
+    def now(self) -> float:
+        """The clock of this recording's ``t`` (wall time at creation, advanced monotonically):
+        compare deadlines with it so that what is recorded before a deadline says so."""
+        return self._t_offset + _monotonic()
+
     def _dead_error(self) -> RecorderError:
         if self._failed is not None:
             err = RecorderError(f"recording {self.path} failed: {self._failed}")

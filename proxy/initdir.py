@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncssh
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from policy.keys import generate_private_key, write_private_key, write_public_key
+from proxy.tls_files import TlsFiles, self_signed
 
 ISSUER_KID = "issuer-1"
 RECORDER_KID = "recorder-1"
@@ -243,29 +239,6 @@ requesters = ["@incident-managers"]
 {targets}"""
 
 
-def _self_signed_cert(key: ec.EllipticCurvePrivateKey, hostname: str) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = dt.datetime.now(dt.UTC)
-    sans = [
-        x509.DNSName("localhost"),
-        x509.DNSName(hostname),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("::1")),
-    ]
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-
-
 def _write_secret(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -279,15 +252,25 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 def init_workdir(
-    directory: Path, config_text: str | None = None, hostname: str = "localhost"
+    directory: Path,
+    config_text: str | None = None,
+    *,
+    hostnames: Sequence[str] = (),
+    tls: TlsFiles | None = None,
 ) -> list[Path]:
-    """Create keys and config in ``directory``; refuse if any of our files exist."""
+    """Create keys and config in ``directory``; refuse if any of our files exist.
+
+    The gateway's TLS certificate is ``tls`` (an existing certificate and key, already
+    checked) or a new self-signed one for localhost, 127.0.0.1, ::1 and ``hostnames``.
+    """
     directory = Path(directory)
     clashes = [f for f in FILES if (directory / f).exists()]
     if clashes:
         raise InitError(
             f"{directory} already has {', '.join(clashes)}; refusing to overwrite (choose a new directory)"
         )
+    if tls is None:
+        tls = self_signed(hostnames)
     (directory / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
     (directory / "run").mkdir(exist_ok=True, mode=0o700)
     keys = directory / "keys"
@@ -301,16 +284,7 @@ def init_workdir(
     _write_secret(keys / "upstream_ssh_key", upstream.export_private_key())
     _write_public(keys / "upstream_ssh_key.pub", upstream.export_public_key())
     _write_public(keys / "known_hosts", b"")
-    tls_key = ec.generate_private_key(ec.SECP256R1())
-    _write_secret(
-        keys / "gateway_tls.key",
-        tls_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    cert = _self_signed_cert(tls_key, hostname)
-    _write_public(keys / "gateway_tls.crt", cert.public_bytes(serialization.Encoding.PEM))
+    _write_secret(keys / "gateway_tls.key", tls.key_pem)
+    _write_public(keys / "gateway_tls.crt", tls.cert_pem)
     _write_public(directory / "config.toml", (config_text or render_config()).encode())
     return [directory / f for f in FILES]

@@ -92,7 +92,7 @@ def test_psql_same_results_as_direct(gw, pg_server):
 def test_plaintext_client_told_to_use_tls(gw):
     r = psql(gw, gw.grant(), "-c", "select 1", sslmode="disable")
     assert r.returncode != 0
-    assert "sslmode=require" in r.stderr
+    assert "sslmode=verify-full" in r.stderr
 
 
 @pytest.mark.parametrize(

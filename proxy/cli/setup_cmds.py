@@ -7,6 +7,7 @@ from pathlib import Path
 
 from proxy.cli.output import CliError, emit_json
 from proxy.initdir import InitError, init_workdir, render_config
+from proxy.tls_files import TlsFilesError, load_existing, self_signed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +20,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--name", default="prod", help="gateway name (the grants' audience)")
+    p.add_argument(
+        "--hostname",
+        dest="hostnames",
+        metavar="NAME",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="DNS names or IP addresses clients use to reach the gateway; they go in the TLS "
+        "certificate (besides localhost, 127.0.0.1 and ::1) so sslmode=verify-full works",
+    )
+    p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="use this existing certificate (PEM; the gateway's own first, then intermediates) "
+        "instead of a self-signed one; it is checked and copied into DIR/keys",
+    )
+    p.add_argument("--tls-key", metavar="FILE", help="the unencrypted PEM key of --tls-cert")
     p.add_argument("--json", action="store_true", help="print created files as JSON")
     p.set_defaults(func=cmd_init)
 
@@ -44,20 +62,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("give both --tls-cert and --tls-key, or neither")
     try:
-        files = init_workdir(Path(args.directory), render_config(gateway_name=args.name))
-    except InitError as e:
+        tls = (
+            load_existing(Path(args.tls_cert), Path(args.tls_key), args.hostnames)
+            if args.tls_cert
+            else self_signed(args.hostnames)
+        )
+        files = init_workdir(Path(args.directory), render_config(gateway_name=args.name), tls=tls)
+    except (InitError, TlsFilesError) as e:
         raise CliError(str(e)) from None
     except OSError as e:
         raise CliError(f"cannot create {args.directory}: {e.strerror}") from None
     if args.json:
         emit_json(
-            {"directory": str(Path(args.directory).resolve()), "files": [str(f) for f in files]}
+            {
+                "directory": str(Path(args.directory).resolve()),
+                "files": [str(f) for f in files],
+                "tls_names": list(tls.names),
+                "tls_not_after": tls.not_after.isoformat(),
+            }
         )
         return 0
     print(f"Created {args.directory}:")
     for f in files:
         print(f"  {f}")
+    print(
+        f"\nTLS certificate for {', '.join(tls.names)} (valid until {tls.not_after:%Y-%m-%d} UTC)"
+    )
     print(
         f"\nNext: edit {Path(args.directory) / 'config.toml'} (targets, templates, groups), then\n"
         f"  breakglass -c {Path(args.directory) / 'config.toml'} gateway"

@@ -247,7 +247,7 @@ class PgConnection:
             else:
                 if not self.tls:
                     raise Refused(
-                        "TLS is required: connect with sslmode=require (the grant is a password)",
+                        "TLS is required: connect with sslmode=verify-full (the grant is a password)",
                         "28000",
                     )
                 negotiate = codec.negotiate_protocol_version_for(packet)

@@ -381,9 +381,13 @@ class RecordingWriter:
                 exc = None
             else:
                 exc = self._overflow_locked()
-        if exc is not None:
-            self._report_failure(exc)
-            raise exc
+        self._appended(exc)
+
+    def _appended(self, overflow: RecorderError | None) -> None:
+        """After an append (outside the lock): report an overflow, or write through."""
+        if overflow is not None:
+            self._report_failure(overflow)
+            raise overflow
         if self._write_through:
             self.write()
 
@@ -466,11 +470,7 @@ class RecordingWriter:
                 exc = None
             else:
                 exc = self._overflow_locked()
-        if exc is not None:
-            self._report_failure(exc)
-            raise exc
-        if self._write_through:
-            self.write()
+        self._appended(exc)
 
     def _append_locked(self, kind: str, encoded_fields: bytes, t: float) -> None:
         self._append_locked_json(fmt.encode_str(kind), encoded_fields, t)

@@ -55,6 +55,22 @@ class GatewayThread:
         assert self.cfg.ssh_listen
         return self.cfg.ssh_listen.port
 
+    async def connect_pg(self, token: str, user: str = "erin", **kw: Any) -> Any:
+        """An asyncpg connection through this gateway (TLS verified against its certificate)."""
+        import asyncpg
+
+        from tests.pg_client import client_tls
+
+        return await asyncpg.connect(
+            host="127.0.0.1",
+            port=self.pg_port,
+            user=user,
+            password=token,
+            database="shop",
+            ssl=client_tls(self.dir / "keys/gateway_tls.crt"),
+            **kw,
+        )
+
     def grant(self, template: str = "db-readonly", target: str = "shop", **kw: Any) -> str:
         return issue_local_grant(self.cfg, template, target, **kw)
 

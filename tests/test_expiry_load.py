@@ -14,7 +14,6 @@ import pytest
 
 from recorder.reader import read_events
 from tests.harness import GatewayThread
-from tests.pg_client import client_tls
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,15 +22,7 @@ SESSIONS = 100
 
 async def _connect(gw: GatewayThread, token: str, logins: asyncio.Semaphore):
     async with logins:  # the gateway admits 32 logins in progress per address
-        return await asyncpg.connect(
-            host="127.0.0.1",
-            port=gw.pg_port,
-            user="erin",
-            password=token,
-            database="shop",
-            ssl=client_tls(gw.dir / "keys/gateway_tls.crt"),
-            timeout=30,
-        )
+        return await gw.connect_pg(token, timeout=30)
 
 
 async def _hammer(conn: asyncpg.Connection, answered: list[float]) -> None:

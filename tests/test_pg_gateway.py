@@ -13,7 +13,7 @@ import pytest
 
 from proxy.postgres import codec
 from tests.harness import GatewayThread
-from tests.pg_client import RawClient, client_tls, error_of
+from tests.pg_client import RawClient, error_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,15 +55,7 @@ def psql(
 
 
 async def connect(gw: GatewayThread, token: str, user: str = "erin", **kw) -> asyncpg.Connection:
-    return await asyncpg.connect(
-        host="127.0.0.1",
-        port=gw.pg_port,
-        user=user,
-        password=token,
-        database="shop",
-        ssl=client_tls(gw.dir / "keys/gateway_tls.crt"),
-        **kw,
-    )
+    return await gw.connect_pg(token, user, **kw)
 
 
 def recording(gw: GatewayThread, session_id: str) -> list[dict]:

@@ -21,12 +21,20 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import format as fmt
-from .replay import session_start, statement_timeline
+from .replay import (
+    render_timeline,
+    session_start,
+    sftp_channels,
+    sftp_text,
+    statement_timeline,
+)
 from .term_filter import TerminalFilter
 
 __all__ = ["asciicast_lines", "jsonl_lines"]
 
 DEFAULT_SIZE = (80, 24)
+#: A PostgreSQL session has no terminal: its statement timeline is drawn at this size.
+TIMELINE_SIZE = (120, 40)
 
 
 def _size(events: list[dict[str, Any]]) -> tuple[int, int]:
@@ -50,7 +58,8 @@ def asciicast_lines(
     reviewer's terminal) unless ``raw``."""
     header = events[0] if events and events[0].get("kind") == fmt.HEADER else {}
     t0 = session_start(events)
-    width, height = _size(events)
+    postgres = header.get("protocol") == "postgres"
+    width, height = TIMELINE_SIZE if postgres else _size(events)
     title_bits = [
         str(header.get(k))
         for k in ("user", "target", "session_id")
@@ -66,6 +75,10 @@ def asciicast_lines(
     )
     head["env"] = {"TERM": term if isinstance(term, str) else "xterm-256color", "SHELL": ""}
     yield json.dumps(head, ensure_ascii=True)
+    if postgres:
+        yield from _timeline_cast(events, header)
+        return
+    sftp = sftp_channels(events)
     decoders: dict[tuple[str, Any], Any] = {}
     screen = None if raw else TerminalFilter()
     seen_size = False
@@ -75,7 +88,11 @@ def asciicast_lines(
         if not isinstance(t, int | float):
             continue
         off = round(max(0.0, float(t) - t0), 6)
-        if kind in (fmt.OUTPUT, fmt.INPUT):
+        if kind == "sftp":
+            yield json.dumps([off, "o", f"\r\n\x1b[7msftp {_plain(sftp_text(ev))}\x1b[27m\r\n"])
+        elif ev.get("channel") in sftp and ev.get("channel") is not None:
+            continue  # the sftp protocol's bytes: shown as the operations above
+        elif kind in (fmt.OUTPUT, fmt.INPUT):
             if kind == fmt.INPUT and not include_input:
                 continue
             data = ev.get("data")
@@ -100,6 +117,25 @@ def asciicast_lines(
                 yield json.dumps([off, "r", f"{cols}x{rows}"])
 
 
+def _plain(text: str) -> str:
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _timeline_cast(events: list[dict[str, Any]], header: dict[str, Any]) -> Iterator[str]:
+    """A PostgreSQL session as a cast: its statement timeline, each entry at its time."""
+    intro = (
+        f"breakglass: PostgreSQL session {header.get('session_id')}: {header.get('user')} on "
+        f"{header.get('target')} as {header.get('account')} (statement timeline)"
+    )
+    yield json.dumps([0.0, "o", _plain(intro) + "\r\n"])
+    entries = statement_timeline(events)
+    if not entries:
+        yield json.dumps([0.0, "o", "(no statements recorded)\r\n"])
+    for e in entries:
+        text = render_timeline([e]).replace("\n", "\r\n") + "\r\n"
+        yield json.dumps([round(e.offset, 6), "o", text])
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, bytes | bytearray):
         return {fmt.BYTES_KEY: fmt.b64(bytes(v))}
@@ -110,7 +146,18 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-_COMMAND_KINDS = {"command", "exec", "upstream", "builtin", "exit", "terminate", "signal", "sftp"}
+_COMMAND_KINDS = {
+    "command",
+    "exec",
+    "upstream",
+    "builtin",
+    "exit",
+    "terminate",
+    "signal",
+    "sftp",
+    "warn",
+    "notice",
+}
 
 
 def jsonl_lines(events: list[dict[str, Any]]) -> Iterator[str]:

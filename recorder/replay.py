@@ -16,6 +16,7 @@ Must not import proxy/ or policy/.
 from __future__ import annotations
 
 import os
+import re
 import select
 import time
 from collections.abc import Callable, Iterable
@@ -41,10 +42,28 @@ __all__ = [
     "TimelineEntry",
     "statement_timeline",
     "render_timeline",
+    "ssh_timeline",
+    "session_timeline",
+    "recorded_size",
+    "END_RESET",
+    "sftp_text",
+    "progress_text",
 ]
 
 SEEK_STEP = 5.0
 RESET = b"\x1bc"
+#: Written when playback ends: whatever modes the recorded programs left set (a scroll region,
+#: the alternate screen, a hidden cursor, application keys, bracketed paste, colours) are put
+#: back, so the reviewer's terminal is usable, without clearing what is on the screen.
+END_RESET = (
+    b"\x1b[?47l\x1b7\x1b[r\x1b8\x1b[?25h\x1b[0m\x1b[?7h\x1b[?1l\x1b>\x1b[?2004l\x1b(B\x0f\r\n"
+)
+#: A recorded resize: a real terminal resets its scroll region when it is resized (the program
+#: then redraws for the new size); the replay does the same, or a region set for the old size
+#: would trap everything printed below it.
+#: (DECSTBM homes the cursor: saved and restored around it.)
+RESIZE_RESET = b"\x1b7\x1b[r\x1b8"
+_DECSTBM = re.compile(rb"\x1b\[(\d*)(?:;(\d*))?r")
 
 
 class IntegrityRefused(Exception):
@@ -118,6 +137,80 @@ def _input_marker(data: bytes) -> bytes:
     return b"\x1b[7m" + shown.encode("ascii", "backslashreplace") + b"\x1b[27m"
 
 
+def recorded_size(events: Iterable[dict[str, Any]]) -> tuple[int, int] | None:
+    """The terminal size the session started with (its first pty or resize event)."""
+    for ev in events:
+        cols, rows = ev.get("cols"), ev.get("rows")
+        if (
+            ev.get("kind") in (fmt.RESIZE, "pty")
+            and isinstance(cols, int)
+            and isinstance(rows, int)
+        ):
+            if cols > 0 and rows > 0:
+                return cols, rows
+    return None
+
+
+def sftp_channels(events: Iterable[dict[str, Any]]) -> set[Any]:
+    """Channels that carried an (allowed) sftp subsystem: their bytes are the binary sftp
+    protocol, shown as the recorded ``sftp`` operations instead."""
+    return {
+        ev.get("channel")
+        for ev in events
+        if ev.get("kind") == fmt.DECISION
+        and ev.get("decision_kind") == "subsystem"
+        and ev.get("text") == "sftp"
+        and ev.get("allowed")
+    }
+
+
+def sftp_text(ev: dict[str, Any]) -> str:
+    """One sftp operation as a line: ``remove /etc/app.conf: ok``, ``rename a -> b: error (..)``."""
+    bits = [str(ev.get("op", "?"))]
+    if ev.get("path") is not None:
+        bits.append(str(ev.get("path")))
+    if ev.get("to") is not None:
+        bits += ["->", str(ev.get("to"))]
+    if ev.get("flags"):
+        bits.append(f"({ev.get('flags')})")
+    for k in ("read", "written", "entries"):
+        if isinstance(ev.get(k), int) and ev.get(k):
+            bits.append(f"{k}={ev.get(k)}")
+    if ev.get("mode") is not None:
+        bits.append(f"mode={ev.get('mode')}")
+    status = ev.get("status")
+    if ev.get("error"):
+        status = f"{status or 'error'} ({ev.get('error')})"
+    text = " ".join(bits)
+    return f"{text}: {status}" if status else text
+
+
+def _printable(text: str) -> str:
+    """Recorded text shown on the reviewer's terminal: no control characters."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _note(text: str) -> bytes:
+    """A replay annotation (not recorded output): reverse video, on its own line."""
+    return b"\r\n\x1b[7m" + _printable(text).encode("utf-8", "replace") + b"\x1b[27m\r\n"
+
+
+def _clamp_regions(data: bytes, rows: int) -> bytes:
+    """Scroll regions set for a taller screen, clamped to the reviewer's ``rows`` (a region
+    the terminal rejects would leave an older one in force)."""
+
+    def fix(m: re.Match[bytes]) -> bytes:
+        top = int(m.group(1) or 1)
+        bottom = int(m.group(2) or rows)
+        if bottom <= rows:
+            return m.group(0)
+        if top >= rows:
+            return b"\x1b[r"
+        return b"\x1b[%d;%dr" % (top, rows)
+
+    return _DECSTBM.sub(fix, data)
+
+
 def terminal_frames(
     events: Iterable[dict[str, Any]],
     *,
@@ -125,30 +218,50 @@ def terminal_frames(
     show_input: bool = False,
     idle_limit: float | None = None,
     raw: bool = False,
+    viewer_rows: int | None = None,
 ) -> list[Frame]:
     """The output (and with ``show_input``, input) of a session as timed frames.
 
     Output frames carry the recorded output (stdout and stderr of every channel, in recorded
     order) through :class:`~recorder.term_filter.TerminalFilter`, so the reviewer's terminal
     only draws (``raw``: the recorded bytes unchanged). Input frames are rendered as a
-    visible, reverse-video marker."""
+    visible, reverse-video marker. A recorded resize resets the scroll region (as the
+    engineer's terminal did); with ``viewer_rows``, scroll regions are clamped to it. sftp
+    channels show their operations, one line each, instead of protocol bytes."""
     events = list(events)
     screen = None if raw else TerminalFilter()
     t0 = start if start is not None else session_start(events)
+    sftp = sftp_channels(events)
+    size = recorded_size(events)
     frames: list[Frame] = []
     for ev in events:
         kind = ev.get("kind")
+        t = ev.get("t")
+        off = max(0.0, float(t) - t0) if isinstance(t, int | float) else 0.0
+        seq = ev.get("seq", -1)
+        if kind == fmt.RESIZE:
+            cols, rows = ev.get("cols"), ev.get("rows")
+            if isinstance(cols, int) and isinstance(rows, int):
+                if size is not None and (cols, rows) != size:
+                    frames.append(Frame(off, RESIZE_RESET, seq, "r"))
+                size = (cols, rows)
+            continue
+        if kind == "sftp":
+            frames.append(Frame(off, _note("sftp " + sftp_text(ev)), seq, "o"))
+            continue
         data = ev.get("data")
         if not isinstance(data, bytes | bytearray) or not data:
             continue
-        t = ev.get("t")
-        off = max(0.0, float(t) - t0) if isinstance(t, int | float) else 0.0
+        if ev.get("channel") in sftp and ev.get("channel") is not None:
+            continue
         if kind == fmt.OUTPUT:
             shown = bytes(data) if screen is None else screen.feed(bytes(data))
+            if shown and viewer_rows and screen is not None:
+                shown = _clamp_regions(shown, viewer_rows)
             if shown:
-                frames.append(Frame(off, shown, ev.get("seq", -1), "o"))
+                frames.append(Frame(off, shown, seq, "o"))
         elif kind == fmt.INPUT and show_input:
-            frames.append(Frame(off, _input_marker(bytes(data)), ev.get("seq", -1), "i"))
+            frames.append(Frame(off, _input_marker(bytes(data)), seq, "i"))
     vt, last = 0.0, 0.0
     for f in frames:
         gap = f.offset - last
@@ -208,13 +321,34 @@ class Player:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     on_status: Callable[[str], None] | None = None
+    #: Called with (position, length) in playback seconds, at most every ``progress_every``
+    #: seconds of wall time and once at the end: a clock / progress bar.
+    on_progress: Callable[[float, float], None] | None = None
+    progress_every: float = 0.5
     position: int = 0  # index of the next frame to write
     quit: bool = False
     _vpos: float = 0.0  # where playback is, on the frames' vt clock
+    _next_progress: float = 0.0
 
     def _write(self, data: bytes) -> None:
         self.out.write(data)
         self.out.flush()
+
+    @property
+    def length(self) -> float:
+        """Playback length in seconds (idle gaps shortened)."""
+        return self.frames[-1].vt if self.frames else 0.0
+
+    def _progress(self, now: float, force: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        if force or now >= self._next_progress:
+            self._next_progress = now + self.progress_every
+            self.on_progress(min(self._vpos, self.length), self.length)
+
+    def finish(self) -> None:
+        """Put back the terminal modes the recording may have left set (see END_RESET)."""
+        self._write(END_RESET)
 
     def _status(self, text: str) -> None:
         if self.on_status is not None:
@@ -257,8 +391,14 @@ class Player:
         while self.position < len(self.frames) and not self.quit:
             frame = self.frames[self.position]
             due = base_wall + (frame.vt - base_v) / self.speed
-            wait = due - self.clock()
+            now = self.clock()
+            wait = due - now
             if wait > 0:
+                if self.on_progress is not None:
+                    self._vpos = max(self._vpos, base_v + (now - base_wall) * self.speed)
+                    self._vpos = min(self._vpos, frame.vt)
+                    self._progress(now)
+                    wait = min(wait, self.progress_every)
                 if self.keys is None:
                     self.sleep(wait)
                     continue
@@ -271,6 +411,7 @@ class Player:
             self._write(frame.data)
             self.position += 1
             self._vpos = frame.vt
+        self._progress(self.clock(), force=True)
 
     def _key(self, key: str) -> bool:
         """Handle one key; True if the playback clock must be re-based."""
@@ -315,7 +456,9 @@ class Player:
 class TimelineEntry:
     offset: float
     seq: int
-    what: str  # statement | denied | cancel | terminate | violation | copy | function_call | end
+    # statement | function_call | denied | cancel | terminate | violation | copy | end (PostgreSQL)
+    # command | denied | sftp | exit | builtin | gateway | terminate | end (SSH)
+    what: str
     n: int | None = None
     text: str = ""
     protocol: str | None = None
@@ -338,6 +481,8 @@ class TimelineEntry:
     def outcome(self) -> str:
         if self.what == "denied":
             return "DENIED"
+        if self.what == "sftp":
+            return "ERROR" if self.error else "OK"
         if self.what not in ("statement", "function_call"):
             return self.what.upper()
         if self.error:
@@ -436,6 +581,8 @@ def statement_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
             )
         elif kind == "cancel":
             out.append(TimelineEntry(off(ev), seq, "cancel"))
+        elif kind == "notice":  # the gateway's own message to the engineer (expiry, kill)
+            out.append(_gateway_entry(off(ev), seq, ev))
         elif kind == "terminate":
             out.append(
                 TimelineEntry(
@@ -478,6 +625,91 @@ def statement_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
     return out
 
 
+def _gateway_entry(offset: float, seq: int, ev: dict[str, Any]) -> TimelineEntry:
+    if ev.get("kind") == "warn":
+        left = ev.get("seconds_left")
+        text = f"expiry warning: the grant expires in {left} s"
+    else:
+        text = str(ev.get("message", ""))
+    return TimelineEntry(offset, seq, "gateway", text=str(ev.get("severity") or ""), message=text)
+
+
+_SSH_DECISIONS = {"exec": "exec", "shell": "shell line", "subsystem": "subsystem"}
+
+
+def ssh_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
+    """What happened in an SSH session, in order: exec commands, restricted-shell lines,
+    subsystems and forwards (allowed or denied), sftp operations, exits, the gateway's own
+    messages to the engineer, and the end."""
+    t0 = session_start(events)
+    out: list[TimelineEntry] = []
+    for ev in events:
+        kind = ev.get("kind")
+        seq = ev.get("seq", -1)
+        t = ev.get("t")
+        off = max(0.0, float(t) - t0) if isinstance(t, int | float) else 0.0
+        if kind == fmt.DECISION:
+            dk = str(ev.get("decision_kind") or "")
+            label = _SSH_DECISIONS.get(dk, dk or "command")
+            out.append(
+                TimelineEntry(
+                    off,
+                    seq,
+                    "command" if ev.get("allowed") else "denied",
+                    text=str(ev.get("text", "")),
+                    protocol=label,
+                    rule=ev.get("rule") or ev.get("pattern"),
+                    message=ev.get("message") if not ev.get("allowed") else None,
+                )
+            )
+        elif kind == "sftp":
+            err = ev.get("error")
+            out.append(
+                TimelineEntry(
+                    off,
+                    seq,
+                    "sftp",
+                    text=sftp_text(ev),
+                    error={"message": str(err)} if err or ev.get("status") == "error" else None,
+                )
+            )
+        elif kind == "exit":
+            sig = ev.get("signal")
+            text = f"signal {sig}" if sig else f"status {ev.get('status')}"
+            out.append(TimelineEntry(off, seq, "exit", text=f"channel {ev.get('channel')} {text}"))
+        elif kind == "builtin":
+            out.append(TimelineEntry(off, seq, "builtin", text=str(ev.get("name", ""))))
+        elif kind in ("warn", "notice"):
+            out.append(_gateway_entry(off, seq, ev))
+        elif kind == "terminate":
+            msg = str(ev.get("message") or ev.get("reason"))
+            out.append(TimelineEntry(off, seq, "terminate", message=msg))
+        elif kind == "upstream-lost":
+            out.append(TimelineEntry(off, seq, "upstream-lost", text=str(ev.get("error") or "")))
+        elif kind == fmt.END:
+            out.append(TimelineEntry(off, seq, "end", message=str(ev.get("reason", ""))))
+    return out
+
+
+def session_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
+    """The timeline for the session's protocol."""
+    if _header(events).get("protocol") == "postgres":
+        return statement_timeline(events)
+    return ssh_timeline(events)
+
+
+def progress_text(pos: float, length: float, width: int = 20) -> str:
+    """``0:12 / 1:30 [####----------------]``: where playback is."""
+    frac = 0.0 if length <= 0 else max(0.0, min(1.0, pos / length))
+    filled = round(frac * width)
+
+    def mmss(x: float) -> str:
+        m, sec = divmod(int(x), 60)
+        return f"{m}:{sec:02d}"
+
+    return f"{mmss(pos)} / {mmss(length)} [{'#' * filled}{'-' * (width - filled)}]"
+
+
 def _fmt_offset(s: float) -> str:
     m, sec = divmod(s, 60)
     h, m = divmod(int(m), 60)
@@ -485,7 +717,7 @@ def _fmt_offset(s: float) -> str:
 
 
 def _one_line(text: str, width: int = 400) -> str:
-    t = " ".join(text.split())
+    t = _printable(" ".join(text.split()))  # recorded text: no control sequences
     return t if len(t) <= width else t[: width - 1] + "…"
 
 
@@ -515,7 +747,8 @@ def render_timeline(entries: list[TimelineEntry]) -> str:
             if e.error:
                 lines.append(f"    error: {e.error.get('sqlstate')} {e.error.get('message')}")
         elif e.what == "denied":
-            lines.append(head + f"DENIED  rule={e.rule}  {e.message or ''}".rstrip())
+            what = f"{e.protocol}  " if e.protocol in _SSH_DECISIONS.values() else ""
+            lines.append(head + f"DENIED  {what}rule={e.rule}  {e.message or ''}".rstrip())
             lines.append(f"    {_one_line(e.text)}")
         elif e.what == "end":
             lines.append(head + f"END  {e.message}")
@@ -525,9 +758,16 @@ def render_timeline(entries: list[TimelineEntry]) -> str:
             if e.data:
                 more = " …" if e.truncated else ""
                 lines.append(f"    data: {_short(_escaped(e.data), PARAM_WIDTH)}{more}")
+        elif e.what == "command":
+            lines.append(head + f"{e.protocol or 'command'}  {_one_line(e.text)}")
+        elif e.what == "sftp":
+            lines.append(head + f"sftp  {_one_line(e.text)}")
+        elif e.what == "gateway":
+            lines.append(head + f"GATEWAY  {_one_line(e.message or '')}")
         else:
             lines.append(head + f"{e.outcome}  {e.text or ''} {e.message or ''}".rstrip())
-    return "\n".join(lines)
+    # Recorded text is untrusted: no control characters reach the reviewer's terminal.
+    return "\n".join(_printable(line) for line in lines)
 
 
 def _params_text(params: Any) -> str:

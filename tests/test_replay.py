@@ -8,6 +8,7 @@ import pytest
 
 from recorder.replay import (
     RESET,
+    RESIZE_RESET,
     IntegrityRefused,
     Player,
     check_integrity,
@@ -72,7 +73,11 @@ def test_replay_writes_exactly_the_recorded_output_in_order(rec):
     out = io.BytesIO()
     clock = Clock()
     Player(frames, out, speed=1.0, clock=clock, sleep=clock.sleep).play()
-    assert out.getvalue() == b"".join(SHELL_OUTPUT)
+    # the recorded bytes, plus where the engineer resized their terminal, the scroll-region
+    # reset their terminal did then
+    resized = len(b"".join(SHELL_OUTPUT[:7]))
+    want = b"".join(SHELL_OUTPUT)
+    assert out.getvalue() == want[:resized] + RESIZE_RESET + want[resized:]
 
 
 def test_timing_follows_the_recording_scaled_by_speed_and_idle_limit():

@@ -10,6 +10,7 @@ import subprocess
 import pexpect
 import pytest
 
+from recorder.replay import END_RESET
 from tests.ssh_gateway_fixture import GatewayHarness, ssh_gateway  # noqa: F401
 from tests.test_export import asciinema
 from tests.test_index_helpers import run_cli
@@ -61,7 +62,8 @@ def test_pty_session_replays_exactly_and_exports(
 
     capsysbinary.readouterr()
     assert run_cli(["-c", c, "replay", sid, "--idle-limit", "0", "--speed", "64"]) == 0
-    assert capsysbinary.readouterr().out == bytes(shown)
+    # exactly what the engineer's terminal got, then the modes reset for the reviewer
+    assert capsysbinary.readouterr().out == bytes(shown) + END_RESET
 
     cast = tmp_path / "s.cast"
     assert run_cli(["-c", c, "export", sid, "--format", "asciicast", "-o", str(cast)]) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import sys
 import time
@@ -431,8 +432,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from recorder.replay import (
         Player,
         TerminalKeys,
+        recorded_size,
         render_timeline,
-        statement_timeline,
+        session_timeline,
         terminal_frames,
     )
 
@@ -444,7 +446,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     header = events[0] if events else {}
     protocol = header.get("protocol")
     if protocol == "postgres" or args.timeline:
-        tl = statement_timeline(events)
+        tl = session_timeline(events)
         if args.json:
             emit_json([e.to_dict() for e in tl])
         else:
@@ -454,24 +456,43 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
             print(render_timeline(tl))
         return 0
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    viewer = os.get_terminal_size(sys.stdout.fileno()) if sys.stdout.isatty() else None
     frames = terminal_frames(
-        events, show_input=args.show_input, idle_limit=args.idle_limit, raw=args.raw
+        events,
+        show_input=args.show_input,
+        idle_limit=args.idle_limit,
+        raw=args.raw,
+        viewer_rows=viewer.lines if viewer else None,
     )
+    if args.start and (not frames or args.start > frames[-1].offset):
+        last = frames[-1].offset if frames else 0.0
+        raise CliError(
+            f"--from {args.start:g}s is past the end of session {sid}: its last output is at "
+            f"{last:.1f}s (nothing to play)"
+        )
     out = sys.stdout.buffer
-    keys = None
-    if sys.stdin.isatty() and sys.stdout.isatty():
-        keys = TerminalKeys(sys.stdin.fileno())
+    keys = TerminalKeys(sys.stdin.fileno()) if interactive else None
     print(
         f"replaying session {sid}: {header.get('user')} on {header.get('target')} "
         f"({len(frames)} frames){'  [space: pause, arrows: seek, q: quit]' if keys else ''}",
         file=sys.stderr,
     )
+    size = recorded_size(events)
+    if viewer and size and (viewer.columns < size[0] or viewer.lines < size[1]):
+        print(
+            f"note: recorded at {size[0]}x{size[1]}, this terminal is "
+            f"{viewer.columns}x{viewer.lines}: enlarge it to see full-screen programs as the "
+            "engineer did",
+            file=sys.stderr,
+        )
     player = Player(
         frames,
         out,
         speed=args.speed,
         keys=keys,
         on_status=lambda s: print(f"\r\n[{s}]\r", file=sys.stderr) if keys else None,
+        on_progress=_title_clock(sid) if keys else None,
     )
     try:
         if args.start:
@@ -480,11 +501,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        with contextlib.suppress(BrokenPipeError):
+            player.finish()
+            if keys is not None:
+                out.write(b"\x1b[23;0t")  # the terminal's own title back
         if keys is not None:
             keys.close()
         with contextlib.suppress(BrokenPipeError):
             out.flush()
     return 0
+
+
+def _title_clock(sid: str):
+    """The replay clock and a progress bar, in the terminal's title (the screen belongs to the
+    recording). The title is pushed first and restored when replay ends."""
+    from recorder.replay import progress_text
+
+    pushed = False
+
+    def show(pos: float, length: float) -> None:
+        nonlocal pushed
+        title = f"breakglass replay {sid[:12]}  {progress_text(pos, length)}"
+        data = ("" if pushed else "\x1b[22;0t") + f"\x1b]2;{title}\x07"
+        pushed = True
+        sys.stdout.buffer.write(data.encode("utf-8", "replace"))
+        sys.stdout.buffer.flush()
+
+    return show
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -525,14 +525,24 @@ class PgConnection:
     def _warn(self, seconds_left: float) -> None:
         minutes = max(1, round(seconds_left / 60))
         assert self.session is not None
-        self.writer.write(
-            codec.encode_notice(
-                "WARNING",
-                "01000",
-                f"breakglass: your grant expires in {minutes} minute(s), at "
-                f"{utc_text(self.session.deadline)}; the session will then be closed",
-            )
+        text = (
+            f"breakglass: your grant expires in {minutes} minute(s), at "
+            f"{utc_text(self.session.deadline)}; the session will then be closed"
         )
+        if self._record_notice("WARNING", "01000", text):
+            self.writer.write(codec.encode_notice("WARNING", "01000", text))
+
+    def _record_notice(self, severity: str, sqlstate: str, text: str) -> bool:
+        """Record a message the gateway itself sends the engineer (shown by replay/export)."""
+        if self.session is None:
+            return False
+        try:
+            self.session.recorder.event(
+                "notice", severity=severity, sqlstate=sqlstate, message=text
+            )
+            return True
+        except RecorderError:
+            return False
 
     async def cancel_upstream(self) -> None:
         """Send the upstream's own CancelRequest (only the gateway knows its key)."""
@@ -551,7 +561,9 @@ class PgConnection:
 
     async def _terminate(self, termination: Termination) -> None:
         busy = self.relay is not None and self.relay.busy
-        self._fatal(ADMIN_SHUTDOWN, f"breakglass: {termination.message} — session closed")
+        text = f"breakglass: {termination.message} — session closed"
+        self._record_notice("FATAL", ADMIN_SHUTDOWN, text)  # sent even if that fails: it says why
+        self._fatal(ADMIN_SHUTDOWN, text)
         self._abort()
         if busy:  # stop what still runs upstream for this session
             await self.cancel_upstream()

@@ -346,7 +346,7 @@ class Bridge:
 
     # -- gateway messages to the engineer
 
-    def say(self, text: str, *, stderr: bool = True, record: bool = True) -> None:
+    def say(self, text: str, *, stderr: bool = True, record: bool | str = True) -> None:
         """Show gateway text on this channel (recorded as output, like target output)."""
         if self.closed or self.chan is None:
             return
@@ -359,8 +359,9 @@ class Bridge:
                 self.o.recorder.output(data, self.cid, stream)
                 self.o.recorder.write()
             except RecorderError:
-                self.o.recording_failed()
-                return
+                if record != "best-effort":
+                    self.o.recording_failed()
+                    return
         try:
             if stream == "stderr":
                 self.chan.write_stderr(data)
@@ -399,7 +400,9 @@ class Bridge:
     def goodbye(self, text: str) -> None:
         if self.closed or self.chan is None:
             return
-        self.say(("\n" if self.interactive else "") + text + "\n", record=False)
+        # Recorded if the recording still works (replay shows why the session ended); sent
+        # either way, since it tells the engineer why (e.g. that the recording failed).
+        self.say(("\n" if self.interactive else "") + text + "\n", record="best-effort")
         self.chan.close()
 
     def warn(self, text: str) -> None:

@@ -11,8 +11,10 @@ from policy.durations import DurationError
 from policy.keys import KeyFileError
 from proxy.cli import (
     admin_cmds,
+    console_cmds,
     grant_cmds,
     record_cmds,
+    report_cmds,
     review_cmds,
     service_cmds,
     setup_cmds,
@@ -22,7 +24,17 @@ from proxy.cli.output import CliError
 from proxy.config import CONFIG_ENV, ConfigError
 
 # service_cmds adds `grant get` / `grant revoke` to the grant command: keep it after grant_cmds.
-MODULES = (setup_cmds, grant_cmds, service_cmds, record_cmds, admin_cmds, review_cmds, store_cmds)
+MODULES = (
+    setup_cmds,
+    grant_cmds,
+    service_cmds,
+    record_cmds,
+    admin_cmds,
+    review_cmds,
+    store_cmds,
+    report_cmds,
+    console_cmds,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

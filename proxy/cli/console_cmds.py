@@ -1,0 +1,9 @@
+"""``breakglass drill`` and ``breakglass watch`` (the security team's console commands)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pass

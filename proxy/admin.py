@@ -1,7 +1,7 @@
 """Local admin socket: ``breakglass sessions`` and ``breakglass kill`` talk to the gateway here.
 
 One JSON object per line each way. Requests: ``{"op": "sessions"}``,
-``{"op": "kill", "session": ID, "actor": USER, "reason": TEXT}``.
+``{"op": "kill", "session": ID, "actor": USER, "reason": TEXT}``, ``{"op": "alerts"}``.
 The socket is created mode 0600: only the gateway's OS user may use it.
 """
 
@@ -61,6 +61,12 @@ async def _dispatch(registry: SessionRegistry, on_cancel: Any, line: bytes) -> d
             }
         await registry.kill(matches[0], str(actor), str(req.get("reason") or ""))
         return {"ok": True, "killed": matches[0]}
+    if op == "alerts":  # the latest alerts and their delivery counts (used by drills)
+        from proxy import alerts
+
+        a = alerts.current()
+        recent = [dict(r) for r in a.recent] if a is not None else []
+        return {"ok": True, "enabled": bool(a and a.enabled), "alerts": recent}
     if op == "cancel" and on_cancel is not None:  # a CancelRequest another worker received
         try:
             pid, key = int(req["pid"]), bytes.fromhex(str(req["key"]))

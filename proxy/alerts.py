@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 
 from policy.durations import DurationError, parse_duration
 from proxy.config import Config, ConfigError
+from proxy.drill import is_drill
 from proxy.logs import log
 
 BREAKGLASS_USED = "breakglass.used"
@@ -261,6 +262,8 @@ def review_settings(cfg: Config) -> ReviewSettings:
 
 
 def _summary(event: str, f: dict[str, Any]) -> str:
+    if f.get("drill"):
+        return "[DRILL] " + _summary(event, {**f, "drill": False})
     who = f.get("user") or "?"
     where = f.get("target") or "?"
     sid = f.get("session") or "?"
@@ -286,6 +289,8 @@ class _Delivery:
     alert_id: str
     body: bytes
     event: str
+    #: this alert's entry in ``Alerter.recent`` (delivery outcomes are counted into it)
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 class _Worker:
@@ -338,6 +343,7 @@ class _Worker:
             retry_after, outcome = self._post(d)
             if outcome == "ok":
                 self.stats["delivered"] += 1
+                d.record["delivered"] = d.record.get("delivered", 0) + 1
                 return
             if outcome == "fatal" or attempt == self.settings.retries:
                 break
@@ -347,6 +353,7 @@ class _Worker:
             if self.stop.wait(wait):
                 break  # shutting down: give up
         self.stats["failed"] += 1
+        d.record["failed"] = d.record.get("failed", 0) + 1
         log.error("alert.undelivered", webhook=self.hook.name, host=self.hook.host, alert=d.event)
 
     def _post(self, d: _Delivery) -> tuple[float | None, str]:
@@ -413,6 +420,8 @@ class Alerter:
             collections.OrderedDict()
         )
         self._fired: set[str] = set()
+        #: the latest alerts and their delivery counts (admin socket op "alerts"; drills)
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=500)
         self._verify_q: queue.Queue[tuple[Path, dict]] | None = None
         self._closed = False
 
@@ -470,6 +479,17 @@ class Alerter:
         clean = {
             k: v for k, v in fields.items() if isinstance(v, str | int | float | bool) or v is None
         }
+        if is_drill(clean.get("ticket"), clean.get("reason")):
+            clean["drill"] = True
+        record = {
+            "alert_id": alert_id,
+            "event": event,
+            "session": clean.get("session"),
+            "drill": bool(clean.get("drill")),
+            "t": time.time(),
+            "webhooks": len(targets),
+        }
+        self.recent.append(record)
         body = json.dumps(
             {
                 "text": f":rotating_light: breakglass{' ' + self.gateway if self.gateway else ''}: "
@@ -485,7 +505,7 @@ class Alerter:
             default=str,
         ).encode()
         for w in targets:
-            if w.put(_Delivery(alert_id, body, event)):
+            if w.put(_Delivery(alert_id, body, event, record)):
                 self.stats["queued"] += 1
             else:
                 self.stats["dropped"] += 1

@@ -6,4 +6,6 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    from proxy import drill_run
+
+    drill_run.register(sub)

@@ -425,6 +425,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         "review",
         "alerts",
         "index",
+        "console",
     }
     for k in doc:
         if k not in known_top:

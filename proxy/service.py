@@ -872,7 +872,7 @@ def build_app(service: GrantService) -> web.Application:
     @web.middleware
     async def errors_and_auth(request: web.Request, handler):
         try:
-            if request.path not in PUBLIC:
+            if request.path not in PUBLIC and not request.path.startswith("/console/"):
                 auth = request.headers.get("Authorization", "")
                 scheme, _, token = auth.partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():
@@ -908,6 +908,9 @@ def build_app(service: GrantService) -> web.Application:
     app.router.add_post("/v1/requests/{id}/deny", s.deny)
     app.router.add_get("/v1/requests/{id}/grant", s.fetch_grant)
     app.router.add_post("/v1/grants/{jti}/revoke", s.revoke)
+    from proxy.console import setup_console  # the web console: its own cookie login
+
+    setup_console(app, s)
     return app
 
 

@@ -1,0 +1,128 @@
+// breakglass console: the SSH player (xterm.js) and the statement timeline search.
+// Recorded bytes are only ever written to the terminal emulator, never to the DOM as HTML.
+"use strict";
+
+(function () {
+  function fmt(t) {
+    t = Math.max(0, t);
+    const m = Math.floor(t / 60), s = Math.floor(t % 60);
+    return m + ":" + (s < 10 ? "0" : "") + s;
+  }
+
+  function decode(b64) {
+    const bin = atob(b64);
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out;
+  }
+
+  function startPlayer(section) {
+    const url = section.getAttribute("data-cast");
+    const playBtn = document.getElementById("play");
+    const seek = document.getElementById("seek");
+    const clock = document.getElementById("clock");
+    const speedSel = document.getElementById("speed");
+    const showInput = document.getElementById("show-input");
+    const markersEl = document.getElementById("markers");
+    fetch(url, { credentials: "same-origin" })
+      .then((r) => r.json())
+      .then((cast) => {
+        if (cast.error) {
+          clock.textContent = cast.error;
+          return;
+        }
+        const term = new Terminal({
+          cols: cast.cols, rows: cast.rows, disableStdin: true, convertEol: false,
+          scrollback: 5000, allowProposedApi: false,
+        });
+        term.open(document.getElementById("terminal"));
+        // hyperlinks in recordings are not followed
+        const frames = cast.frames.map((f) => ({ t: f[0], k: f[1], d: decode(f[2]) }));
+        const duration = cast.duration;
+        seek.max = String(duration);
+        let pos = 0, now = 0, playing = false, timer = null, baseWall = 0, baseT = 0;
+        let speed = 1;
+
+        function show(f) {
+          if (f.k === "i" && !showInput.checked) return;
+          term.write(f.d);
+        }
+        function update() {
+          clock.textContent = fmt(now) + " / " + fmt(duration);
+          seek.value = String(now);
+          section.setAttribute("data-position", now.toFixed(3));
+          section.setAttribute("data-state", playing ? "playing" : (pos >= frames.length ? "ended" : "paused"));
+        }
+        function advanceTo(t) {
+          while (pos < frames.length && frames[pos].t <= t) show(frames[pos++]);
+          now = Math.min(t, duration);
+        }
+        function seekTo(t) {
+          term.reset();
+          pos = 0;
+          advanceTo(t);
+          if (playing) { baseWall = performance.now(); baseT = now; }
+          update();
+        }
+        function tick() {
+          const t = baseT + ((performance.now() - baseWall) / 1000) * speed;
+          advanceTo(t);
+          if (pos >= frames.length) { now = duration; pause(); return; }
+          update();
+        }
+        function play() {
+          if (pos >= frames.length) seekTo(0);
+          playing = true;
+          baseWall = performance.now();
+          baseT = now;
+          playBtn.textContent = "Pause";
+          timer = setInterval(tick, 50);
+          update();
+        }
+        function pause() {
+          playing = false;
+          if (timer) clearInterval(timer);
+          timer = null;
+          playBtn.textContent = "Play";
+          update();
+        }
+        playBtn.addEventListener("click", () => (playing ? pause() : play()));
+        seek.addEventListener("input", () => seekTo(parseFloat(seek.value)));
+        speedSel.addEventListener("change", () => {
+          speed = parseFloat(speedSel.value) || 1;
+          baseWall = performance.now();
+          baseT = now;
+        });
+        showInput.addEventListener("change", () => seekTo(now));
+        for (const m of cast.markers) {
+          const li = document.createElement("li");
+          const b = document.createElement("button");
+          b.type = "button";
+          b.className = "marker " + m.kind;
+          b.textContent = fmt(m.t) + "  " + m.label; // text, never HTML
+          b.addEventListener("click", () => seekTo(m.t + 0.001));
+          li.appendChild(b);
+          markersEl.appendChild(li);
+        }
+        section.setAttribute("data-ready", "1");
+        update();
+      });
+  }
+
+  function startSearch(input) {
+    const rows = Array.from(document.querySelectorAll("#timeline tr.stmt"));
+    input.addEventListener("input", () => {
+      const q = input.value.toLowerCase();
+      for (const r of rows) {
+        r.hidden = q !== "" && !(r.getAttribute("data-search") || "").includes(q);
+      }
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const player = document.getElementById("player");
+    if (player) startPlayer(player);
+    const search = document.getElementById("timeline-search");
+    if (search) startSearch(search);
+  });
+})();

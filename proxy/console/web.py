@@ -1,0 +1,447 @@
+"""HTTP handlers of the web console (aiohttp). See the package docstring for the rules."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from policy.identity import AuthFailed, Identity
+from policy.templates import is_member
+from proxy.console import pages
+from proxy.logs import log
+
+PREFIX = "/console/"
+STATIC = Path(__file__).resolve().parent / "static"
+SESSION_COOKIE = "__Host-bg_console"
+CSRF_COOKIE = "__Host-bg_csrf"
+CSP = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self'; "
+    # xterm.js sizes and themes its rows with style elements it creates at run time
+    "style-src 'self' 'unsafe-inline'; font-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+MAX_FRAMES_BYTES = 64 * 1024 * 1024  # larger recordings: replay them with the CLI
+
+
+class Forbidden(Exception):
+    pass
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+def console_reviewers(cfg: Any, admins: tuple[str, ...]) -> tuple[str, ...]:
+    """``[console] reviewers`` (users and ``@groups``); default: ``[service] admins``."""
+    raw = cfg.raw.get("console") or {}
+    if not isinstance(raw, dict):
+        raise ValueError("console: expected a table")
+    unknown = [k for k in raw if k != "reviewers"]
+    if unknown:
+        raise ValueError(f"console.{unknown[0]}: unknown key (known: reviewers)")
+    value = raw.get("reviewers", list(admins))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("console.reviewers: expected a list of user names and @groups")
+    return tuple(value)
+
+
+class Console:
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.cfg = service.cfg
+        self.reviewers = console_reviewers(service.cfg, tuple(service.settings.admins))
+
+    # -- identity, cookies, CSRF ----------------------------------------------------
+
+    def _is_reviewer(self, who: Identity) -> bool:
+        groups = dict(self.cfg.groups)
+        for g in who.groups:
+            groups[g] = (*groups.get(g, ()), who.user)
+        return is_member(who.user, self.reviewers, groups)
+
+    def identity(self, request: web.Request) -> Identity | None:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        if not token:
+            return None
+        try:
+            return self.service.sessions.verify(token)
+        except AuthFailed:
+            return None
+
+    @staticmethod
+    def csrf(request: web.Request) -> str:
+        return request.cookies.get(CSRF_COOKIE, "")
+
+    @staticmethod
+    def _check_csrf(request: web.Request, form: Any) -> None:
+        """Double-submit: the form's token equals the SameSite=Strict cookie's, and the
+        request comes from this origin when the browser says where it comes from."""
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        sent = str(form.get("csrf") or "")
+        if not cookie or not hmac.compare_digest(cookie, sent):
+            raise Forbidden("missing or wrong CSRF token; reload the page")
+        origin = request.headers.get("Origin")
+        if origin and origin != "null":
+            want = f"{request.scheme}://{request.host}"
+            if origin != want:
+                raise Forbidden("cross-origin form refused")
+
+    def _set_cookie(self, resp: web.StreamResponse, name: str, value: str, max_age: int) -> None:
+        resp.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path="/",
+            secure=True,
+            httponly=True,
+            samesite="Strict",
+        )
+
+    def _ensure_csrf(self, request: web.Request, resp: web.StreamResponse) -> str:
+        token = self.csrf(request)
+        if not token:
+            token = secrets.token_urlsafe(32)
+            self._set_cookie(resp, CSRF_COOKIE, token, 12 * 3600)
+        return token
+
+    # -- middleware -----------------------------------------------------------------
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except Forbidden as e:
+            resp = web.Response(text=str(e), status=403, content_type="text/plain")
+        except web.HTTPException as e:
+            if e.status >= 400:
+                resp = web.Response(text=e.reason or "error", status=e.status)
+            else:  # redirects
+                resp = web.Response(status=e.status, headers={"Location": e.location or PREFIX})
+        except Exception as e:  # fail closed, never a traceback to the browser
+            log.error("console.error", path=request.path, error=type(e).__name__)
+            resp = web.Response(text="internal error", status=500, content_type="text/plain")
+        for k, v in SECURITY_HEADERS.items():
+            resp.headers.setdefault(k, v)
+        return resp
+
+    async def page(self, request: web.Request, title: str, body: str) -> web.Response:
+        resp = web.Response(content_type="text/html", charset="utf-8")
+        csrf = self._ensure_csrf(request, resp)
+        who = self.identity(request)
+        resp.text = pages.layout(title, body.replace(pages.CSRF_SLOT, csrf), who, csrf)
+        return resp
+
+    def reviewer(self, request: web.Request) -> Identity:
+        """The logged-in reviewer, or a redirect to the login page / 403."""
+        who = self.identity(request)
+        if who is None:
+            raise web.HTTPSeeOther(PREFIX + "login")
+        if not self._is_reviewer(who):
+            raise Forbidden(f"{who.user} is not a console reviewer ([console] reviewers)")
+        return who
+
+    def audit(self, what: str, **fields: Any) -> None:
+        self.service.audit.append(what, **fields)
+
+    # -- login / logout -------------------------------------------------------------
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        return await self.page(request, "Log in", pages.login_form(""))
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        self._check_csrf(request, form)
+        client = request.remote or "?"
+        oidc_token = str(form.get("id_token") or "").strip()
+        method = "oidc" if oidc_token else "local"
+        claimed = str(form.get("username") or "")[:200]
+        s = self.service
+        keys = (f"ip:{client}",) + ((f"user:{claimed}",) if claimed else ())
+        if s.limiter.blocked(*keys):
+            self.audit(
+                "login.failed",
+                method=method,
+                user=claimed or None,
+                client=client,
+                reason="rate limited",
+                via="console",
+            )
+            return await self.page(
+                request, "Log in", pages.login_form("Too many failed logins; try again later.")
+            )
+        try:
+            if method == "local":
+                if s.local is None:
+                    raise AuthFailed("local users not enabled", "local login is not enabled here")
+                who = await s.local.login(
+                    claimed,
+                    str(form.get("password") or ""),
+                    str(form.get("totp") or ""),
+                    s.state.use_totp_step,
+                )
+            else:
+                if s.oidc is None:
+                    raise AuthFailed("oidc not enabled", "OIDC login is not enabled here")
+                who = await s.oidc.verify(oidc_token)
+        except AuthFailed as e:
+            s.limiter.failed(*keys)
+            self.audit(
+                "login.failed",
+                method=method,
+                user=claimed or None,
+                client=client,
+                reason=e.reason,
+                via="console",
+            )
+            return await self.page(request, "Log in", pages.login_form(e.public))
+        if not self._is_reviewer(who):
+            self.audit(
+                "console.refused", actor=who.user, client=client, reason="not a console reviewer"
+            )
+            return await self.page(
+                request, "Log in", pages.login_form(f"{who.user} may not open the console.")
+            )
+        token, exp = s.sessions.issue(who)
+        self.audit(
+            "login.succeeded",
+            actor=who.user,
+            method=who.method,
+            groups=list(who.groups),
+            client=client,
+            via="console",
+        )
+        resp = _redirect(PREFIX + "sessions")
+        self._set_cookie(resp, SESSION_COOKIE, token, max(1, int(exp - time.time())))
+        self._set_cookie(resp, CSRF_COOKIE, secrets.token_urlsafe(32), 12 * 3600)
+        return resp
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        self._check_csrf(request, form)
+        resp = _redirect(PREFIX + "login")
+        resp.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+        return resp
+
+    async def root(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPSeeOther(PREFIX + "sessions")
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def sessions(self, request: web.Request) -> web.Response:
+        self.reviewer(request)
+        q = request.query
+        flt = pages.parse_filters(q)
+        rows = await asyncio.to_thread(self._query, flt)
+        return await self.page(request, "Sessions", pages.sessions_page(rows, q))
+
+    def _query(self, flt: dict[str, Any]) -> list[Any]:
+        from proxy.cli.review_cmds import _open_index, _refresh, fetch_live
+        from recorder.index import OK, SessionFilter, merge_live
+
+        sf = SessionFilter(
+            user=flt.get("user"),
+            target=flt.get("target"),
+            since=flt.get("since"),
+            until=flt.get("until"),
+            denied=bool(flt.get("denied")),
+            breakglass=bool(flt.get("breakglass")),
+        )
+        with _open_index(self.cfg) as index:
+            _refresh(self.cfg, index, with_audit=True)
+            rows = index.query(sf)
+        rows = merge_live(rows, fetch_live(self.cfg), flt=sf, gateway=self.cfg.gateway_name)
+        integ = flt.get("integrity")
+        if integ == "ok":
+            rows = [r for r in rows if r.integrity == OK]
+        elif integ == "failed":
+            rows = [r for r in rows if r.integrity not in (OK, "live")]
+        elif integ == "live":
+            rows = [r for r in rows if r.live]
+        return rows[:500]
+
+    def _resolve(self, sid: str) -> Any:
+        from proxy.cli.review_cmds import _open_index, _refresh
+        from recorder.index import SessionNotFound, valid_session_id
+
+        if not valid_session_id(sid):
+            raise web.HTTPNotFound(reason="no such session")
+        with _open_index(self.cfg) as index:
+            s = index.get(sid)
+            if s is None:
+                _refresh(self.cfg, index)
+                try:
+                    s = index.resolve(sid)
+                except SessionNotFound:
+                    raise web.HTTPNotFound(reason="no such session") from None
+        if s.session_id != sid:
+            raise web.HTTPNotFound(reason="no such session")
+        return s
+
+    def _load(self, sid: str, force: bool) -> tuple[Any, Any, str | None, list[dict[str, Any]]]:
+        """(summary, verify result, warning or refusal text, events or [] if refused)."""
+        from proxy.context import trusted_recorder_keys
+        from recorder.replay import IntegrityRefused, check_integrity, load_events
+
+        s = self._resolve(sid)
+        try:
+            result, warning = check_integrity(
+                Path(s.path), trusted_recorder_keys(self.cfg), force=force
+            )
+        except IntegrityRefused as e:
+            return s, e.result, str(e), []
+        return s, result, warning, load_events(Path(s.path))
+
+    async def session(self, request: web.Request) -> web.Response:
+        who = self.reviewer(request)
+        sid = request.match_info["sid"]
+        force = request.query.get("force") == "1"
+        s, result, warning, events = await asyncio.to_thread(self._load, sid, force)
+        self.audit(
+            "recording.replayed",
+            session=s.session_id,
+            actor=who.user,
+            via="console",
+            integrity=result.problem or "ok",
+            forced=force,
+        )
+        body = pages.session_page(s, result, warning, events, force)
+        return await self.page(request, f"Session {s.session_id}", body)
+
+    async def cast(self, request: web.Request) -> web.Response:
+        """The terminal frames of an SSH session, filtered, base64 (never HTML)."""
+        from recorder.replay import ssh_timeline, terminal_frames
+
+        self.reviewer(request)
+        sid = request.match_info["sid"]
+        force = request.query.get("force") == "1"
+        s, result, refusal, events = await asyncio.to_thread(self._load, sid, force)
+        if not events:
+            return web.json_response({"error": refusal or "no events"}, status=409)
+
+        def build() -> dict[str, Any]:
+            from recorder.replay import recorded_size
+
+            frames = terminal_frames(events, show_input=True)
+            total = sum(len(f.data) for f in frames)
+            if total > MAX_FRAMES_BYTES:
+                raise web.HTTPRequestEntityTooLarge(MAX_FRAMES_BYTES, total)
+            cols, rows = recorded_size(events) or (80, 24)
+            markers = [
+                {"t": round(e.offset, 3), "kind": e.what, "label": pages.marker_label(e)}
+                for e in ssh_timeline(events)
+                if e.what in ("command", "denied", "sftp", "gateway", "terminate")
+            ]
+            return {
+                "session": s.session_id,
+                "cols": cols,
+                "rows": rows,
+                "duration": round(frames[-1].offset, 3) if frames else 0.0,
+                "frames": [
+                    [round(f.offset, 3), f.kind, base64.b64encode(f.data).decode("ascii")]
+                    for f in frames
+                ],
+                "markers": markers,
+            }
+
+        return web.json_response(await asyncio.to_thread(build))
+
+    # -- review ---------------------------------------------------------------------
+
+    async def review_queue(self, request: web.Request) -> web.Response:
+        self.reviewer(request)
+        items = await asyncio.to_thread(self._queue, request.query.get("all") == "1")
+        return await self.page(request, "Review queue", pages.review_page(items, request.query))
+
+    def _queue(self, include_reviewed: bool) -> list[Any]:
+        from proxy.alerts import review_settings
+        from proxy.cli.review_cmds import _open_index, _refresh
+        from proxy.context import trusted_recorder_keys
+        from recorder.index import SessionFilter
+        from recorder.review import load_reviews, review_queue
+
+        with _open_index(self.cfg) as index:
+            _refresh(self.cfg, index, with_audit=True)
+            rows = index.query(SessionFilter(breakglass=True))
+        return review_queue(
+            rows,
+            load_reviews(self.cfg.audit_dir, trusted_recorder_keys(self.cfg)),
+            deadline=review_settings(self.cfg).deadline,
+            include_reviewed=include_reviewed,
+        )
+
+    async def review(self, request: web.Request) -> web.StreamResponse:
+        from recorder.review import ReviewRefused, record_review
+
+        who = self.reviewer(request)
+        form = await request.post()
+        self._check_csrf(request, form)
+        sid = request.match_info["sid"]
+        s = await asyncio.to_thread(self._resolve, sid)
+        try:
+            record_review(
+                self.service.audit,
+                s,
+                who.user,
+                str(form.get("outcome") or ""),
+                str(form.get("notes") or ""),
+            )
+        except ReviewRefused as e:
+            body = pages.message_page("Review refused", str(e), PREFIX + "review")
+            resp = await self.page(request, "Review refused", body)
+            resp.set_status(409)
+            return resp
+        await asyncio.to_thread(self.service.audit.flush)
+        raise web.HTTPSeeOther(PREFIX + "review?done=" + s.session_id)
+
+    # -- static ---------------------------------------------------------------------
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        allowed = {
+            "console.js": "application/javascript",
+            "console.css": "text/css",
+            "vendor/xterm.js": "application/javascript",
+            "vendor/xterm.css": "text/css",
+        }
+        if name not in allowed:
+            raise web.HTTPNotFound()
+        data = await asyncio.to_thread((STATIC / name).read_bytes)
+        resp = web.Response(body=data, content_type=allowed[name])
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
+
+
+def setup_console(app: web.Application, service: Any) -> Console:
+    """Register the console's routes on the service's app (under /console/)."""
+    c = Console(service)
+    sub = web.Application(middlewares=[c.middleware])
+    sub.router.add_get("/", c.root)
+    sub.router.add_get("/login", c.login_form)
+    sub.router.add_post("/login", c.login)
+    sub.router.add_post("/logout", c.logout)
+    sub.router.add_get("/sessions", c.sessions)
+    sub.router.add_get("/sessions/{sid}", c.session)
+    sub.router.add_get("/api/sessions/{sid}/cast", c.cast)
+    sub.router.add_get("/review", c.review_queue)
+    sub.router.add_post("/review/{sid}", c.review)
+    sub.router.add_get("/static/{name:(vendor/)?[a-z.]+}", c.static)
+    app.add_subapp(PREFIX.rstrip("/"), sub)
+    return c

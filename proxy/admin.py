@@ -61,6 +61,14 @@ async def _dispatch(registry: SessionRegistry, on_cancel: Any, line: bytes) -> d
             }
         await registry.kill(matches[0], str(actor), str(req.get("reason") or ""))
         return {"ok": True, "killed": matches[0]}
+    if op == "watch":  # someone follows the session: the engineer is told, within a second
+        sid, actor = req.get("session"), str(req.get("actor") or "someone")[:100]
+        s = registry.sessions.get(sid) if isinstance(sid, str) else None
+        if s is None:
+            return {"ok": False, "error": f"no live session {sid}"}
+        if s.on_notice is not None:
+            s.on_notice(f"breakglass: {actor} is watching this session (read-only)")
+        return {"ok": True, "recording": s.info().get("recording")}
     if op == "alerts":  # the latest alerts and their delivery counts (used by drills)
         from proxy import alerts
 

@@ -70,6 +70,8 @@ class Session:
         self.termination: Termination | None = None
         self.on_terminate: Callable[[Termination], Awaitable[None]] | None = None
         self.on_warn: Callable[[float], None] | None = None
+        #: tell the engineer something from the gateway (e.g. that someone is watching)
+        self.on_notice: Callable[[str], None] | None = None
         self.abort: Callable[[], None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._loop = asyncio.get_running_loop()

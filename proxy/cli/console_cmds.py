@@ -6,6 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from proxy import drill_run
+    from proxy import drill_run, watch
 
     drill_run.register(sub)
+    watch.register(sub)

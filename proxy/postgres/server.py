@@ -328,6 +328,7 @@ class PgConnection:
         self.session = session
         session.on_terminate = self._terminate
         session.on_warn = self._warn
+        session.on_notice = self._notice
         session.abort = self._abort
         self.relay = Relay(
             self.listener.checker_for(rules, SqlChecker),
@@ -531,6 +532,10 @@ class PgConnection:
         )
         if self._record_notice("WARNING", "01000", text):
             self.writer.write(codec.encode_notice("WARNING", "01000", text))
+
+    def _notice(self, text: str) -> None:
+        if self._record_notice("NOTICE", "01000", text):
+            self.writer.write(codec.encode_notice("NOTICE", "01000", text))
 
     def _record_notice(self, severity: str, sqlstate: str, text: str) -> bool:
         """Record a message the gateway itself sends the engineer (shown by replay/export)."""

@@ -1096,6 +1096,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.recorder = session.recorder
         session.on_terminate = self._on_terminate
         session.on_warn = self._on_warn
+        session.on_notice = self._on_notice
         session.abort = self._abort
         self._accept_large_requests()
         try:
@@ -1390,6 +1391,12 @@ class GatewayConnection(asyncssh.SSHServer):
             "the session will be closed then"
         )
         self.record_event("warn", seconds_left=round(seconds_left, 1))
+        for ch in list(self.channels):
+            ch.warn(text)
+
+    def _on_notice(self, text: str) -> None:
+        """A gateway message on every channel (recorded as output, like the expiry warning)."""
+        self.record_event("notice", severity="NOTICE", message=text)
         for ch in list(self.channels):
             ch.warn(text)
 

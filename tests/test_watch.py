@@ -1,0 +1,166 @@
+"""`breakglass watch`: follow live SSH and PostgreSQL sessions on a real gateway, read-only;
+the engineer is told (terminal line / NOTICE); output and statements arrive within a second;
+the watch is audited."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import asyncpg
+import asyncssh
+import pytest
+
+from recorder.audit import read_audit
+from tests.harness import GatewayThread
+from tests.pg_client import client_tls
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def gw(pg_server, ssh_server, tmp_path_factory):
+    g = GatewayThread(tmp_path_factory.mktemp("watch") / "gw", pg=pg_server, ssh=ssh_server)
+    g.start()
+    yield g
+    g.stop()
+
+
+class Watcher:
+    """``breakglass watch SID`` in a subprocess; its stdout collected as it arrives."""
+
+    def __init__(self, gw: GatewayThread, sid: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proxy.cli.main",
+                "-c",
+                str(gw.dir / "config.toml"),
+                "watch",
+                sid,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=os.environ.copy(),
+        )
+        self.out = b""
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self.proc.stdout.fileno(), 65536):
+            with self.cond:
+                self.out += chunk
+                self.cond.notify_all()
+
+    def wait_for(self, needle: bytes, timeout: float = 10) -> float:
+        with self.cond:
+            assert self.cond.wait_for(lambda: needle in self.out, timeout), self.out[-2000:]
+        return time.monotonic()
+
+    def finish(self) -> tuple[int, str]:
+        rc = self.proc.wait(15)
+        return rc, self.proc.stderr.read().decode()
+
+
+def live_session(gw: GatewayThread, protocol: str) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # bounded wait for the gateway's registry
+        found = [s["id"] for s in gw.sessions() if s["protocol"] == protocol]
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError("no live session")
+
+
+async def test_watch_ssh_session(gw):
+    target = next(iter(gw.cfg.ssh_targets))
+    host_key = asyncssh.read_private_key(str(gw.cfg.ssh_host_key)).convert_to_public()
+    async with asyncssh.connect(
+        "127.0.0.1",
+        gw.ssh_port,
+        username=target,
+        password=gw.grant("ssh-shell", target=target),
+        known_hosts=([host_key], [], []),
+        client_keys=None,
+        agent_path=None,
+        config=None,
+        preferred_auth="password",
+    ) as conn:
+        proc = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding=None)
+        seen = b""
+
+        async def until(marker: bytes) -> float:
+            nonlocal seen
+            while marker not in seen:
+                seen += await asyncio.wait_for(proc.stdout.read(4096), 10)
+            return time.monotonic()
+
+        proc.stdin.write(b"echo before-watch-$((3*3))\n")
+        await until(b"before-watch-9")
+        sid = await asyncio.to_thread(live_session, gw, "ssh")
+        t0 = time.monotonic()
+        w = Watcher(gw, sid)
+        t_told = await until(b"is watching this session (read-only)")
+        assert t_told - t0 < 5  # includes starting the watcher's Python
+        await asyncio.to_thread(w.wait_for, b"before-watch-9")  # what came before, too
+        proc.stdin.write(b"echo live-marker-$((6*7))\n")
+        t_engineer = await until(b"live-marker-42\r\n")
+        t_watcher = await asyncio.to_thread(w.wait_for, b"live-marker-42\r\n")
+        assert t_watcher - t_engineer < 1.0
+        proc.stdin.write(b"exit\n")
+        await asyncio.wait_for(proc.wait_closed(), 10)
+    rc, err = await asyncio.to_thread(w.finish)
+    assert rc == 0 and f"session {sid} ended" in err
+    gw.flush_audit()
+    watched = [
+        e for e in read_audit(gw.cfg.audit_dir, type="session.watched") if e.get("session") == sid
+    ]
+    assert watched and watched[0]["actor"]
+    # the read-only watcher's presence is in the recording, as the engineer saw it
+    from recorder.replay import load_events
+
+    events = load_events(gw.cfg.recordings_dir / f"{sid}.rec")
+    assert any(e["kind"] == "notice" and "is watching" in e["message"] for e in events)
+
+
+async def test_watch_postgres_session(gw):
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=gw.pg_port,
+        user="erin",
+        password=gw.grant(),
+        database="shop",
+        ssl=client_tls(gw.dir / "keys/gateway_tls.crt"),
+    )
+    notices: list[str] = []
+    told = asyncio.Event()
+
+    def on_notice(_c, msg):
+        notices.append(msg.message)
+        if "is watching" in msg.message:
+            told.set()
+
+    conn.add_log_listener(on_notice)
+    try:
+        sid = await asyncio.to_thread(live_session, gw, "postgres")
+        w = Watcher(gw, sid)
+        # asyncpg reads asynchronous notices while a query runs
+        sleeper = asyncio.ensure_future(conn.fetchval("select pg_sleep(0.5)"))
+        await asyncio.wait_for(told.wait(), 10)
+        await sleeper
+        assert await conn.execute("select 'pg-watch-marker'") == "SELECT 1"  # simple protocol
+        t_done = time.monotonic()
+        t_seen = await asyncio.to_thread(w.wait_for, b"SELECT 1  1 rows")
+        assert b"> select 'pg-watch-marker'" in w.out
+        assert t_seen - t_done < 1.0
+    finally:
+        await conn.close()
+    rc, err = await asyncio.to_thread(w.finish)
+    assert rc == 0 and "ended" in err

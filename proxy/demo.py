@@ -1,23 +1,31 @@
 """``breakglass demo``: everything on an embedded default, in one command.
 
 Starts a throwaway PostgreSQL with sample data (and a throwaway sshd when the
-machine has one), a working directory with fresh keys, the gateway, and demo
-grants; prints the exact client lines to try and writes them to DIR/demo.env.
+machine has one), a working directory with fresh keys, the gateway, the grant
+service with the web console (a demo reviewer login), a loopback alert sink
+that prints alerts, and demo grants; prints the exact client lines to try and
+writes them to DIR/demo.env.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shlex
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from proxy.config import Config
 from proxy.demo_setup import build_local_workdir, issue_local_grant
 from proxy.gateway import run_async, run_gateway
-from proxy.throwaway import PostgresServer, ServerStartError, SshServer
+from proxy.throwaway import PostgresServer, ServerStartError, SshServer, free_port
+
+DEMO_REVIEWER = "rita"
 
 
 class DemoError(Exception):
@@ -63,6 +71,60 @@ def start_servers(with_ssh: bool = True) -> tuple[PostgresServer, SshServer | No
             except ServerStartError as e:
                 notes.append(f"SSH target skipped: {e}")
     return pg, ssh, notes
+
+
+def start_alert_sink() -> tuple[ThreadingHTTPServer, str]:
+    """A loopback webhook that prints the gateway's alerts (so `breakglass drill` can pass)."""
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
+            try:
+                text = json.loads(body).get("text", "")
+            except ValueError:
+                text = "(unreadable alert)"
+            print(f"alert: {text}", file=sys.stderr, flush=True)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, name="alert-sink", daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/alerts"
+
+
+def add_service_and_console(d: Path, alert_url: str) -> tuple[str, str, str]:
+    """The grant service (with the console) on a loopback port, a demo reviewer in the
+    `security` group, and the alert sink as a webhook. Returns (service URL, reviewer's
+    password, TOTP secret)."""
+    from policy.identity import add_local_user
+
+    port = free_port()
+    with open(d / "config.toml", "a") as f:
+        f.write(
+            f"""
+[service]
+listen = "127.0.0.1:{port}"
+admins = ["@security"]
+
+[identity]
+users_file = "users.toml"
+
+[console]
+reviewers = ["@security"]
+
+[[alerts.webhooks]]
+name = "demo-sink"
+url = "{alert_url}"
+"""
+        )
+    password = secrets.token_urlsafe(12)
+    totp = add_local_user(d / "users.toml", DEMO_REVIEWER, password, ("security",))
+    _write_token(d / "reviewer.txt", f"user {DEMO_REVIEWER}\npassword {password}\ntotp {totp}")
+    return f"http://127.0.0.1:{port}", password, totp
 
 
 def write_demo_files(d: Path, cfg: Config, ssh: SshServer | None) -> dict[str, str]:
@@ -112,6 +174,13 @@ def write_demo_files(d: Path, cfg: Config, ssh: SshServer | None) -> dict[str, s
     return env
 
 
+def add_service_env(d: Path, env: dict[str, str], url: str) -> None:
+    env.update(BREAKGLASS_SERVICE_URL=url, BREAKGLASS_CONSOLE_URL=url + "/console/")
+    (d / "demo.env").write_text(
+        "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+    )
+
+
 def instructions(d: Path, env: dict[str, str]) -> str:
     c = f"breakglass -c {d / 'config.toml'}"
     dsn = env["BREAKGLASS_PG_DSN"]
@@ -140,9 +209,12 @@ def instructions(d: Path, env: dict[str, str]) -> str:
         "",
         "Security:",
         f"  {c} sessions                 # live sessions",
+        f"  {c} watch SESSION            # follow a live session (the engineer is told)",
         f"  {c} kill SESSION",
         f"  {c} verify {env['BREAKGLASS_RECORDINGS']}",
         f"  {c} audit --since 1h",
+        f"  {c} report access --since 1d            # recertification (--format csv|json|html)",
+        f"  {c} drill --target shop                 # break-glass drill, end to end",
     ]
     if "BREAKGLASS_METRICS_URL" in env:
         url = env["BREAKGLASS_METRICS_URL"]
@@ -150,12 +222,31 @@ def instructions(d: Path, env: dict[str, str]) -> str:
             f"  curl -s {url} | grep ^breakglass_        # Prometheus metrics",
             f"  curl -s {url.removesuffix('/metrics')}/health/ready",
         ]
+    if "BREAKGLASS_CONSOLE_URL" in env:
+        secret = env.get("_REVIEWER_TOTP", "")
+        lines += [
+            "",
+            f"Web console: open {env['BREAKGLASS_CONSOLE_URL']} and log in as {DEMO_REVIEWER}",
+            f"  password and TOTP secret: {d / 'reviewer.txt'}",
+            f"  a TOTP code: python3 -c 'import pyotp; print(pyotp.TOTP(\"{secret}\").now())'",
+        ]
     lines += [
         "",
         f"Variables for scripts: . {d / 'demo.env'}",
         "Ctrl-C stops the demo (recordings stay in the directory).",
     ]
     return "\n".join(lines)
+
+
+async def _gateway_and_service(cfg: Config, d: Path, ready) -> None:
+    from proxy.service import load_service_config, start_service
+
+    scfg, settings = load_service_config(d / "config.toml")
+    service = await start_service(scfg, settings)
+    try:
+        await run_gateway(cfg, ready)
+    finally:
+        await service.stop()
 
 
 def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
@@ -178,14 +269,21 @@ def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
             )
             assert cfg.ssh_listen
             (d / "known_hosts").write_text(f"[127.0.0.1]:{cfg.ssh_listen.port} {host_key}\n")
+        sink, alert_url = start_alert_sink()
+        url, _password, totp = add_service_and_console(d, alert_url)
+        from proxy.config import load_config
+
+        cfg = load_config(d / "config.toml")
         env = write_demo_files(d, cfg, ssh)
+        add_service_env(d, env, url)
 
         def ready(_gw) -> None:
             for n in notes:
                 print(f"note: {n}", file=sys.stderr)
-            print(instructions(d, env), flush=True)
+            print(instructions(d, {**env, "_REVIEWER_TOTP": totp}), flush=True)
 
-        run_async(run_gateway(cfg, ready))
+        run_async(_gateway_and_service(cfg, d, ready))
+        sink.shutdown()
     finally:
         if ssh is not None:
             ssh.stop()

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import format as fmt
 from .replay import (
+    goodbye_bytes,
     render_timeline,
     session_start,
     sftp_channels,
@@ -88,7 +89,9 @@ def asciicast_lines(
         if not isinstance(t, int | float):
             continue
         off = round(max(0.0, float(t) - t0), 6)
-        if kind == "sftp":
+        if kind == "terminate":
+            yield json.dumps([off, "o", goodbye_bytes(ev).decode("utf-8", "replace")])
+        elif kind == "sftp":
             yield json.dumps([off, "o", f"\r\n\x1b[7msftp {_plain(sftp_text(ev))}\x1b[27m\r\n"])
         elif ev.get("channel") in sftp and ev.get("channel") is not None:
             continue  # the sftp protocol's bytes: shown as the operations above

@@ -185,6 +185,17 @@ def sftp_text(ev: dict[str, Any]) -> str:
     return f"{text}: {status}" if status else text
 
 
+def goodbye_text(ev: dict[str, Any]) -> str:
+    """What the gateway sends the engineer when it ends a session (expiry, revocation, kill):
+    the recording ends at the ``terminate`` event, so replay and export draw it from there."""
+    msg = ev.get("message") or ev.get("reason") or "session ended"
+    return f"breakglass: {_printable(str(msg))} — session closed"
+
+
+def goodbye_bytes(ev: dict[str, Any]) -> bytes:
+    return b"\r\n" + goodbye_text(ev).encode("utf-8", "replace") + b"\r\n"
+
+
 def _printable(text: str) -> str:
     """Recorded text shown on the reviewer's terminal: no control characters."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
@@ -248,6 +259,9 @@ def terminal_frames(
             continue
         if kind == "sftp":
             frames.append(Frame(off, _note("sftp " + sftp_text(ev)), seq, "o"))
+            continue
+        if kind == "terminate":  # the recording ends here; the gateway then told the engineer
+            frames.append(Frame(off, goodbye_bytes(ev), seq, "o"))
             continue
         data = ev.get("data")
         if not isinstance(data, bytes | bytearray) or not data:
@@ -764,6 +778,8 @@ def render_timeline(entries: list[TimelineEntry]) -> str:
             lines.append(head + f"sftp  {_one_line(e.text)}")
         elif e.what == "gateway":
             lines.append(head + f"GATEWAY  {_one_line(e.message or '')}")
+        elif e.what == "terminate":
+            lines.append(head + f"TERMINATE  {goodbye_text({'message': e.message})}")
         else:
             lines.append(head + f"{e.outcome}  {e.text or ''} {e.message or ''}".rstrip())
     # Recorded text is untrusted: no control characters reach the reviewer's terminal.

@@ -545,6 +545,7 @@ class PgConnection:
             self.session.recorder.event(
                 "notice", severity=severity, sqlstate=sqlstate, message=text
             )
+            self.session.recorder.write()  # handed to the kernel before it is sent
             return True
         except RecorderError:
             return False
@@ -566,9 +567,7 @@ class PgConnection:
 
     async def _terminate(self, termination: Termination) -> None:
         busy = self.relay is not None and self.relay.busy
-        text = f"breakglass: {termination.message} — session closed"
-        self._record_notice("FATAL", ADMIN_SHUTDOWN, text)  # sent even if that fails: it says why
-        self._fatal(ADMIN_SHUTDOWN, text)
+        self._fatal(ADMIN_SHUTDOWN, f"breakglass: {termination.message} — session closed")
         self._abort()
         if busy:  # stop what still runs upstream for this session
             await self.cancel_upstream()

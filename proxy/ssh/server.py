@@ -346,7 +346,7 @@ class Bridge:
 
     # -- gateway messages to the engineer
 
-    def say(self, text: str, *, stderr: bool = True, record: bool | str = True) -> None:
+    def say(self, text: str, *, stderr: bool = True, record: bool = True) -> None:
         """Show gateway text on this channel (recorded as output, like target output)."""
         if self.closed or self.chan is None:
             return
@@ -359,9 +359,8 @@ class Bridge:
                 self.o.recorder.output(data, self.cid, stream)
                 self.o.recorder.write()
             except RecorderError:
-                if record != "best-effort":
-                    self.o.recording_failed()
-                    return
+                self.o.recording_failed()
+                return
         try:
             if stream == "stderr":
                 self.chan.write_stderr(data)
@@ -400,9 +399,7 @@ class Bridge:
     def goodbye(self, text: str) -> None:
         if self.closed or self.chan is None:
             return
-        # Recorded if the recording still works (replay shows why the session ended); sent
-        # either way, since it tells the engineer why (e.g. that the recording failed).
-        self.say(("\n" if self.interactive else "") + text + "\n", record="best-effort")
+        self.say(("\n" if self.interactive else "") + text + "\n", record=False)
         self.chan.close()
 
     def warn(self, text: str) -> None:

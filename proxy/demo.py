@@ -223,12 +223,16 @@ def instructions(d: Path, env: dict[str, str]) -> str:
             f"  curl -s {url.removesuffix('/metrics')}/health/ready",
         ]
     if "BREAKGLASS_CONSOLE_URL" in env:
-        secret = env.get("_REVIEWER_TOTP", "")
+        creds = d / "reviewer.txt"
+        code = (
+            'python3 -c \'import pyotp,sys; c=dict(x.split(" ",1) for x in open(sys.argv[1]));'
+            f' print(pyotp.TOTP(c["totp"].strip()).now())\' {creds}'
+        )
         lines += [
             "",
             f"Web console: open {env['BREAKGLASS_CONSOLE_URL']} and log in as {DEMO_REVIEWER}",
-            f"  password and TOTP secret: {d / 'reviewer.txt'}",
-            f"  a TOTP code: python3 -c 'import pyotp; print(pyotp.TOTP(\"{secret}\").now())'",
+            f"  password and TOTP secret: {creds}",
+            f"  a TOTP code: {code}",
         ]
     lines += [
         "",
@@ -270,7 +274,7 @@ def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
             assert cfg.ssh_listen
             (d / "known_hosts").write_text(f"[127.0.0.1]:{cfg.ssh_listen.port} {host_key}\n")
         sink, alert_url = start_alert_sink()
-        url, _password, totp = add_service_and_console(d, alert_url)
+        url, _password, _totp = add_service_and_console(d, alert_url)
         from proxy.config import load_config
 
         cfg = load_config(d / "config.toml")
@@ -280,7 +284,7 @@ def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
         def ready(_gw) -> None:
             for n in notes:
                 print(f"note: {n}", file=sys.stderr)
-            print(instructions(d, {**env, "_REVIEWER_TOTP": totp}), flush=True)
+            print(instructions(d, env), flush=True)
 
         run_async(_gateway_and_service(cfg, d, ready))
         sink.shutdown()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -254,14 +258,14 @@ def test_demo_runs_and_prints_working_lines(pg_server, tmp_path):
             config=d / "config.toml",
         )
         assert r.stdout.strip() == "42", r.stderr
-        import urllib.request
-
         with urllib.request.urlopen(env_vars["BREAKGLASS_METRICS_URL"], timeout=10) as m:
             assert b"breakglass_sessions_total" in m.read()
+        _demo_console_and_security_lines(d, text, env_vars)
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+    assert re.search(r"alert: .*\[DRILL\] Break-glass session", err), err
     r = bg("verify", str(d / "recordings"), config=d / "config.toml")
     assert r.returncode == 0, r.stdout
 
@@ -299,3 +303,53 @@ def test_demo_ssh_lines_work(pg_server, ssh_server, tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _demo_console_and_security_lines(d: Path, text: str, env_vars: dict[str, str]) -> None:
+    """The demo also serves the web console (its reviewer logs in) and an alert sink, so the
+    printed drill and report lines work."""
+    import pyotp
+
+    console = env_vars["BREAKGLASS_CONSOLE_URL"]
+    assert env_vars["BREAKGLASS_SERVICE_URL"] + "/console/" == console
+    for needle in (f"open {console}", "watch SESSION", "report access", "drill --target"):
+        assert needle in text, text
+    # the demo reviewer logs in to the console (form post with the CSRF cookie)
+    creds = dict(ln.split(" ", 1) for ln in (d / "reviewer.txt").read_text().splitlines())
+    # (the console's cookies are Secure: urllib keeps them only for https, so by hand)
+    with urllib.request.urlopen(console + "login") as r:
+        assert b"TOTP" in r.read()
+        csrf = re.search(r"__Host-bg_csrf=([^;]+)", r.headers["Set-Cookie"]).group(1)
+    form = urllib.parse.urlencode(
+        {
+            "csrf": csrf,
+            "username": creds["user"],
+            "password": creds["password"],
+            "totp": pyotp.TOTP(creds["totp"]).now(),
+        }
+    ).encode()
+    opener = urllib.request.build_opener(_NoRedirect)
+    req = urllib.request.Request(
+        console + "login", data=form, headers={"Cookie": f"__Host-bg_csrf={csrf}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as redirect:
+        opener.open(req)
+    assert redirect.value.code == 303
+    assert redirect.value.headers["Location"] == "/console/sessions"
+    session = re.search(r"__Host-bg_console=([^;]+)", str(redirect.value.headers)).group(1)
+    req = urllib.request.Request(
+        console + "sessions", headers={"Cookie": f"__Host-bg_console={session}"}
+    )
+    with urllib.request.urlopen(req) as r:
+        assert r.url.endswith("/console/sessions") and b"id='filters'" in r.read()
+    # the printed drill passes (alerts reach the demo's sink) and the report runs
+    r = bg("drill", "--target", "shop", "--json", config=d / "config.toml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["ok"]
+    r = bg("report", "access", "--since", "1d", config=d / "config.toml")
+    assert r.returncode == 0 and "BREAK-GLASS (drill)" in r.stdout, r.stderr

@@ -211,3 +211,14 @@ def test_report_refuses_altered_recordings_unless_forced(gw, grants):
     assert rep["warnings"] and "integrity-failed" in next(
         r["flags"] for r in rep["grants"] if r["jti"] == grants["bg2"]
     )
+
+
+def test_drill_fails_naming_the_step(gw):
+    """This gateway has no alert webhooks: a break-glass use would alert nobody, so the drill
+    fails at `alerts` after the steps before it passed (tests/test_drill.py: the passing drill)."""
+    rc, out, err = cli(gw, "drill", "--target", "shop")
+    assert rc == 1
+    assert "drill FAILED at step 'alerts'" in err and "alert nobody" in err
+    assert "verify" in out  # the steps before it passed and were printed
+    rc, out, err = cli(gw, "drill", "--target", "nosuch", "--json")
+    assert rc == 1 and json.loads(out)["failed_step"] == "grant"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -366,3 +367,53 @@ def test_hostile_recording_runs_nothing(env):
     )
     logs = json.dumps(d.get_log("browser"))
     assert "Content Security Policy" not in logs, logs
+
+
+def test_watch_a_live_ssh_session_in_the_browser(env):
+    """A live session opened in the console follows it: the engineer is told, and what they
+    see appears in the browser within a second; the watch is audited."""
+    d, svc, gw = env["driver"], env["svc"], env["gw"]
+    as_reviewer(env)
+    target = next(iter(gw.cfg.ssh_targets))
+
+    async def engineer() -> float:
+        host_key = asyncssh.read_private_key(str(gw.cfg.ssh_host_key)).convert_to_public()
+        async with asyncssh.connect(
+            "127.0.0.1",
+            gw.ssh_port,
+            username=target,
+            password=gw.grant("ssh-shell", target=target, user="carol"),
+            known_hosts=([host_key], [], []),
+            client_keys=None,
+            agent_path=None,
+            config=None,
+            preferred_auth="password",
+        ) as conn:
+            proc = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding=None)
+            seen = b""
+
+            async def until(marker: bytes) -> float:
+                nonlocal seen
+                while marker not in seen:
+                    seen += await asyncio.wait_for(proc.stdout.read(4096), 15)
+                return time.monotonic()
+
+            proc.stdin.write(b"echo before-$((1+1))\n")
+            await until(b"before-2")
+            sid = next(s["id"] for s in gw.sessions() if s["user"] == "carol")
+            await asyncio.to_thread(d.get, svc.url + f"/console/sessions/{sid}")
+            await until(b"rita is watching this session (read-only)")
+            await asyncio.to_thread(screen_has, d, "before-2")
+            proc.stdin.write(b"echo live-$((2+3))\n")
+            t_engineer = await until(b"live-5\r\n")
+            await asyncio.to_thread(screen_has, d, "live-5")
+            t_browser = time.monotonic()
+            proc.stdin.write(b"exit\n")
+            await asyncio.wait_for(proc.wait_closed(), 10)
+            return t_browser - t_engineer
+
+    lag = asyncio.run(engineer())
+    assert lag < 1.0, lag
+    svc.call(asyncio.to_thread(svc.service.audit.flush))
+    watched = read_audit(gw.cfg.audit_dir, type="session.watched")
+    assert any(e.get("actor") == REVIEWER and e.get("via") == "console" for e in watched)

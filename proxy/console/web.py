@@ -314,16 +314,35 @@ class Console:
         sid = request.match_info["sid"]
         force = request.query.get("force") == "1"
         s, result, warning, events = await asyncio.to_thread(self._load, sid, force)
-        self.audit(
-            "recording.replayed",
-            session=s.session_id,
-            actor=who.user,
-            via="console",
-            integrity=result.problem or "ok",
-            forced=force,
-        )
+        if result.live and events and events[-1].get("kind") != "end":
+            await self._watching(s.session_id, who.user)
+        else:
+            self.audit(
+                "recording.replayed",
+                session=s.session_id,
+                actor=who.user,
+                via="console",
+                integrity=result.problem or "ok",
+                forced=force,
+            )
         body = pages.session_page(s, result, warning, events, force)
         return await self.page(request, f"Session {s.session_id}", body)
+
+    async def _watching(self, sid: str, user: str) -> None:
+        """A live session opened in the console: tell the engineer (through the gateway that
+        runs it, on this host) and audit the watch."""
+        from proxy.admin import admin_request, admin_sockets
+
+        self.audit("session.watched", session=sid, actor=user, via="console")
+        for sock in admin_sockets(self.cfg.admin_socket):
+            try:
+                reply = await admin_request(
+                    sock, {"op": "watch", "session": sid, "actor": user}, timeout=3.0
+                )
+            except (OSError, TimeoutError, ValueError):
+                continue
+            if reply.get("ok"):
+                return
 
     async def cast(self, request: web.Request) -> web.Response:
         """The terminal frames of an SSH session, filtered, base64 (never HTML)."""
@@ -332,9 +351,14 @@ class Console:
         self.reviewer(request)
         sid = request.match_info["sid"]
         force = request.query.get("force") == "1"
+        try:
+            after = int(request.query.get("after", "-1"))
+        except ValueError:
+            after = -1
         s, result, refusal, events = await asyncio.to_thread(self._load, sid, force)
         if not events:
             return web.json_response({"error": refusal or "no events"}, status=409)
+        live = bool(result.live) and events[-1].get("kind") != "end"
 
         def build() -> dict[str, Any]:
             from recorder.replay import recorded_size
@@ -357,8 +381,11 @@ class Console:
                 "frames": [
                     [round(f.offset, 3), f.kind, base64.b64encode(f.data).decode("ascii")]
                     for f in frames
+                    if f.seq > after
                 ],
                 "markers": markers,
+                "live": live,  # still being written: poll with ?after=last_seq
+                "last_seq": max((int(e.get("seq", -1)) for e in events), default=-1),
             }
 
         return web.json_response(await asyncio.to_thread(build))

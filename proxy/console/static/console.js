@@ -106,6 +106,41 @@
         }
         section.setAttribute("data-ready", "1");
         update();
+        if (cast.live) follow(cast.last_seq);
+
+        // A live session: show everything so far, then each new frame as it is recorded.
+        function follow(lastSeq) {
+          seekTo(duration);
+          section.setAttribute("data-state", "live");
+          clock.textContent = "LIVE " + fmt(duration);
+          const sep = url.includes("?") ? "&" : "?";
+          const poll = () => {
+            fetch(url + sep + "after=" + lastSeq, { credentials: "same-origin" })
+              .then((r) => r.json())
+              .then((more) => {
+                if (more.error) return;
+                for (const f of more.frames) {
+                  const fr = { t: f[0], k: f[1], d: decode(f[2]) };
+                  frames.push(fr);
+                  show(fr);
+                }
+                pos = frames.length;
+                now = more.duration;
+                lastSeq = more.last_seq;
+                seek.max = String(more.duration);
+                seek.value = String(now);
+                section.setAttribute("data-position", now.toFixed(3));
+                if (more.live) {
+                  clock.textContent = "LIVE " + fmt(now);
+                  setTimeout(poll, 300);
+                } else {
+                  clock.textContent = "ended " + fmt(now);
+                  section.setAttribute("data-state", "ended");
+                }
+              });
+          };
+          setTimeout(poll, 300);
+        }
       });
   }
 

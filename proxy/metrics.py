@@ -44,7 +44,7 @@ class GatewayMetrics:
         )
         self.sessions_started = Counter(
             "breakglass_sessions_started",
-            "Sessions started (break-glass ones are also counted apart)",
+            'Sessions started (break-glass ones apart; breakglass="drill" for drills)',
             ["protocol", "target", "breakglass"],
             registry=r,
         )
@@ -76,9 +76,12 @@ class GatewayMetrics:
         r.register(_RecorderCollector())
         self.pg_added = self.added.labels("postgres")
 
-    def session_started(self, protocol: str, target: str, breakglass: bool) -> None:
+    def session_started(
+        self, protocol: str, target: str, breakglass: bool, drill: bool = False
+    ) -> None:
         self.sessions_live.labels(protocol, target).inc()
-        self.sessions_started.labels(protocol, target, "true" if breakglass else "false").inc()
+        kind = "drill" if drill else ("true" if breakglass else "false")
+        self.sessions_started.labels(protocol, target, kind).inc()
 
     def session_ended(self, protocol: str, target: str, reason: str) -> None:
         self.sessions_live.labels(protocol, target).dec()

@@ -21,6 +21,7 @@ from typing import Any
 
 from policy.grants import Grant, GrantTarget, utc_text
 from proxy import alerts
+from proxy.drill import is_drill
 from proxy.logs import log
 from recorder.format import RecorderError
 from recorder.space import SpaceReserve, is_storage_error
@@ -415,7 +416,12 @@ class SessionRegistry:
         self._schedule(session)
         self.expiry.add(session)
         if self.metrics is not None:
-            self.metrics.session_started(protocol, target.name, grant.breakglass)
+            self.metrics.session_started(
+                protocol,
+                target.name,
+                grant.breakglass,
+                drill=is_drill(grant.ticket, grant.reason),  # drills counted apart
+            )
         log.info(
             "session.start", session=sid, protocol=protocol, user=grant.subject, target=target.name
         )

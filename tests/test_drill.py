@@ -70,6 +70,9 @@ def test_drill_passes_end_to_end_and_is_marked_everywhere(gw, receiver):
     (row,) = [r for r in rep["grants"] if r["ticket"] == res["ticket"]]
     assert row["drill"] and "drill" in row["flags"] and row["approval"] == "BREAK-GLASS (drill)"
     assert "repeated-breakglass" not in row["flags"]
+    # metrics: drills are counted apart from real break-glass sessions
+    metrics = gw.gw.metrics.exposition().decode()
+    assert 'breakglass="drill"' in metrics and 'target="shop"' in metrics
     # audit: the drill itself
     rc, out, _ = cli(gw, "audit", "--type", "drill.", "--json")
     assert [e["type"] for e in json.loads(out)][-1] == "drill.completed"

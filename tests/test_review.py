@@ -191,7 +191,14 @@ def test_replay_command_writes_the_recorded_bytes(cfg, rec, capsysbinary):
     t = time.monotonic()
     assert run_cli(["-c", c, "replay", path.stem, "--idle-limit", "0.001", "--speed", "4"]) == 0
     assert time.monotonic() - t < 5
-    assert capsysbinary.readouterr().out == b"".join(SHELL_OUTPUT)
+    # the recorded bytes, the scroll-region reset where the engineer resized their terminal,
+    # and the terminal modes put back at the end (recorder/replay.py)
+    from recorder.replay import END_RESET, RESIZE_RESET
+
+    want = b"".join(SHELL_OUTPUT)
+    resized = len(b"".join(SHELL_OUTPUT[:7]))
+    out = capsysbinary.readouterr().out
+    assert out == want[:resized] + RESIZE_RESET + want[resized:] + END_RESET
     types = [e["type"] for e in read_audit(cfg.audit_dir, type="recording.")]
     assert types == ["recording.replayed"]
 

@@ -105,10 +105,8 @@ async def test_watch_ssh_session(gw):
         proc.stdin.write(b"echo before-watch-$((3*3))\n")
         await until(b"before-watch-9")
         sid = await asyncio.to_thread(live_session, gw, "ssh")
-        t0 = time.monotonic()
         w = Watcher(gw, sid)
-        t_told = await until(b"is watching this session (read-only)")
-        assert t_told - t0 < 5  # includes starting the watcher's Python
+        await until(b"is watching this session (read-only)")  # told before anything is shown
         await asyncio.to_thread(w.wait_for, b"before-watch-9")  # what came before, too
         proc.stdin.write(b"echo live-marker-$((6*7))\n")
         t_engineer = await until(b"live-marker-42\r\n")

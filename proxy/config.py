@@ -108,6 +108,8 @@ class Config:
     workers: int = 1  # gateway processes sharing the listening ports (SO_REUSEPORT)
     metrics_listen: Listen | None = None  # Prometheus /metrics and /health/* (port + worker)
     store: Any = None  # recorder.store.StoreConfig: [recorder.store], S3 with Object Lock
+    #: kid -> the issuer (``iss``) that key vouches for; kids not listed vouch for issuer_name.
+    trusted_key_issuers: dict[str, str] = field(default_factory=dict)
     state_url: str | None = field(default=None, repr=False)  # PostgreSQL state (a secret: no repr)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -245,6 +247,27 @@ def _keys(r: _Reader, doc: dict, path: str) -> dict[str, Path]:
         if p:
             out[kid] = p
     return out
+
+
+def _issuer_keys(r: _Reader, doc: dict) -> tuple[dict[str, Path], dict[str, str]]:
+    """``kid = "path"`` (vouches for ``issuer.name``) or ``kid = { key = "path", issuer = "ISS" }``."""
+    keys: dict[str, Path] = {}
+    issuers: dict[str, str] = {}
+    for kid, v in doc.items():
+        path = f"issuer.trusted_keys.{kid}"
+        if isinstance(v, dict):
+            for k in v:
+                if k not in ("key", "issuer"):
+                    r.bad(f"{path}.{k}", "unknown key (expected key and issuer)")
+            p = r.file(v, "key", f"{path}.key")
+            iss = r.string(v, "issuer", f"{path}.issuer")
+            if p and iss:
+                keys[kid], issuers[kid] = p, iss
+        else:
+            p = r.file(doc, kid, path)
+            if p:
+                keys[kid] = p
+    return keys, issuers
 
 
 def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
@@ -449,8 +472,8 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
     leeway = r.duration(gw, "leeway", "gateway.leeway", "5s")
     if leeway is not None and leeway > 30:
         r.bad("gateway.leeway", "must be at most 30s")
-    trusted_issuers = _keys(
-        r, r.table(iss, "trusted_keys", "issuer.trusted_keys", required=True), "issuer.trusted_keys"
+    trusted_issuers, key_issuers = _issuer_keys(
+        r, r.table(iss, "trusted_keys", "issuer.trusted_keys", required=True)
     )
     if not trusted_issuers and "trusted_keys" in iss:
         r.bad("issuer.trusted_keys", "name at least one trusted issuer key")
@@ -569,6 +592,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         issuer_key_id=r.string(iss, "key_id", "issuer.key_id", None),
         issuer_signing_key=r.file(iss, "signing_key", "issuer.signing_key", None),
         trusted_issuer_keys=trusted_issuers,
+        trusted_key_issuers=key_issuers,
         recordings_dir=r.file(
             rec, "directory", "recorder.directory", "recordings", must_exist=False
         ),

@@ -25,28 +25,43 @@ REVOCATION_POLL = 0.25
 
 
 class AuthRateLimiter:
-    """At most ``limit`` failed authentications per source address per ``window`` seconds."""
+    """Failed grant checks per source address, with backoff instead of lockout.
 
-    def __init__(self, limit: int, window: float = 60.0) -> None:
+    After ``limit`` failures within ``window`` seconds, each further *refusal* for that
+    address is answered only after a delay that doubles with every failure (up to
+    ``max_delay``): an attacker slows their own guesses and ties up their own pre-auth
+    connection slots (capped per address), but a correctly signed, valid grant from the same
+    address (an office behind NAT) is checked and accepted at once, never refused."""
+
+    def __init__(
+        self, limit: int, window: float = 60.0, base_delay: float = 0.25, max_delay: float = 4.0
+    ) -> None:
         self.limit = limit
         self.window = window
+        self.base_delay = base_delay
+        self.max_delay = max_delay
         self.failures: dict[str, deque[float]] = defaultdict(deque)
 
-    def blocked(self, source: str) -> bool:
+    def count(self, source: str) -> int:
         q = self.failures.get(source)
         if not q:
-            return False
+            return 0
         cutoff = time.monotonic() - self.window
         while q and q[0] < cutoff:
             q.popleft()
         if not q:
             del self.failures[source]
-        return len(q) >= self.limit
+        return len(q)
 
-    def failed(self, source: str) -> None:
+    def failed(self, source: str) -> float:
+        """Count a failure; how long to wait before answering it (0 under the limit)."""
+        n = self.count(source) + 1
         self.failures[source].append(time.monotonic())
         if len(self.failures) > 100_000:  # bound memory under a scan
             self.failures.pop(next(iter(self.failures)))
+        if n <= self.limit:
+            return 0.0
+        return min(self.max_delay, self.base_delay * 2 ** min(n - self.limit - 1, 16))
 
 
 @dataclass
@@ -84,29 +99,17 @@ class Gateway:
         source: str,
         user: str | None = None,
     ) -> Grant | Refusal:
-        """Verify a grant for ``protocol``/``target_name`` from ``source``; audit every outcome."""
-        if self.limiter.blocked(source):
-            result: Grant | Refusal = Refusal(
-                RefusalKind.MALFORMED, "too many failed attempts from your address; try again later"
-            )
-        else:
-            result = self.verifier.verify(
-                token, target_type=protocol, target_name=target_name, source_ip=source
-            )
-            if isinstance(result, Grant) and await self.state.revocation(result.jti):
-                self.revoked.add(result.jti)
-                result = Refusal(
-                    RefusalKind.REVOKED, "grant has been revoked", result.jti, result.subject
-                )
-            if isinstance(result, Grant) and user is not None and user != result.subject:
-                result = Refusal(
-                    RefusalKind.MALFORMED,
-                    f"grant is for {result.subject}, not {user}",
-                    result.jti,
-                    result.subject,
-                )
+        """Verify a grant for ``protocol``/``target_name`` from ``source``; audit every outcome.
+
+        Never raises: an unexpected error is a refusal (fail closed). Refusals from an address
+        with many recent failures are answered late (see ``AuthRateLimiter``)."""
+        try:
+            result = await self._check(token, protocol, target_name, source, user)
+        except Exception as e:
+            log.error("auth.internal_error", protocol=protocol, error=type(e).__name__)
+            result = Refusal(RefusalKind.MALFORMED, "the grant could not be checked")
         if isinstance(result, Refusal):
-            self.limiter.failed(source)
+            delay = self.limiter.failed(source)
             if self.metrics is not None:
                 self.metrics.auth_failures.labels(protocol, str(result.kind)).inc()
             try:
@@ -120,6 +123,7 @@ class Gateway:
                     jti=result.jti,
                     refusal=str(result.kind),
                     message=result.message,
+                    delayed=round(delay, 2) or None,
                 )
             except RecorderError:  # refused anyway; the log line below still says so
                 log.error("audit.lost", type="auth.refused", client=source)
@@ -129,8 +133,64 @@ class Gateway:
                 target=target_name,
                 client=source,
                 kind=str(result.kind),
+                message=result.message,
             )
+            if delay:
+                await asyncio.sleep(delay)
+                result = Refusal(
+                    result.kind,
+                    f"{result.message} (answer delayed: too many failed attempts from your address)",
+                    result.jti,
+                    result.subject,
+                )
         return result
+
+    async def _check(
+        self, token: str | bytes, protocol: str, target_name: str, source: str, user: str | None
+    ) -> Grant | Refusal:
+        result = self.verifier.verify(
+            token, target_type=protocol, target_name=target_name, source_ip=source
+        )
+        if not isinstance(result, Grant):
+            return result
+        if await self.state.revocation(result.jti):
+            self.revoked.add(result.jti)
+            return Refusal(
+                RefusalKind.REVOKED, "grant has been revoked", result.jti, result.subject
+            )
+        if user is not None and user != result.subject:
+            return Refusal(
+                RefusalKind.MALFORMED,
+                f"grant is for {result.subject}, not {user}",
+                result.jti,
+                result.subject,
+            )
+        problem = self._account_problem(result, protocol, target_name)
+        if problem:
+            return Refusal(RefusalKind.NO_CREDENTIALS, problem, result.jti, result.subject)
+        return result
+
+    def _account_problem(self, grant: Grant, protocol: str, target_name: str) -> str | None:
+        """The grant's account on the target must be one the gateway holds credentials for."""
+        gt = grant.target(protocol, target_name)
+        if gt is None:
+            return f"grant does not cover {protocol} target {target_name}"
+        if protocol == "postgres":
+            pg = self.cfg.postgres_targets.get(target_name)
+            if pg is None:
+                return f"no postgres target named {target_name!r} on this gateway"
+            if gt.db_user not in pg.users:
+                return (
+                    f"the gateway holds no credentials for database user {gt.db_user} "
+                    f"on {target_name}"
+                )
+        elif protocol == "ssh":
+            ssh = self.cfg.ssh_targets.get(target_name)
+            if ssh is None:
+                return f"{target_name} is not an SSH target of this gateway"
+            if gt.login not in ssh.logins:
+                return f"the gateway holds no credentials for login {gt.login} on {target_name}"
+        return None
 
     def target_of(self, grant: Grant, protocol: str, name: str) -> GrantTarget:
         t = grant.target(protocol, name)

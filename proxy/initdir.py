@@ -105,7 +105,8 @@ admin_socket = "run/admin.sock"
 warn_before_expiry = "2m"
 # Clock-skew allowance for a grant's nbf (at most 30s). Expiry is always strict.
 leeway = "5s"
-# Failed authentications allowed per source address per minute.
+# Failed authentications per source address per minute before refusals are answered late
+# (backoff; a valid grant is never refused or delayed because of others' failures).
 failed_auth_limit = 10
 # Gateway processes sharing the listening ports (SO_REUSEPORT); each has its own admin
 # socket (admin.sock.N) and cancel requests are routed to the right one.
@@ -120,7 +121,8 @@ key_id = "{issuer_kid}"
 signing_key = "keys/{issuer_kid}.key"
 
 # Issuer public keys the gateway trusts, by key id (kid). List old and new
-# keys side by side while rotating.
+# keys side by side while rotating. A key vouches for grants whose iss is issuer.name,
+# or for another issuer: partner-1 = {{ key = "keys/partner-1.pub", issuer = "partner" }}
 [issuer.trusted_keys]
 {issuer_kid} = "keys/{issuer_kid}.pub"
 

@@ -160,3 +160,24 @@ def test_recorder_store_section(tmp_path, monkeypatch):
         30,
     )
     assert st.spool_limit == 512 << 20 and st.upload_lag == 5.0
+
+
+def test_trusted_keys_tied_to_issuers(tmp_path):
+    from proxy.context import grant_verifier
+    from proxy.initdir import init_workdir
+
+    init_workdir(tmp_path / "w")
+    path = tmp_path / "w/config.toml"
+    text = path.read_text().replace(
+        'issuer-1 = "keys/issuer-1.pub"',
+        'issuer-1 = "keys/issuer-1.pub"\npartner = { key = "keys/issuer-1.pub", issuer = "partner" }',
+    )
+    path.write_text(text)
+    cfg = load_config(path)
+    assert cfg.trusted_key_issuers == {"partner": "partner"}
+    v = grant_verifier(cfg)
+    assert v.key_issuers == {"issuer-1": cfg.issuer_name, "partner": "partner"}
+    path.write_text(text.replace('issuer = "partner" }', 'isuer = "partner" }'))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "issuer.trusted_keys.partner.isuer" in str(e.value)

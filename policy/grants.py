@@ -230,8 +230,9 @@ def _check_claim_types(claims: Mapping[str, Any]) -> None:
         if claims.get(c) is not None:
             _name(claims[c], f"claim '{c}'")
     _strings(claims.get("approvers"), "approvers", MAX_TEXT)
-    if "breakglass" in claims and not isinstance(claims["breakglass"], bool):
-        raise ValueError("claim 'breakglass' must be true or false")
+    for flag in ("breakglass", "role_management"):
+        if flag in claims and not isinstance(claims[flag], bool):
+            raise ValueError(f"claim '{flag}' must be true or false")
     cidrs = _strings(claims.get("source_cidrs"), "source_cidrs", MAX_TEXT)
     for c in cidrs:
         try:

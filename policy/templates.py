@@ -67,6 +67,8 @@ class Template:
     db_user: str | None = None  # postgres role the grant uses on the target
     ssh: SshAccess = field(default_factory=SshAccess)
     sql: SqlAccess = field(default_factory=SqlAccess)
+    #: may create login roles with passwords and change other roles' passwords (sql mode all)
+    role_management: bool = False
 
     def covers(self, type_: str, name: str) -> bool:
         return any(p.matches(type_, name) for p in self.targets)

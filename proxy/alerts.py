@@ -7,7 +7,10 @@ Alert types (``event`` in the payload):
   (once per session);
 * ``recording.verify_failed`` - a recording failed verification (gateway: right after it was
   finalized; CLI: when the index finds it);
-* ``review.overdue`` - a break-glass session is still unreviewed after the review deadline.
+* ``review.overdue`` - a break-glass session is still unreviewed after the review deadline;
+* ``takeover.attempt`` - a session tried to change the gateway's own access to a target (its
+  upstream database roles, authentication settings, role passwords, or on SSH the target's
+  ``authorized_keys``), see policy/role_guard.py.
 
 API: ``notify(event_type, **fields)`` is synchronous, thread-safe and never blocks: it formats
 the alert and puts it on a bounded in-memory queue per webhook (full queue: the alert is dropped
@@ -62,7 +65,8 @@ BREAKGLASS_USED = "breakglass.used"
 DENIALS = "denials"
 VERIFY_FAILED = "recording.verify_failed"
 REVIEW_OVERDUE = "review.overdue"
-ALERT_TYPES = (BREAKGLASS_USED, DENIALS, VERIFY_FAILED, REVIEW_OVERDUE)
+TAKEOVER = "takeover.attempt"
+ALERT_TYPES = (BREAKGLASS_USED, DENIALS, VERIFY_FAILED, REVIEW_OVERDUE, TAKEOVER)
 DENIAL = "denial"  # input only: one denied command/statement
 
 MAX_BACKOFF = 300.0
@@ -278,6 +282,11 @@ def _summary(event: str, f: dict[str, Any]) -> str:
         return f"Recording of session {sid} ({who} on {where}) FAILED verification: {f.get('problem', '?')}"
     if event == REVIEW_OVERDUE:
         return f"Break-glass session {sid} ({who} on {where}) is overdue for review"
+    if event == TAKEOVER:
+        return (
+            f"{who} tried to change the gateway's own access on {where} "
+            f"({f.get('rule', '?')}, {f.get('action', 'refused')}; session {sid})"
+        )
     return f"{event} (session {sid})"
 
 

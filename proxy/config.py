@@ -317,7 +317,10 @@ def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
             tables=r.strings(sql_doc, "tables", f"{path}.sql.tables", []),
             catalog=bool(r.boolean(sql_doc, "catalog", f"{path}.sql.catalog", True)),
         ),
+        role_management=bool(r.boolean(t, "role_management", f"{path}.role_management", False)),
     )
+    if tpl.role_management and mode != "all":
+        r.bad(f"{path}.role_management", 'only meaningful with sql mode = "all"')
     if any(p.type == "ssh" for p in patterns) and not tpl.login:
         r.bad(f"{path}.login", "required when the template covers ssh targets")
     if any(p.type == "postgres" for p in patterns) and not tpl.db_user:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from policy.grants import Grant, GrantTarget, GrantVerifier, Refusal, RefusalKind
+from policy.role_guard import RULES as ROLE_RULES
+from policy.role_guard import SSH_RULE, RoleGuard
 from policy.state import StateStore
 from proxy.admin import start_admin_server, worker_socket
 from proxy.config import Config
@@ -22,6 +24,8 @@ from proxy.storage import start_store
 from recorder.format import RecorderError
 
 REVOCATION_POLL = 0.25
+#: Rules whose refusals (or, for SSH, sightings) are takeover attempts: audited and alerted.
+TAKEOVER_RULES = frozenset({*ROLE_RULES, SSH_RULE})
 
 
 class AuthRateLimiter:
@@ -191,6 +195,39 @@ class Gateway:
             if gt.login not in ssh.logins:
                 return f"the gateway holds no credentials for login {gt.login} on {target_name}"
         return None
+
+    def role_guard(self, target: Any, grant: Grant) -> RoleGuard:
+        """What a PostgreSQL session may not do to the gateway's own roles on ``target``."""
+        return RoleGuard(
+            protected=frozenset(target.users),
+            role_management=grant.claims.get("role_management") is True,
+        )
+
+    def takeover_attempt(
+        self, session: Any, rule: str | None, action: str = "refused", **fields: Any
+    ) -> None:
+        """A session tried to change the gateway's own access: audit and alert (security
+        hears about every attempt, refused or, on SSH, merely seen)."""
+        if rule not in TAKEOVER_RULES:
+            return
+        from proxy import alerts
+
+        info = dict(
+            session=session.id,
+            user=session.grant.subject,
+            target=session.target.name,
+            protocol=session.protocol,
+            jti=session.grant.jti,
+            breakglass=session.grant.breakglass,
+            rule=rule,
+            action=action,
+        )
+        try:
+            self.audit.append("takeover.attempt", **info, **fields)
+        except Exception as e:  # the session's own recording still holds the attempt
+            log.error("audit.append_failed", event="takeover.attempt", error=type(e).__name__)
+        log.warning("takeover.attempt", **info)
+        alerts.notify(alerts.TAKEOVER, **info)
 
     def target_of(self, grant: Grant, protocol: str, name: str) -> GrantTarget:
         t = grant.target(protocol, name)

@@ -330,7 +330,10 @@ class PgConnection:
         session.on_warn = self._warn
         session.abort = self._abort
         self.relay = Relay(
-            self.listener.checker_for(rules, SqlChecker),
+            self.listener.checker_for(
+                (rules, guard := self.gw.role_guard(target, grant)),
+                lambda _key: SqlChecker(rules, role_guard=guard),
+            ),
             session.recorder,
             allow_everything=rules.mode == "all",
             record_parameters=target.record_parameters,
@@ -515,6 +518,7 @@ class PgConnection:
     def _count_denial(self, rule: str) -> None:
         if self.session:
             self.session.count_denial(rule)
+            self.gw.takeover_attempt(self.session, rule)
 
     def _count_statement(self) -> None:
         if self.session:

@@ -39,6 +39,7 @@ from asyncssh import (
 
 from policy.commands import CommandRules, check_command, with_safe_env
 from policy.grants import Grant, GrantTarget, Refusal, utc_text
+from policy.role_guard import SSH_RULE, SshAccessWatch
 from proxy.config import SshTarget
 from proxy.logs import log
 from proxy.sessions import SessionRefused, Termination
@@ -254,6 +255,8 @@ class Bridge:
         except RecorderError:
             o.recording_failed()
             return
+        if self.interactive:
+            o.watch_input(data)
         if o.session.forwarding_allowed(recorded_since=first):
             assert self.up is not None
             self.up.chan.write(data)
@@ -902,6 +905,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self.sessions_opened = 0
         #: Refusals not yet shown to the engineer (see take_notes).
         self.notes: list[str] = []
+        self._access_watch = SshAccessWatch()  # input naming authorized_keys: alert
+        self._access_alerted = False
 
     # -- connection lifecycle
 
@@ -1332,10 +1337,25 @@ class GatewayConnection(asyncssh.SSHServer):
         return self.recorder is not None and self._record(self.recorder.event, kind, **fields)
 
     def record_decision(self, **fields: Any) -> bool:
-        return self.recorder is not None and self._record(self.recorder.decision, **fields)
+        if self.recorder is None:
+            return False
+        if not self._record(self.recorder.decision, **fields):
+            return False
+        if SshAccessWatch.names_access_file(str(fields.get("text", ""))):
+            self.gw.takeover_attempt(self.session, SSH_RULE, "seen", via=fields.get("kind"))
+        return True
+
+    def watch_input(self, data: bytes) -> None:
+        """Alert (once per connection) on typed input naming the target's SSH access files."""
+        if self._access_watch.feed(data) and not self._access_alerted:
+            self._access_alerted = True  # keystrokes repeat; one alert says it
+            self.gw.takeover_attempt(self.session, SSH_RULE, "seen", via="input")
 
     def record_input(self, data: bytes, cid: str) -> bool:
-        return self._record(self.recorder.input, data, cid)
+        if not self._record(self.recorder.input, data, cid):
+            return False
+        self.watch_input(data)
+        return True
 
     def record_output(self, data: bytes, cid: str, stream: str) -> bool:
         return self._record(self.recorder.output, data, cid, stream)

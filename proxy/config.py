@@ -108,6 +108,10 @@ class Config:
     workers: int = 1  # gateway processes sharing the listening ports (SO_REUSEPORT)
     metrics_listen: Listen | None = None  # Prometheus /metrics and /health/* (port + worker)
     store: Any = None  # recorder.store.StoreConfig: [recorder.store], S3 with Object Lock
+    #: unauthenticated connections per source address / in total (both listeners)
+    preauth_per_source: int = 32
+    preauth_total: int = 1024
+    banner_timeout: int = 10  # seconds an SSH client has to send its version line
     #: kid -> the issuer (``iss``) that key vouches for; kids not listed vouch for issuer_name.
     trusted_key_issuers: dict[str, str] = field(default_factory=dict)
     state_url: str | None = field(default=None, repr=False)  # PostgreSQL state (a secret: no repr)
@@ -591,6 +595,13 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         failed_auth_limit=r.integer(
             gw, "failed_auth_limit", "gateway.failed_auth_limit", 10, lo=1, hi=10000
         ),
+        preauth_per_source=r.integer(
+            gw, "preauth_per_source", "gateway.preauth_per_source", 32, lo=1, hi=100_000
+        ),
+        preauth_total=r.integer(
+            gw, "preauth_total", "gateway.preauth_total", 1024, lo=1, hi=1_000_000
+        ),
+        banner_timeout=r.duration(gw, "banner_timeout", "gateway.banner_timeout", "10s") or 10,
         issuer_name=r.string(iss, "name", "issuer.name", "breakglass"),
         issuer_key_id=r.string(iss, "key_id", "issuer.key_id", None),
         issuer_signing_key=r.file(iss, "signing_key", "issuer.signing_key", None),

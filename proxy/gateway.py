@@ -19,6 +19,7 @@ from proxy.admin import start_admin_server, worker_socket
 from proxy.config import Config
 from proxy.context import grant_verifier, open_audit, open_state, recorder_key
 from proxy.logs import log
+from proxy.preauth import PreAuthLimiter, raise_nofile_limit
 from proxy.sessions import SessionRegistry, Termination
 from proxy.storage import start_store
 from recorder.format import RecorderError
@@ -86,6 +87,7 @@ class Gateway:
     postgres: Any = None  # the PostgresListener, when configured
     metrics: Any = None  # proxy.metrics.GatewayMetrics
     listening: bool = False  # every configured listener accepts connections
+    preauth: PreAuthLimiter = field(default_factory=lambda: PreAuthLimiter(32, 1024))
 
     @property
     def admin_socket(self) -> Path:
@@ -299,6 +301,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     from proxy.audit_guard import GuardedAudit
     from proxy.context import trusted_recorder_keys
 
+    nofile = raise_nofile_limit()
     alerter = alerts.setup(cfg)  # validates [alerts]/[review]; notify() never blocks a session
     state = open_state(cfg)
     registry_ref: list[SessionRegistry] = []
@@ -322,6 +325,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
         audit=audit,
         registry=registry,
         limiter=AuthRateLimiter(cfg.failed_auth_limit),
+        preauth=PreAuthLimiter(cfg.preauth_per_source, cfg.preauth_total, nofile),
     )
     registry_ref.append(registry)
     registry.revoked = gw.revoked  # the forwarding gate checks it

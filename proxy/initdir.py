@@ -108,6 +108,13 @@ leeway = "5s"
 # Failed authentications per source address per minute before refusals are answered late
 # (backoff; a valid grant is never refused or delayed because of others' failures).
 failed_auth_limit = 10
+# Connections still logging in, per source address and in total over both listeners (the
+# total is also held to a quarter of the file-descriptor limit, which the gateway raises to
+# the hard limit at start-up, so sessions and the admin socket always have descriptors).
+preauth_per_source = 32
+preauth_total = 1024
+# An SSH client that has not sent its version line within this is disconnected.
+banner_timeout = "10s"
 # Gateway processes sharing the listening ports (SO_REUSEPORT); each has its own admin
 # socket (admin.sock.N) and cancel requests are routed to the right one.
 workers = 1

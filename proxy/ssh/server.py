@@ -63,7 +63,7 @@ SERVER_ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 #: Client -> gateway flow control.
 SERVER_WINDOW = 8 * 1024 * 1024
 SERVER_MAX_PKTSIZE = 256 * 1024
-LOGIN_TIMEOUT = 60
+LOGIN_TIMEOUT = 30  # from connect to authenticated (the version line: banner_timeout)
 #: Largest SSH packet accepted once authenticated (asyncssh's default is 256 KiB): big
 #: enough that an oversized exec command (1 MB) arrives whole and is refused with a message
 #: instead of the transport closing the connection. Before authentication the default holds.
@@ -906,6 +906,8 @@ class GatewayConnection(asyncssh.SSHServer):
         #: Refusals not yet shown to the engineer (see take_notes).
         self.notes: list[str] = []
         self._access_watch = SshAccessWatch()  # input naming authorized_keys: alert
+        self._preauth = False  # counted in gw.preauth until authenticated or closed
+        self._banner_timer: asyncio.TimerHandle | None = None
         self._access_alerted = False
 
     # -- connection lifecycle
@@ -918,9 +920,32 @@ class GatewayConnection(asyncssh.SSHServer):
         # the application nothing; its session channel asks the connection through this
         # method, before it handles the channel's next request (the shell or exec).
         conn.create_agent_listener = self.agent_forwarding_requested
+        loop = asyncio.get_running_loop()
+        if self.gw.preauth.admit(self.client_ip):  # over the pre-auth caps: close at once
+            loop.call_soon(conn.abort)
+            return
+        self._preauth = True
+        self._banner_timer = loop.call_later(self.gw.cfg.banner_timeout, self._banner_check)
+
+    def _banner_check(self) -> None:
+        """No SSH version line yet: an idle connection holding a slot; drop it."""
+        if not self.closed and self.conn.get_extra_info("client_version") is None:
+            self.conn.abort()
+
+    def _preauth_done(self) -> None:
+        if self._preauth:
+            self._preauth = False
+            self.gw.preauth.release(self.client_ip)
+        if self._banner_timer is not None:
+            self._banner_timer.cancel()
+            self._banner_timer = None
+
+    def auth_completed(self) -> None:
+        self._preauth_done()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._preauth_done()
         for ch in list(self.channels):
             ch.closed = True
             if ch.up is not None and ch.up.chan is not None:

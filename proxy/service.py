@@ -87,6 +87,7 @@ from policy.templates import is_member
 from proxy.config import Config, ConfigError, find_config_path, parse_config
 from proxy.context import audit_grant_issued, issuer_key, open_audit
 from proxy.logs import log
+from proxy.throttle import LoginThrottle
 
 MY_SECTIONS = ("service", "identity")
 MAX_BODY = 64 * 1024
@@ -359,11 +360,35 @@ def open_service_state(cfg: Config, settings: ServiceSettings):
 # ------------------------------------------------------------------------ the service
 
 
+#: The rule an error without a more specific one carries, by HTTP status.
+STATUS_RULES = {
+    400: "bad-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    415: "unsupported-media-type",
+    429: "rate-limited",
+    500: "internal-error",
+}
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, rule: str | None = None) -> None:
+    """An error answer: ``{"error": message, "rule": rule}`` with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        rule: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
-        self.rule = rule
+        self.rule = rule or STATUS_RULES.get(status, "error")
+        self.headers = headers or {}
 
 
 _RULE_STATUS = {
@@ -386,32 +411,6 @@ def _refused(e: RequestRefused) -> ApiError:
     return ApiError(_RULE_STATUS.get(e.rule, 403), str(e), e.rule)
 
 
-class FailureLimiter:
-    """At most ``limit`` failed logins per key (client address, user name) per ``window`` s."""
-
-    def __init__(self, limit: int = 10, window: float = 300.0) -> None:
-        self.limit, self.window = limit, window
-        self.failures: dict[str, list[float]] = {}
-
-    def blocked(self, *keys: str) -> bool:
-        cutoff = time.monotonic() - self.window
-        for k in keys:
-            q = [t for t in self.failures.get(k, ()) if t > cutoff]
-            if q:
-                self.failures[k] = q
-            else:
-                self.failures.pop(k, None)
-            if len(q) >= self.limit:
-                return True
-        return False
-
-    def failed(self, *keys: str) -> None:
-        for k in keys:
-            self.failures.setdefault(k, []).append(time.monotonic())
-        while len(self.failures) > 100_000:
-            self.failures.pop(next(iter(self.failures)))
-
-
 class GrantService:
     def __init__(self, cfg: Config, settings: ServiceSettings, state, audit) -> None:
         self.cfg = cfg
@@ -428,7 +427,7 @@ class GrantService:
         self.sessions = SessionTokens(
             secret, f"breakglass-service:{cfg.gateway_name}", settings.session_ttl
         )
-        self.limiter = FailureLimiter()
+        self.throttle = LoginThrottle()
         self.changed: dict[str, asyncio.Event] = {}
 
     # -- helpers ---------------------------------------------------------------------
@@ -531,43 +530,60 @@ class GrantService:
 
     # -- handlers ----------------------------------------------------------------------
 
+    async def _verify_login(self, method: str, claimed: str, body: dict[str, Any]) -> Identity:
+        if method == "local":
+            if self.local is None:
+                raise AuthFailed("local users not enabled", "local login is not enabled here")
+            return await self.local.login(
+                claimed,
+                str(body.get("password") or ""),
+                str(body.get("totp") or ""),
+                self.state.use_totp_step,
+            )
+        if method == "oidc":
+            if self.oidc is None:
+                raise AuthFailed("oidc not enabled", "OIDC login is not enabled here")
+            return await self.oidc.verify(str(body.get("id_token") or ""))
+        raise AuthFailed(f"unknown method {method[:20]!r}", "unknown login method")
+
     async def login(self, request: web.Request) -> web.Response:
         body = await _body(request)
         client = request.remote or "?"
         method = body.get("method") or ("oidc" if "id_token" in body else "local")
         claimed = str(body.get("username") or "")[:200] if method == "local" else ""
-        keys = (f"ip:{client}",) + ((f"user:{claimed}",) if claimed else ())
-        if self.limiter.blocked(*keys):
+        throttle = self.throttle
+        wait = throttle.retry_after(claimed, client) if claimed else 0.0
+        if wait > 0:
             self.audit.append(
-                "login.failed",
-                method=method,
-                user=claimed or None,
-                client=client,
-                reason="rate limited",
+                "login.failed", method=method, user=claimed, client=client, reason="backing off"
             )
-            raise ApiError(429, "too many failed logins; try again later")
+            log.info("login.refused", method=method, user=claimed, client=client, reason="backoff")
+            raise ApiError(
+                429,
+                f"too many failed logins for {claimed} from your address; "
+                f"try again in {max(1, round(wait))} s",
+                "rate-limited",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        if not throttle.begin(client):
+            raise ApiError(429, "too many logins in progress from your address", "rate-limited")
         try:
-            if method == "local":
-                if self.local is None:
-                    raise AuthFailed("local users not enabled", "local login is not enabled here")
-                who = await self.local.login(
-                    claimed,
-                    str(body.get("password") or ""),
-                    str(body.get("totp") or ""),
-                    self.state.use_totp_step,
-                )
-            elif method == "oidc":
-                if self.oidc is None:
-                    raise AuthFailed("oidc not enabled", "OIDC login is not enabled here")
-                who = await self.oidc.verify(str(body.get("id_token") or ""))
-            else:
-                raise AuthFailed(f"unknown method {method[:20]!r}", "unknown login method")
+            who = await self._verify_login(method, claimed, body)
         except AuthFailed as e:
-            self.limiter.failed(*keys)
+            throttle.end(client)
+            if claimed:
+                throttle.pair_failed(claimed, client)
+            delay = throttle.address_failed(client)
             self.audit.append(
                 "login.failed", method=method, user=claimed or None, client=client, reason=e.reason
             )
-            raise ApiError(401, e.public) from None
+            log.info("login.refused", method=method, user=claimed or None, client=client)
+            if delay:  # a slow answer, not a refusal of anyone else's correct login
+                await asyncio.sleep(delay)
+            raise ApiError(401, e.public, "login-failed") from None
+        throttle.end(client)
+        if claimed:
+            throttle.pair_succeeded(claimed, client)
         token, exp = self.sessions.issue(who)
         self.audit.append(
             "login.succeeded",
@@ -865,10 +881,42 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.json_response(obj, status=status, headers={"Cache-Control": "no-store"})
 
 
+def _error(
+    status: int, message: str, rule: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The one error shape: ``{"error": ..., "rule": ...}``."""
+    return web.json_response(
+        {"error": message, "rule": rule},
+        status=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
 PUBLIC = {"/v1/login", "/healthz"}
 
 
 def build_app(service: GrantService) -> web.Application:
+    @web.middleware
+    async def access_log(request: web.Request, handler):
+        """One structured line per request: never a header, body or query string (tokens)."""
+        t0 = time.monotonic()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            who = request.get(IDENTITY)
+            log.info(
+                "service.access",
+                method=request.method,
+                path=request.path,
+                status=status,
+                user=who.user if who is not None else None,
+                client=request.remote,
+                ms=round((time.monotonic() - t0) * 1000, 1),
+            )
+
     @web.middleware
     async def errors_and_auth(request: web.Request, handler):
         try:
@@ -883,19 +931,16 @@ def build_app(service: GrantService) -> web.Application:
                     raise ApiError(401, e.public) from None
             return await handler(request)
         except ApiError as e:
-            body = {"error": str(e)}
-            if e.rule:
-                body["rule"] = e.rule
-            return _json(body, status=e.status)
+            return _error(e.status, str(e), e.rule, e.headers)
         except web.HTTPException as e:
             if e.status >= 400:
-                return _json({"error": e.reason}, status=e.status)
+                return _error(e.status, e.reason, STATUS_RULES.get(e.status, "error"))
             raise
         except Exception as e:  # fail closed, never a traceback to the client
             log.error("service.error", path=request.path, error=type(e).__name__)
-            return _json({"error": "internal error"}, status=500)
+            return _error(500, "internal error", "internal-error")
 
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[access_log, errors_and_auth], client_max_size=MAX_BODY)
     s = service
     app.router.add_get("/healthz", s.health)
     app.router.add_post("/v1/login", s.login)

@@ -61,6 +61,8 @@ class RequestStore(Protocol):
     ) -> list[dict[str, Any]]: ...
     async def update_request(self, doc: Mapping[str, Any], expected_version: int) -> bool: ...
     async def use_totp_step(self, user: str, step: int) -> bool: ...
+    async def end_sessions(self, key: str, at: float) -> None: ...
+    async def sessions_ended(self, keys: list[str]) -> float | None: ...
 
 
 _SCHEMA = """
@@ -95,6 +97,10 @@ CREATE INDEX IF NOT EXISTS requests_created ON requests (created_at);
 CREATE TABLE IF NOT EXISTS totp_steps (
     user TEXT PRIMARY KEY,
     step INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_cutoffs (
+    key TEXT PRIMARY KEY,
+    cutoff REAL NOT NULL
 );
 """
 
@@ -232,6 +238,23 @@ class SqliteState:
             (user, step),
         )
         return cur.rowcount == 1
+
+    async def end_sessions(self, key: str, at: float) -> None:
+        """Grant-service API sessions of ``key`` (``user:NAME`` or ``session:ID``) issued at
+        or before ``at`` are over (logout, a disabled or removed user)."""
+        self._db.execute(
+            "INSERT INTO session_cutoffs VALUES (?, ?) ON CONFLICT (key) "
+            "DO UPDATE SET cutoff = max(cutoff, excluded.cutoff)",
+            (key, at),
+        )
+
+    async def sessions_ended(self, keys: list[str]) -> float | None:
+        """The latest cutoff recorded for any of ``keys``, or None."""
+        marks = ",".join("?" * len(keys))
+        row = self._db.execute(
+            f"SELECT max(cutoff) FROM session_cutoffs WHERE key IN ({marks})", keys
+        ).fetchone()
+        return row[0] if row else None
 
     async def close(self) -> None:
         self._db.close()

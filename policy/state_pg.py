@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS bg_requests (
     doc JSONB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS bg_requests_created ON bg_requests (created_at);
+CREATE TABLE IF NOT EXISTS bg_session_cutoffs (
+    key TEXT PRIMARY KEY,
+    cutoff DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS bg_totp_steps (
     username TEXT PRIMARY KEY,
     step BIGINT NOT NULL
@@ -247,6 +251,21 @@ class PgState:
             step,
         )
         return tag == "INSERT 0 1"
+
+    async def end_sessions(self, key: str, at: float) -> None:
+        p = await self.pool()
+        await p.execute(
+            "INSERT INTO bg_session_cutoffs VALUES ($1, $2) ON CONFLICT (key) "
+            "DO UPDATE SET cutoff = GREATEST(bg_session_cutoffs.cutoff, excluded.cutoff)",
+            key,
+            at,
+        )
+
+    async def sessions_ended(self, keys: list[str]) -> float | None:
+        p = await self.pool()
+        return await p.fetchval(
+            "SELECT max(cutoff) FROM bg_session_cutoffs WHERE key = ANY($1::text[])", keys
+        )
 
     async def close(self) -> None:
         if self._pool is not None:

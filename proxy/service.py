@@ -46,6 +46,7 @@ import ipaddress
 import json
 import os
 import secrets
+import signal
 import ssl
 import time
 import tomllib
@@ -60,10 +61,10 @@ from policy.durations import DurationError, parse_duration
 from policy.grants import sign_grant
 from policy.identity import (
     AuthFailed,
-    LocalUsers,
     OidcSettings,
     OidcVerifier,
     SessionTokens,
+    UsersFile,
 )
 from policy.requests import (
     APPROVED,
@@ -418,7 +419,9 @@ class GrantService:
         self.state = state
         self.audit = audit
         self.kid, self.key = issuer_key(cfg)
-        self.local = LocalUsers.load(settings.users_file) if settings.users_file else None
+        self.local = UsersFile(settings.users_file) if settings.users_file else None
+        if self.local is not None and self.local.problem:
+            raise ValueError(self.local.problem)
         self.oidc = OidcVerifier(settings.oidc) if settings.oidc else None
         if settings.session_secret_file:
             secret = settings.session_secret_file.read_bytes().strip()
@@ -534,7 +537,7 @@ class GrantService:
         if method == "local":
             if self.local is None:
                 raise AuthFailed("local users not enabled", "local login is not enabled here")
-            return await self.local.login(
+            return await self.local.current().login(
                 claimed,
                 str(body.get("password") or ""),
                 str(body.get("totp") or ""),
@@ -595,6 +598,39 @@ class GrantService:
         return _json(
             {"token": token, "expires_at": exp, "user": who.user, "groups": list(who.groups)}
         )
+
+    async def authenticate(self, token: str) -> Identity:
+        """The caller of an API request, checked against what holds *now*: a session ended
+        by logout, or whose user was disabled or removed since, is refused; a local user's
+        groups are read from the users file as it is now, not as they were at login."""
+        who, sid, issued = self.sessions.session_of(token)
+        ended = await self.state.sessions_ended([f"user:{who.user}", f"session:{sid}"])
+        if ended is not None and issued <= ended:
+            raise AuthFailed("session: ended", "session ended; log in again")
+        if who.method == "local":
+            user = self.local.current().active(who.user) if self.local is not None else None
+            if user is None:
+                raise AuthFailed("session: user gone", "session ended; log in again")
+            who = Identity(user=user.name, groups=user.groups, method="local")
+        return who
+
+    def reload_users(self) -> None:
+        """SIGHUP: read the users file again now."""
+        if self.local is None:
+            return
+        ok = self.local.reload()
+        if ok:
+            log.info("users.reloaded", users=len(self.local.users.users))
+        else:  # fail closed: no local user is active until the file is fixed
+            log.error("users.reload_failed", problem=self.local.problem)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """End the calling session (the token stops working at once, on every instance)."""
+        who: Identity = request[IDENTITY]
+        _, sid, _ = self.sessions.session_of(_bearer(request))
+        await self.state.end_sessions(f"session:{sid}", time.time())
+        self.audit.append("logout", actor=who.user)
+        return _json({"ok": True, "user": who.user})
 
     async def whoami(self, request: web.Request) -> web.Response:
         who: Identity = request[IDENTITY]
@@ -865,6 +901,10 @@ class GrantService:
         return _json({"ok": True})
 
 
+def _bearer(request: web.Request) -> str:
+    return request.headers.get("Authorization", "").partition(" ")[2].strip()
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
@@ -926,7 +966,7 @@ def build_app(service: GrantService) -> web.Application:
                 if scheme.lower() != "bearer" or not token.strip():
                     raise ApiError(401, "log in first (breakglass login)")
                 try:
-                    request[IDENTITY] = service.sessions.verify(token.strip())
+                    request[IDENTITY] = await service.authenticate(token.strip())
                 except AuthFailed as e:
                     raise ApiError(401, e.public) from None
             return await handler(request)
@@ -944,6 +984,7 @@ def build_app(service: GrantService) -> web.Application:
     s = service
     app.router.add_get("/healthz", s.health)
     app.router.add_post("/v1/login", s.login)
+    app.router.add_post("/v1/logout", s.logout)
     app.router.add_get("/v1/whoami", s.whoami)
     app.router.add_get("/v1/templates", s.templates)
     app.router.add_post("/v1/requests", s.create_request)
@@ -1013,6 +1054,8 @@ async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None)
     from proxy.gateway import wait_for_stop_signal
 
     running = await start_service(cfg, settings)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.service.reload_users)
     if ready is not None:
         ready(running)
     try:

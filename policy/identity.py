@@ -60,6 +60,10 @@ class OidcSettings:
     username_claim: str = "email"
     groups_claim: str = "groups"
     group_map: Mapping[str, str] = field(default_factory=dict)  # IdP group -> policy group
+    #: IdP identity (the username claim's value) -> policy name, chosen by an administrator
+    user_map: Mapping[str, str] = field(default_factory=dict)
+    #: prefix of unmapped identities; needed (with ':') unless the claim is a verified email
+    user_prefix: str = ""
     algorithms: tuple[str, ...] = OIDC_ALGORITHMS
     leeway: float = 10.0
 
@@ -125,19 +129,47 @@ class OidcVerifier:
         except jwt.PyJWTError as e:
             raise AuthFailed(f"oidc: invalid token ({e})", "ID token rejected") from None
         user = claims.get(s.username_claim)
-        if not isinstance(user, str) or not user.strip():
+        if not isinstance(user, str) or not user.strip() or not user.strip().isprintable():
             raise AuthFailed(f"oidc: claim {s.username_claim!r} missing", "ID token names no user")
+        user = user.strip()
+        if s.username_claim == "email":
+            # An unverified address is whatever the user typed at the IdP: never an identity.
+            if claims.get("email_verified") not in (True, "true"):
+                raise AuthFailed("oidc: email not verified", "ID token's email is not verified")
+            if "@" not in user:
+                raise AuthFailed("oidc: email claim is not an address", "ID token names no user")
+        name = s.user_map.get(user) or f"{s.user_prefix}{user}"
         raw_groups = claims.get(s.groups_claim) or []
         if isinstance(raw_groups, str):
             raw_groups = [raw_groups]
         groups: list[str] = []
         for g in raw_groups if isinstance(raw_groups, list) else []:
-            if not isinstance(g, str):
-                continue
-            mapped = s.group_map.get(g, g if not s.group_map else None)
+            mapped = s.group_map.get(g) if isinstance(g, str) else None  # explicit only
             if mapped and mapped not in groups:
                 groups.append(mapped)
-        return Identity(user=user.strip(), groups=tuple(groups), method="oidc")
+        return Identity(user=name, groups=tuple(groups), method="oidc")
+
+
+#: Characters a local user name never contains, so OIDC names (an email's '@', a prefix's
+#: ':') can never be a local user's name.
+LOCAL_NAME_FORBIDDEN = "\"'\\\n[]. @:"
+
+
+def oidc_namespace_problems(s: OidcSettings, local_names: set[str]) -> list[str]:
+    """Names two identity sources could both claim (checked at config load)."""
+    problems = []
+    if s.username_claim != "email" and ":" not in s.user_prefix:
+        problems.append(
+            f"identity.oidc.user_prefix: with username_claim = {s.username_claim!r}, set a "
+            'prefix with ":" (e.g. "sso:") so IdP names can never be local user names'
+        )
+    for idp_name, name in s.user_map.items():
+        if name in local_names:
+            problems.append(
+                f"identity.oidc.user_map: {name!r} (for {idp_name!r}) is also a local user; "
+                "a name must belong to one identity source"
+            )
+    return problems
 
 
 # ---------------------------------------------------------------- local users
@@ -212,6 +244,7 @@ class LocalUsers:
         for name, u in (doc.get("users") or {}).items():
             if not isinstance(u, dict):
                 raise ValueError(f"users.{name}: expected a table")
+            _check_name(name)
             for k in ("password_hash", "totp_secret"):
                 if not isinstance(u.get(k), str) or not u[k]:
                     raise ValueError(f"users.{name}.{k}: missing")
@@ -264,8 +297,8 @@ class LocalUsers:
 
 
 def _check_name(name: str) -> None:
-    if not name or any(c in name for c in "\"'\\\n[]. ") or not name.isprintable():
-        raise ValueError(f"bad user name {name!r}")
+    if not name or any(c in name for c in LOCAL_NAME_FORBIDDEN) or not name.isprintable():
+        raise ValueError(f"bad user name {name!r} (no spaces, dots, quotes, '@' or ':')")
 
 
 def _read_users(path: Path) -> dict[str, dict[str, Any]]:

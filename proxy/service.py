@@ -61,10 +61,12 @@ from policy.durations import DurationError, parse_duration
 from policy.grants import sign_grant
 from policy.identity import (
     AuthFailed,
+    LocalUsers,
     OidcSettings,
     OidcVerifier,
     SessionTokens,
     UsersFile,
+    oidc_namespace_problems,
 )
 from policy.requests import (
     APPROVED,
@@ -267,6 +269,8 @@ def parse_service_settings(doc: Mapping[str, Any], base: Path) -> ServiceSetting
                 "username_claim",
                 "groups_claim",
                 "group_map",
+                "user_map",
+                "user_prefix",
                 "algorithms",
             ),
         )
@@ -285,6 +289,9 @@ def parse_service_settings(doc: Mapping[str, Any], base: Path) -> ServiceSetting
         gm = table(o.get("group_map"), "identity.oidc.group_map")
         if not all(isinstance(v, str) for v in gm.values()):
             bad("identity.oidc.group_map", "values must be policy group names")
+        um = table(o.get("user_map"), "identity.oidc.user_map")
+        if not all(isinstance(v, str) and v for v in um.values()):
+            bad("identity.oidc.user_map", "values must be policy user names")
         algs = strings(o, "algorithms", "identity.oidc.algorithms") if "algorithms" in o else None
         try:
             oidc = OidcSettings(
@@ -294,12 +301,22 @@ def parse_service_settings(doc: Mapping[str, Any], base: Path) -> ServiceSetting
                 username_claim=string(o, "username_claim", "identity.oidc.username_claim", "email"),
                 groups_claim=string(o, "groups_claim", "identity.oidc.groups_claim", "groups"),
                 group_map=dict(gm),
+                user_map=dict(um),
+                user_prefix=string(o, "user_prefix", "identity.oidc.user_prefix", ""),
                 **({"algorithms": algs} if algs else {}),
             )
         except (TypeError, ValueError) as e:
             bad("identity.oidc", str(e))
     if users_file is None and oidc is None:
         bad("identity", "configure users_file (local users) and/or [identity.oidc]")
+    if oidc is not None:
+        local: set[str] = set()
+        if users_file is not None and users_file.exists():
+            try:
+                local = set(LocalUsers.load(users_file).users)
+            except (OSError, ValueError, tomllib.TOMLDecodeError) as e:
+                bad("identity.users_file", str(e))
+        problems.extend(oidc_namespace_problems(oidc, local))
     st = table(doc.get("state"), "state")
     state_url = None
     if "url" in st:
@@ -423,6 +440,7 @@ class GrantService:
         if self.local is not None and self.local.problem:
             raise ValueError(self.local.problem)
         self.oidc = OidcVerifier(settings.oidc) if settings.oidc else None
+        self._oidc_names = set(settings.oidc.user_map.values()) if settings.oidc else set()
         if settings.session_secret_file:
             secret = settings.session_secret_file.read_bytes().strip()
         else:  # one instance: sessions end when it restarts
@@ -537,6 +555,8 @@ class GrantService:
         if method == "local":
             if self.local is None:
                 raise AuthFailed("local users not enabled", "local login is not enabled here")
+            if claimed in self._oidc_names:  # added to the file after the config loaded
+                raise AuthFailed("local: name claimed by OIDC", "wrong user name, password or code")
             return await self.local.current().login(
                 claimed,
                 str(body.get("password") or ""),
@@ -609,7 +629,7 @@ class GrantService:
             raise AuthFailed("session: ended", "session ended; log in again")
         if who.method == "local":
             user = self.local.current().active(who.user) if self.local is not None else None
-            if user is None:
+            if user is None or who.user in self._oidc_names:
                 raise AuthFailed("session: user gone", "session ended; log in again")
             who = Identity(user=user.name, groups=user.groups, method="local")
         return who

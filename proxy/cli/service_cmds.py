@@ -563,10 +563,18 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     _, settings = load_service_config(args.config)
     if settings.users_file is None:
         raise CliError("identity.users_file is not set in the config")
+    if settings.oidc is not None and args.name in settings.oidc.user_map.values():
+        raise CliError(
+            f"{args.name} is the OIDC mapping of an IdP identity (identity.oidc.user_map); "
+            "a name must belong to one identity source"
+        )
     password = _read_secret_line(f"new password for {args.name}: ", args.password_stdin)
     if len(password) < 12:
         raise CliError("the password must be at least 12 characters")
-    secret = add_local_user(settings.users_file, args.name, password, tuple(args.group))
+    try:
+        secret = add_local_user(settings.users_file, args.name, password, tuple(args.group))
+    except ValueError as e:
+        raise CliError(str(e)) from None
     uri = pyotp.TOTP(secret).provisioning_uri(name=args.name, issuer_name="breakglass")
     if args.json:
         emit_json({"user": args.name, "totp_secret": secret, "otpauth_uri": uri})

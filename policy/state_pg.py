@@ -162,6 +162,10 @@ class PgState:
             rows = await p.fetch("SELECT * FROM bg_grants ORDER BY issued_at DESC LIMIT $1", limit)
         return [_grant(r) for r in rows]
 
+    async def forget_grant(self, jti: str) -> None:
+        p = await self.pool()
+        await p.execute("DELETE FROM bg_grants WHERE jti = $1", jti)
+
     async def revoke(self, jti: str, reason: str, actor: str) -> Revocation:
         p = await self.pool()
         async with p.acquire() as c, c.transaction():

@@ -484,9 +484,78 @@ class GrantService:
                     expired_at=req.expires_at,
                 )
                 self._notify_change(req.id)
+                self._request_event("request.expired", due)
                 return Request.from_doc(dict(due.to_doc(), version=req.version + 1))
             return await self._load(request_id)
         return req
+
+    def _request_event(self, event: str, req: Request, by: str | None = None) -> None:
+        """Tell the approvers' webhooks (``request.*``), with the commands to decide."""
+        self._alert(
+            event,
+            request=req.id,
+            requester=req.requester,
+            template=req.template,
+            target=", ".join(req.targets),
+            reason=req.reason,
+            ticket=req.ticket or "",
+            breakglass=req.breakglass,
+            by=by or "",
+            approve_command=f"breakglass approve {req.id}",
+            deny_command=f"breakglass deny {req.id} --reason TEXT",
+        )
+
+    async def expire_due_requests(self) -> int:
+        """Expire pending requests past their approval window (each audited and announced
+        once, by whichever instance gets there first)."""
+        n = 0
+        for d in await self.state.list_requests(status=PENDING, limit=500):
+            if time.time() >= float(d.get("expires_at", 0)):
+                with contextlib.suppress(ApiError):
+                    if (await self._load(d["id"])).status == EXPIRED:
+                        n += 1
+        return n
+
+    async def watch_expiry(self, interval: float = 10.0) -> None:
+        while True:
+            try:
+                await self.expire_due_requests()
+            except Exception as e:  # keep sweeping; a broken state is logged
+                log.error("requests.expiry_sweep_failed", error=type(e).__name__)
+            await asyncio.sleep(interval)
+
+    def _groups_with(self, who: Identity) -> dict[str, tuple[str, ...]]:
+        groups = {k: tuple(v) for k, v in self.cfg.groups.items()}
+        for g in who.groups:
+            groups[g] = (*groups.get(g, ()), who.user)
+        return groups
+
+    def is_admin(self, who: Identity) -> bool:
+        return is_member(who.user, self.settings.admins, self._groups_with(who))
+
+    def may_decide(self, who: Identity, req: Request) -> bool:
+        """An approver of the request's template, and not its requester."""
+        tpl = self.cfg.templates.get(req.template)
+        return (
+            tpl is not None
+            and who.user != req.requester
+            and is_member(who.user, tpl.approvers, self._groups_with(who))
+        )
+
+    def may_see(self, who: Identity, req: Request) -> bool:
+        """Requesters see their own requests, approvers those they may decide, admins all."""
+        return who.user == req.requester or self.may_decide(who, req) or self.is_admin(who)
+
+    async def _shown(self, req: Request) -> dict[str, Any]:
+        """The request as the API shows it; an approved request whose grant was revoked
+        says ``revoked``."""
+        out = req.public()
+        if req.status == APPROVED and req.grant_jti:
+            rev = await self.state.revocation(req.grant_jti)
+            if rev is not None:
+                out["status"] = "revoked"
+                out["revoked_at"] = rev.revoked_at
+        return out
 
     def _alert(self, event: str, **fields: Any) -> None:
         try:
@@ -741,6 +810,11 @@ class GrantService:
         await self.state.create_request(req.to_doc())
         if req.claims is not None:
             await self._after_issue(req, who.user)
+        if req.status == PENDING:
+            self._request_event("request.created", req)
+        elif req.status == APPROVED:
+            by = who.user if req.breakglass else f"auto:{req.auto_approved_by or 'template'}"
+            self._request_event("request.approved", req, by)
         return _json(req.public(), status=201)
 
     async def list_requests(self, request: web.Request) -> web.Response:
@@ -753,19 +827,27 @@ class GrantService:
             limit = max(1, min(500, int(q.get("limit", "100"))))
         except ValueError:
             raise ApiError(400, "limit must be a number") from None
+        pending_for_me = bool(q.get("pending"))  # what this approver may decide now
         docs = await self.state.list_requests(
             requester=who.user if q.get("mine") else None,
-            status=None if status == EXPIRED else status,
-            limit=limit,
+            status=None if status in (EXPIRED, "revoked") else status,
+            limit=500 if not q.get("mine") else limit,
         )
         out = []
         for d in docs:
             req = Request.from_doc(d)
             if req.status == PENDING and time.time() >= req.expires_at:
                 req = await self._load(req.id)
-            if status and req.status != status:
+            if not self.may_see(who, req):
                 continue
-            out.append(req.public())
+            if pending_for_me and not (req.status == PENDING and self.may_decide(who, req)):
+                continue
+            shown = await self._shown(req)
+            if status and shown["status"] != status:
+                continue
+            out.append(shown)
+            if len(out) >= limit:
+                break
         return _json(out)
 
     async def get_request(self, request: web.Request) -> web.Response:
@@ -776,13 +858,15 @@ class GrantService:
             raise ApiError(400, "wait must be a number of seconds") from None
         deadline = time.monotonic() + wait
         req = await self._load(rid)
+        if not self.may_see(request[IDENTITY], req):  # not even whether it exists
+            raise ApiError(404, f"no request {rid}")
         while req.status == PENDING and time.monotonic() < deadline:
             ev = self.changed.setdefault(rid, asyncio.Event())
             # Woken at once by a change here; another instance's change is seen within 1 s.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), min(1.0, max(0.0, deadline - time.monotonic())))
             req = await self._load(rid)
-        return _json(req.public())
+        return _json(await self._shown(req))
 
     async def _decide(self, request: web.Request, kind: str) -> web.Response:
         who: Identity = request[IDENTITY]
@@ -845,6 +929,10 @@ class GrantService:
             )
         if new.claims is not None:
             await self._after_issue(new, who.user)
+        if new.status == APPROVED:
+            self._request_event("request.approved", new, who.user)
+        elif new.status != PENDING:
+            self._request_event("request.denied", new, who.user)
         self._notify_change(rid)
         return _json(new.public())
 
@@ -1023,8 +1111,13 @@ class RunningService:
     runner: web.AppRunner
     url: str
     port: int
+    tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
         await self.runner.cleanup()
         self.service.audit.close()
         await self.service.state.close()
@@ -1059,7 +1152,8 @@ async def start_service(
     scheme = "https" if ssl_ctx else "http"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     audit.append("service.start", gateway=cfg.gateway_name, url=f"{scheme}://{host}:{bound}")
-    return RunningService(service, runner, f"{scheme}://{host}:{bound}", bound)
+    sweeper = asyncio.ensure_future(service.watch_expiry())
+    return RunningService(service, runner, f"{scheme}://{host}:{bound}", bound, [sweeper])
 
 
 async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None) -> None:

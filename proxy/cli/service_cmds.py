@@ -263,7 +263,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--mine", action="store_true", help="only yours")
-    g.add_argument("--pending", action="store_true", help="only those waiting for approval")
+    g.add_argument("--pending", action="store_true", help="only those waiting for your approval")
     p.set_defaults(func=cmd_requests)
 
     p = sub.add_parser("approve", help="approve a request", description="Approve request ID.")

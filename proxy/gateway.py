@@ -25,6 +25,12 @@ from proxy.storage import start_store
 from recorder.format import RecorderError
 
 REVOCATION_POLL = 0.25
+#: Live sessions are published to the shared state for `sessions --live` and `kill` from any
+#: gateway: on every change, and at least every LIVE_HEARTBEAT s; kill requests are read
+#: every LIVE_POLL s. A gateway silent for LIVE_STALE s is no longer listed.
+LIVE_POLL = 0.25
+LIVE_HEARTBEAT = 5.0
+LIVE_STALE = 15.0
 #: Rules whose refusals (or, for SSH, sightings) are takeover attempts: audited and alerted.
 TAKEOVER_RULES = frozenset({*ROLE_RULES, SSH_RULE})
 
@@ -257,6 +263,37 @@ class Gateway:
             await asyncio.sleep(REVOCATION_POLL)
 
 
+def instance_name(cfg: Config) -> str:
+    import os
+    import socket
+
+    return f"{cfg.gateway_name}@{socket.gethostname()}:{os.getpid()}"
+
+
+async def watch_live(gw: Gateway) -> None:
+    """Publish this process's live sessions to the shared state and act on kill requests
+    made from any gateway or the grant service (within LIVE_POLL s)."""
+    me = instance_name(gw.cfg)
+    published: set[str] = set()
+    last = 0.0
+    while True:
+        try:
+            ids = set(gw.registry.sessions)
+            now = time.time()
+            if ids != published or now - last >= LIVE_HEARTBEAT:
+                infos = [s.info() for s in list(gw.registry.sessions.values())]
+                await gw.state.publish_live(me, infos, now)
+                published, last = ids, now
+            for sid, actor, reason in await gw.state.take_kills(sorted(ids)):
+                if await gw.registry.kill(sid, actor, reason):
+                    log.info("session.killed_remotely", session=sid, actor=actor)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # keep going; a broken state DB is logged loudly
+            log.error("live.publish_failed", error=type(e).__name__)
+        await asyncio.sleep(LIVE_POLL)
+
+
 def _revocation_watch(gw: Gateway):
     """LISTEN/NOTIFY on a PostgreSQL state database; polling on SQLite."""
     from policy.state_pg import PgState, watch
@@ -337,6 +374,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     for r in await state.revocations_since(0):
         gw.revoked.add(r.jti)
     gw.servers.append(asyncio.ensure_future(_revocation_watch(gw)))
+    gw.servers.append(asyncio.ensure_future(watch_live(gw)))
     gw.worker, gw.workers = worker, workers
     gw.servers.append(await start_admin_server(gw.admin_socket, registry, gw.cancel_local))
     if alerter.enabled:
@@ -380,6 +418,10 @@ async def stop_gateway(gw: Gateway) -> None:
     from proxy import alerts
 
     await asyncio.to_thread(alerts.shutdown, 5.0)
+    with contextlib.suppress(Exception):  # no longer listed as live anywhere
+        await gw.state.publish_live(instance_name(gw.cfg), [], time.time())
+    with contextlib.suppress(OSError):  # no stale admin socket left behind
+        gw.admin_socket.unlink()
     try:
         gw.audit.append("gateway.stop", gateway=gw.cfg.gateway_name)
     except RecorderError as e:

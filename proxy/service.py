@@ -89,6 +89,7 @@ from policy.state import SqliteState
 from policy.templates import is_member
 from proxy.config import Config, ConfigError, find_config_path, parse_config
 from proxy.context import audit_grant_issued, issuer_key, open_audit
+from proxy.gateway import LIVE_STALE
 from proxy.logs import log
 from proxy.throttle import LoginThrottle
 
@@ -1005,6 +1006,37 @@ class GrantService:
             {"jti": rev.jti, "revoked_at": rev.revoked_at, "reason": rev.reason, "actor": rev.actor}
         )
 
+    async def live_sessions(self, request: web.Request) -> web.Response:
+        """Admins: live sessions on every gateway sharing the state."""
+        who: Identity = request[IDENTITY]
+        if not self.is_admin(who):
+            raise ApiError(403, "only service admins see live sessions", "not-allowed")
+        return _json(await self.state.live_sessions(time.time() - LIVE_STALE))
+
+    async def kill_session(self, request: web.Request) -> web.Response:
+        """Admins: end a live session on whichever gateway runs it (within a second)."""
+        from proxy.admin import match_session
+
+        who: Identity = request[IDENTITY]
+        body = await _body(request)
+        if not self.is_admin(who):
+            self.audit.append("kill.refused", actor=who.user, session=request.match_info["id"])
+            raise ApiError(403, "only service admins may kill sessions", "not-allowed")
+        live = {s["id"]: s for s in await self.state.live_sessions(time.time() - LIVE_STALE)}
+        try:
+            sid = match_session(request.match_info["id"], live)
+        except LookupError as e:
+            raise ApiError(404, str(e), "not-found") from None
+        reason = str(body.get("reason") or "").strip()
+        await self.state.request_kill(sid, who.user, reason, time.time())
+        self.audit.append("kill.requested", actor=who.user, session=sid, reason=reason)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # bounded: the owning gateway polls every 0.25 s
+            await asyncio.sleep(0.1)
+            if sid not in {s["id"] for s in await self.state.live_sessions(time.time() - 60)}:
+                return _json({"killed": sid, "gateway": live[sid].get("gateway_instance")})
+        raise ApiError(504, f"the gateway running {sid} has not confirmed the kill yet", "pending")
+
     async def health(self, request: web.Request) -> web.Response:
         return _json({"ok": True})
 
@@ -1102,6 +1134,8 @@ def build_app(service: GrantService) -> web.Application:
     app.router.add_post("/v1/requests/{id}/deny", s.deny)
     app.router.add_get("/v1/requests/{id}/grant", s.fetch_grant)
     app.router.add_post("/v1/grants/{jti}/revoke", s.revoke)
+    app.router.add_get("/v1/sessions/live", s.live_sessions)
+    app.router.add_post("/v1/sessions/{id}/kill", s.kill_session)
     return app
 
 

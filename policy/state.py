@@ -8,6 +8,7 @@ Methods are async so that a networked store fits the same shape.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -178,6 +179,11 @@ class SqliteState:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Grants, requests and reasons: private to the service account (sqlite gives its
+        # -wal and -shm files the same mode).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        if self.path.stat().st_mode & 0o077:
+            os.chmod(self.path, 0o600)
         self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         # Several processes (gateway workers, CLI commands) may open the file at once;
         # switching to WAL can fail with "locked" without waiting, so retry for a while.

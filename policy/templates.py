@@ -60,7 +60,7 @@ class Template:
     targets: tuple[TargetPattern, ...]
     max_ttl: int  # seconds
     approvals: int = 1
-    requesters: tuple[str, ...] = ("*",)  # users, "@group" or "*"
+    requesters: tuple[str, ...] = ()  # users, "@group" or "*"; nobody unless named
     approvers: tuple[str, ...] = ()
     breakglass: bool = False
     login: str | None = None  # ssh account the grant uses on the target

@@ -108,6 +108,8 @@ class Config:
     workers: int = 1  # gateway processes sharing the listening ports (SO_REUSEPORT)
     metrics_listen: Listen | None = None  # Prometheus /metrics and /health/* (port + worker)
     store: Any = None  # recorder.store.StoreConfig: [recorder.store], S3 with Object Lock
+    #: risky but valid settings (shells, interpreters, pagers, find -exec ... in templates)
+    warnings: tuple[str, ...] = ()
     #: unauthenticated connections per source address / in total (both listeners)
     preauth_per_source: int = 32
     preauth_total: int = 1024
@@ -129,6 +131,7 @@ class _Reader:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.problems: list[str] = []
+        self.warnings: list[str] = []  # risky but valid: logged when the gateway starts
 
     def bad(self, path: str, msg: str) -> None:
         self.problems.append(f"{path}: {msg}")
@@ -299,7 +302,8 @@ def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
     try:
         from policy.commands import CommandRules
 
-        CommandRules.from_claim(ssh.claim())
+        rules = CommandRules.from_claim(ssh.claim())
+        r.warnings.extend(f"{path}.ssh: {w}" for w in rules.warnings())
     except ImportError:
         pass
     except ValueError as e:
@@ -310,7 +314,8 @@ def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
         targets=tuple(patterns),
         max_ttl=r.duration(t, "max_ttl", f"{path}.max_ttl") or 0,
         approvals=r.integer(t, "approvals", f"{path}.approvals", 1, lo=0, hi=10) or 0,
-        requesters=r.strings(t, "requesters", f"{path}.requesters", ["*"]),
+        # Nobody may request a template that does not say who may (explicit "*" for everyone).
+        requesters=r.strings(t, "requesters", f"{path}.requesters", []),
         approvers=r.strings(t, "approvers", f"{path}.approvers", []),
         breakglass=bool(r.boolean(t, "breakglass", f"{path}.breakglass", False)),
         login=r.string(t, "login", f"{path}.login", None),
@@ -631,6 +636,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         ssh_targets=ssh_targets,
         postgres_targets=pg_targets,
         raw=doc,
+        warnings=tuple(r.warnings),
     )
     # Every value above is read before this check, so no problem goes unreported.
     if r.problems:

@@ -339,6 +339,8 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     from proxy.context import trusted_recorder_keys
 
     nofile = raise_nofile_limit()
+    for w in cfg.warnings:  # README: risky command patterns are flagged when a config loads
+        log.warning("config.warning", warning=w)
     alerter = alerts.setup(cfg)  # validates [alerts]/[review]; notify() never blocks a session
     state = open_state(cfg)
     registry_ref: list[SessionRegistry] = []
@@ -467,7 +469,6 @@ def supervise_workers(argv: list[str], workers: int) -> int:
     """Run ``workers`` gateway processes (``argv`` + ``--worker I/N``) until a signal; if one
     dies, stop the others and fail loudly (the service manager restarts the whole gateway)."""
     import subprocess
-    import sys
     import time
 
     procs = [subprocess.Popen([*argv, "--worker", f"{i}/{workers}"]) for i in range(workers)]
@@ -487,10 +488,7 @@ def supervise_workers(argv: list[str], workers: int) -> int:
         while any(p.poll() is None for p in procs):
             for p in procs:
                 if p.poll() is not None and p.returncode != 0 and not stopping:
-                    print(
-                        f"breakglass: gateway worker {p.pid} exited with {p.returncode}; stopping",
-                        file=sys.stderr,
-                    )
+                    log.error("gateway.worker_exited", pid=p.pid, returncode=p.returncode)
                     rc = 1
                     stop()
             time.sleep(0.2)

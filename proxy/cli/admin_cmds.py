@@ -96,13 +96,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     def ready(gw) -> None:
         if worker:
             return
-        listeners = [
-            f"ssh {cfg.ssh_listen}" if cfg.ssh_listen else "",
-            f"postgres {cfg.postgres_listen}" if cfg.postgres_listen else "",
-        ]
-        print(
-            f"breakglass gateway {cfg.gateway_name}: {', '.join(x for x in listeners if x)}",
-            file=sys.stderr,
+        from proxy.logs import log
+
+        # A log event, not a print: stderr is the (JSON) log, one format per line.
+        log.info(
+            "gateway.ready",
+            gateway=cfg.gateway_name,
+            ssh=str(cfg.ssh_listen) if cfg.ssh_listen else None,
+            postgres=str(cfg.postgres_listen) if cfg.postgres_listen else None,
         )
 
     run_async(run_gateway(cfg, ready, worker, workers))

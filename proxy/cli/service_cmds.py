@@ -382,7 +382,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
 
     def ready(running) -> None:
-        print(f"breakglass grant service {cfg.gateway_name}: {running.url}", file=sys.stderr)
+        from proxy.logs import log
+
+        log.info("service.ready", gateway=cfg.gateway_name, url=running.url)  # the JSON log
 
     try:
         asyncio.run(run_service(cfg, settings, ready))

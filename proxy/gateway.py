@@ -376,7 +376,8 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     for r in await state.revocations_since(0):
         gw.revoked.add(r.jti)
     gw.servers.append(asyncio.ensure_future(_revocation_watch(gw)))
-    gw.servers.append(asyncio.ensure_future(watch_live(gw)))
+    if cfg.state_url:  # shared PostgreSQL state: several gateways (SQLite: the admin socket)
+        gw.servers.append(asyncio.ensure_future(watch_live(gw)))
     gw.worker, gw.workers = worker, workers
     gw.servers.append(await start_admin_server(gw.admin_socket, registry, gw.cancel_local))
     if alerter.enabled:
@@ -420,8 +421,9 @@ async def stop_gateway(gw: Gateway) -> None:
     from proxy import alerts
 
     await asyncio.to_thread(alerts.shutdown, 5.0)
-    with contextlib.suppress(Exception):  # no longer listed as live anywhere
-        await gw.state.publish_live(instance_name(gw.cfg), [], time.time())
+    if gw.cfg.state_url:
+        with contextlib.suppress(Exception):  # no longer listed as live anywhere
+            await gw.state.publish_live(instance_name(gw.cfg), [], time.time())
     with contextlib.suppress(OSError):  # no stale admin socket left behind
         gw.admin_socket.unlink()
     try:

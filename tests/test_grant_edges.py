@@ -202,7 +202,10 @@ _claim_names = st.sampled_from(
 def _mutate(claims: dict[str, Any], changes: list[tuple[str, Any]]) -> dict[str, Any]:
     for name, value in changes:
         if name.startswith("target."):
-            t = dict(claims["targets"][0])
+            targets = claims["targets"]
+            if not (isinstance(targets, list) and targets and isinstance(targets[0], dict)):
+                continue  # 'targets' itself was replaced by an earlier change
+            t = dict(targets[0])
             key = "name" if name == "target.name" else ("db_user" if "db_user" in t else "login")
             t[key] = value
             claims["targets"] = [t]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -65,11 +66,14 @@ def _still_open(socks: list[socket.socket], wait: float = 0.5) -> int:
 
 
 class GatewayProcess:
-    def __init__(self, directory: Path, pg, ssh, extra: str = "") -> None:
+    def __init__(self, directory: Path, pg, ssh, extra: dict[str, str] | None = None) -> None:
         self.cfg = build_local_workdir(directory, pg=pg, ssh=ssh, name="test-gw")
         path = directory / "config.toml"
-        if extra:
-            path.write_text(path.read_text().replace("[gateway]\n", "[gateway]\n" + extra, 1))
+        if extra:  # e.g. {"banner_timeout": '"3s"'}: replaces the starter config's line
+            text = path.read_text()
+            for key, value in extra.items():
+                text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text, count=1)
+            path.write_text(text)
         self.path = path
 
         def limit() -> None:
@@ -79,13 +83,13 @@ class GatewayProcess:
             [sys.executable, "-m", "proxy.cli.main", "-c", str(path), "gateway"],
             preexec_fn=limit,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=open(directory / "gateway.log", "wb"),  # noqa: SIM115 - read on failure
             env=dict(os.environ),
         )
         deadline = time.monotonic() + 30
         for port in (self.cfg.postgres_listen.port, self.cfg.ssh_listen.port):
             while True:  # bounded wait until the listener accepts
-                assert self.proc.poll() is None, "gateway exited"
+                assert self.proc.poll() is None, (directory / "gateway.log").read_text()[-2000:]
                 assert time.monotonic() < deadline, "gateway did not start"
                 try:
                     socket.create_connection(("127.0.0.1", port), 1).close()
@@ -131,7 +135,7 @@ class GatewayProcess:
 
 @pytest.fixture
 def gwp(pg_server, ssh_server, tmp_path):
-    g = GatewayProcess(tmp_path / "gw", pg_server, ssh_server, 'banner_timeout = "3s"\n')
+    g = GatewayProcess(tmp_path / "gw", pg_server, ssh_server, {"banner_timeout": '"3s"'})
     yield g
     g.stop()
 

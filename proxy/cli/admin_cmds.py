@@ -147,8 +147,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
     try:
         reply = _admin(args, request)
     except CliError as e:
-        if "ambiguous" in str(e):
-            raise
+        if "ambiguous" in str(e) or not load_config(args.config).state_url:
+            raise  # only gateways sharing a PostgreSQL state publish their sessions
         reply = _kill_via_state(args, request)
     if args.json:
         emit_json(reply)
@@ -164,6 +164,9 @@ def shared_live(cfg) -> list[dict]:
 
     from proxy.context import open_state
     from proxy.gateway import LIVE_STALE
+
+    if not cfg.state_url:
+        return []
 
     async def run() -> list[dict]:
         state = open_state(cfg)

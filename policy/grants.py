@@ -24,6 +24,15 @@ MAX_LEEWAY = 30
 MAX_TOKEN_BYTES = 16 * 1024
 TARGET_TYPES = ("ssh", "postgres")
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "iat", "nbf", "exp", "targets")
+DEFAULT_ISSUER = "breakglass"
+#: Times outside this range are not real grant times (and would overflow date formatting).
+EARLIEST_TIME = 946_684_800  # 2000-01-01
+LATEST_TIME = 32_503_680_000  # 3000-01-01
+#: No grant lives longer than this, whatever its signer says (templates cap far below).
+MAX_LIFETIME = 31 * 86400
+MAX_TEXT = 256  # names, ids, accounts
+MAX_FREE_TEXT = 4096  # reason
+MAX_LIST = 64
 
 
 class RefusalKind(StrEnum):
@@ -32,9 +41,11 @@ class RefusalKind(StrEnum):
     BAD_SIGNATURE = "bad-signature"
     UNKNOWN_KEY = "unknown-key"
     WRONG_AUDIENCE = "wrong-audience"
+    WRONG_ISSUER = "wrong-issuer"
     REVOKED = "revoked"
     TARGET_NOT_GRANTED = "target-not-granted"
     SOURCE_NOT_ALLOWED = "source-not-allowed"
+    NO_CREDENTIALS = "no-credentials"
     MALFORMED = "malformed"
 
 
@@ -143,22 +154,32 @@ def sign_grant(claims: Mapping[str, Any], key: Ed25519PrivateKey, kid: str) -> s
     return jwt.encode(dict(claims), key, algorithm=ALGORITHM, headers={"kid": kid})
 
 
+def _name(value: Any, what: str, limit: int = MAX_TEXT) -> str:
+    """A non-empty, printable, bounded string (it reaches logs, banners and messages)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string")
+    if len(value) > limit:
+        raise ValueError(f"{what} is longer than {limit} characters")
+    if not value.isprintable():
+        raise ValueError(f"{what} contains control characters")
+    return value
+
+
 def _parse_targets(raw: Any) -> tuple[GrantTarget, ...]:
     if not isinstance(raw, list) or not raw:
         raise ValueError("claim 'targets' must be a non-empty list")
+    if len(raw) > MAX_LIST:
+        raise ValueError(f"claim 'targets' lists more than {MAX_LIST} targets")
     out = []
     for i, t in enumerate(raw):
         if not isinstance(t, dict):
             raise ValueError(f"targets[{i}] must be an object")
-        type_, name = t.get("type"), t.get("name")
+        type_ = t.get("type")
         if type_ not in TARGET_TYPES:
             raise ValueError(f"targets[{i}].type must be one of {', '.join(TARGET_TYPES)}")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"targets[{i}].name must be a non-empty string")
+        name = _name(t.get("name"), f"targets[{i}].name")
         account_key = "login" if type_ == "ssh" else "db_user"
-        account = t.get(account_key)
-        if not isinstance(account, str) or not account:
-            raise ValueError(f"targets[{i}].{account_key} must be a non-empty string")
+        account = _name(t.get(account_key), f"targets[{i}].{account_key}")
         out.append(
             GrantTarget(
                 type=type_,
@@ -170,22 +191,68 @@ def _parse_targets(raw: Any) -> tuple[GrantTarget, ...]:
     return tuple(out)
 
 
+def _time(claims: Mapping[str, Any], c: str) -> float:
+    v = claims[c]
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise ValueError(f"claim '{c}' must be a number")
+    if not (EARLIEST_TIME <= v <= LATEST_TIME):  # also refuses inf and NaN
+        raise ValueError(f"claim '{c}' is not a plausible time ({v!r})")
+    return float(v)
+
+
 def _check_claim_types(claims: Mapping[str, Any]) -> None:
+    """Strict shape of every claim the gateway reads; the message names the claim."""
     missing = [c for c in REQUIRED_CLAIMS if c not in claims]
     if missing:
         raise ValueError(f"missing claim(s): {', '.join(missing)}")
     for c in ("iss", "sub", "jti"):
-        if not isinstance(claims[c], str) or not claims[c]:
-            raise ValueError(f"claim '{c}' must be a non-empty string")
-    for c in ("iat", "nbf", "exp"):
-        if not isinstance(claims[c], int | float) or isinstance(claims[c], bool):
-            raise ValueError(f"claim '{c}' must be a number")
+        _name(claims[c], f"claim '{c}'")
+    iat, nbf, exp = (_time(claims, c) for c in ("iat", "nbf", "exp"))
+    if exp - min(iat, nbf) > MAX_LIFETIME:
+        raise ValueError(f"grant lifetime exceeds {MAX_LIFETIME // 86400} days")
     for c in ("ssh", "sql"):
         if c in claims and not isinstance(claims[c], dict):
             raise ValueError(f"claim '{c}' must be an object")
-    cidrs = claims.get("source_cidrs")
-    if cidrs is not None and not isinstance(cidrs, list):
-        raise ValueError("claim 'source_cidrs' must be a list")
+    ssh = claims.get("ssh") or {}
+    for flag in ("shell", "forwarding", "sftp"):
+        if flag in ssh and not isinstance(ssh[flag], bool):
+            raise ValueError(f"claim 'ssh.{flag}' must be true or false")
+    _strings(ssh.get("commands"), "ssh.commands", MAX_FREE_TEXT, printable=False)
+    sql = claims.get("sql") or {}
+    if "mode" in sql:
+        _name(sql["mode"], "claim 'sql.mode'")
+    _strings(sql.get("tables"), "sql.tables", MAX_TEXT)
+    if claims.get("reason") is not None and not isinstance(claims["reason"], str):
+        raise ValueError("claim 'reason' must be a string")
+    if isinstance(claims.get("reason"), str) and len(claims["reason"]) > MAX_FREE_TEXT:
+        raise ValueError(f"claim 'reason' is longer than {MAX_FREE_TEXT} characters")
+    for c in ("ticket", "template"):
+        if claims.get(c) is not None:
+            _name(claims[c], f"claim '{c}'")
+    _strings(claims.get("approvers"), "approvers", MAX_TEXT)
+    for flag in ("breakglass", "role_management"):
+        if flag in claims and not isinstance(claims[flag], bool):
+            raise ValueError(f"claim '{flag}' must be true or false")
+    cidrs = _strings(claims.get("source_cidrs"), "source_cidrs", MAX_TEXT)
+    for c in cidrs:
+        try:
+            ipaddress.ip_network(c, strict=False)
+        except ValueError:
+            raise ValueError(f"claim 'source_cidrs' has an invalid network {c!r}") from None
+
+
+def _strings(value: Any, what: str, limit: int, printable: bool = True) -> list[str]:
+    """An optional list of bounded strings (``None`` is an empty list)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_LIST * 4:
+        raise ValueError(f"claim '{what}' must be a list of strings")
+    for i, v in enumerate(value):
+        if printable:
+            _name(v, f"claim '{what}[{i}]'", limit)
+        elif not isinstance(v, str) or len(v) > limit:
+            raise ValueError(f"claim '{what}[{i}]' must be a string")
+    return value
 
 
 class GrantVerifier:
@@ -199,10 +266,15 @@ class GrantVerifier:
         leeway: float = 5.0,
         is_revoked: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
+        issuer: str = DEFAULT_ISSUER,
+        key_issuers: Mapping[str, str] | None = None,
     ) -> None:
+        """Each trusted key (by kid) vouches for one issuer: ``key_issuers[kid]``, else
+        ``issuer``. A grant whose ``iss`` is not its key's issuer is refused."""
         if not 0 <= leeway <= MAX_LEEWAY:
             raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY} seconds")
         self.trusted_keys = dict(trusted_keys)
+        self.key_issuers = {kid: (key_issuers or {}).get(kid, issuer) for kid in trusted_keys}
         self.audience = audience
         self.leeway = leeway
         self.is_revoked = is_revoked or (lambda _jti: False)
@@ -270,6 +342,14 @@ class GrantVerifier:
             return Refusal(RefusalKind.MALFORMED, f"grant is missing claim {e.claim!r}")
         except jwt.PyJWTError as e:
             return Refusal(RefusalKind.MALFORMED, f"grant is not a valid token ({e})")
+        expected_iss = self.key_issuers.get(kid)
+        if claims.get("iss") != expected_iss:
+            shown = claims.get("iss")
+            shown = shown[:64] if isinstance(shown, str) else shown
+            return Refusal(
+                RefusalKind.WRONG_ISSUER,
+                f"grant issuer {shown!r} is not the issuer its key {kid!r} is trusted for",
+            )
         try:
             _check_claim_types(claims)
             targets = _parse_targets(claims["targets"])
@@ -286,6 +366,13 @@ class GrantVerifier:
             return Refusal(
                 RefusalKind.NOT_YET_VALID,
                 f"grant is not valid before {utc_text(claims['nbf'])}",
+                jti,
+                sub,
+            )
+        if now + self.leeway < claims["iat"]:
+            return Refusal(
+                RefusalKind.NOT_YET_VALID,
+                f"grant claims to be issued in the future ({utc_text(claims['iat'])})",
                 jti,
                 sub,
             )

@@ -60,6 +60,10 @@ class OidcSettings:
     username_claim: str = "email"
     groups_claim: str = "groups"
     group_map: Mapping[str, str] = field(default_factory=dict)  # IdP group -> policy group
+    #: IdP identity (the username claim's value) -> policy name, chosen by an administrator
+    user_map: Mapping[str, str] = field(default_factory=dict)
+    #: prefix of unmapped identities; needed (with ':') unless the claim is a verified email
+    user_prefix: str = ""
     algorithms: tuple[str, ...] = OIDC_ALGORITHMS
     leeway: float = 10.0
 
@@ -125,19 +129,47 @@ class OidcVerifier:
         except jwt.PyJWTError as e:
             raise AuthFailed(f"oidc: invalid token ({e})", "ID token rejected") from None
         user = claims.get(s.username_claim)
-        if not isinstance(user, str) or not user.strip():
+        if not isinstance(user, str) or not user.strip() or not user.strip().isprintable():
             raise AuthFailed(f"oidc: claim {s.username_claim!r} missing", "ID token names no user")
+        user = user.strip()
+        if s.username_claim == "email":
+            # An unverified address is whatever the user typed at the IdP: never an identity.
+            if claims.get("email_verified") not in (True, "true"):
+                raise AuthFailed("oidc: email not verified", "ID token's email is not verified")
+            if "@" not in user:
+                raise AuthFailed("oidc: email claim is not an address", "ID token names no user")
+        name = s.user_map.get(user) or f"{s.user_prefix}{user}"
         raw_groups = claims.get(s.groups_claim) or []
         if isinstance(raw_groups, str):
             raw_groups = [raw_groups]
         groups: list[str] = []
         for g in raw_groups if isinstance(raw_groups, list) else []:
-            if not isinstance(g, str):
-                continue
-            mapped = s.group_map.get(g, g if not s.group_map else None)
+            mapped = s.group_map.get(g) if isinstance(g, str) else None  # explicit only
             if mapped and mapped not in groups:
                 groups.append(mapped)
-        return Identity(user=user.strip(), groups=tuple(groups), method="oidc")
+        return Identity(user=name, groups=tuple(groups), method="oidc")
+
+
+#: Characters a local user name never contains, so OIDC names (an email's '@', a prefix's
+#: ':') can never be a local user's name.
+LOCAL_NAME_FORBIDDEN = "\"'\\\n[]. @:"
+
+
+def oidc_namespace_problems(s: OidcSettings, local_names: set[str]) -> list[str]:
+    """Names two identity sources could both claim (checked at config load)."""
+    problems = []
+    if s.username_claim != "email" and ":" not in s.user_prefix:
+        problems.append(
+            f"identity.oidc.user_prefix: with username_claim = {s.username_claim!r}, set a "
+            'prefix with ":" (e.g. "sso:") so IdP names can never be local user names'
+        )
+    for idp_name, name in s.user_map.items():
+        if name in local_names:
+            problems.append(
+                f"identity.oidc.user_map: {name!r} (for {idp_name!r}) is also a local user; "
+                "a name must belong to one identity source"
+            )
+    return problems
 
 
 # ---------------------------------------------------------------- local users
@@ -193,6 +225,7 @@ class LocalUser:
     password_hash: str
     totp_secret: str
     groups: tuple[str, ...] = ()
+    disabled: bool = False
 
 
 class LocalUsers:
@@ -211,14 +244,25 @@ class LocalUsers:
         for name, u in (doc.get("users") or {}).items():
             if not isinstance(u, dict):
                 raise ValueError(f"users.{name}: expected a table")
+            _check_name(name)
             for k in ("password_hash", "totp_secret"):
                 if not isinstance(u.get(k), str) or not u[k]:
                     raise ValueError(f"users.{name}.{k}: missing")
             groups = u.get("groups", [])
             if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
                 raise ValueError(f"users.{name}.groups: expected a list of strings")
-            users[name] = LocalUser(name, u["password_hash"], u["totp_secret"], tuple(groups))
+            disabled = u.get("disabled", False)
+            if not isinstance(disabled, bool):
+                raise ValueError(f"users.{name}.disabled: expected true or false")
+            users[name] = LocalUser(
+                name, u["password_hash"], u["totp_secret"], tuple(groups), disabled
+            )
         return cls(users)
+
+    def active(self, name: str) -> LocalUser | None:
+        """The user, if present and not disabled (what a live API session is checked against)."""
+        u = self.users.get(name)
+        return u if u is not None and not u.disabled else None
 
     async def login(
         self,
@@ -236,6 +280,8 @@ class LocalUsers:
         )
         if user is None:
             raise AuthFailed("local: unknown user", "wrong user name, password or code")
+        if user.disabled:
+            raise AuthFailed("local: user disabled", "wrong user name, password or code")
         if not pw_ok:
             raise AuthFailed("local: wrong password", "wrong user name, password or code")
         if not code:
@@ -250,19 +296,20 @@ class LocalUsers:
         return Identity(user=user.name, groups=user.groups, method="local")
 
 
-def add_local_user(path: Path, name: str, password: str, groups: tuple[str, ...] = ()) -> str:
-    """Add (or replace) ``name`` in the users file (mode 0600); return the new TOTP secret."""
-    if not name or any(c in name for c in "\"'\\\n[]. "):
-        raise ValueError(f"bad user name {name!r}")
+def _check_name(name: str) -> None:
+    if not name or any(c in name for c in LOCAL_NAME_FORBIDDEN) or not name.isprintable():
+        raise ValueError(f"bad user name {name!r} (no spaces, dots, quotes, '@' or ':')")
+
+
+def _read_users(path: Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     doc = tomllib.loads(path.read_text()) if path.exists() else {}
-    users = dict(doc.get("users") or {})
-    secret = pyotp.random_base32()
-    users[name] = {
-        "password_hash": hash_password(password),
-        "totp_secret": secret,
-        "groups": list(groups),
-    }
+    return dict(doc.get("users") or {})
+
+
+def _write_users(path: Path, users: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write the whole users file atomically (a new file, mode 0600, renamed into place), so
+    a reader (the service, reloading on change) never sees half of it."""
     lines = ["# breakglass local users: scrypt password hashes and TOTP secrets. Keep private."]
     for n, u in users.items():
         lines.append(f"\n[users.{n}]")
@@ -270,12 +317,88 @@ def add_local_user(path: Path, name: str, password: str, groups: tuple[str, ...]
         lines.append(f'totp_secret = "{u["totp_secret"]}"')
         gs = ", ".join(f'"{g}"' for g in u.get("groups", []))
         lines.append(f"groups = [{gs}]")
-    tmp = path.with_name(path.name + ".tmp")
+        if u.get("disabled"):
+            lines.append("disabled = true")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def add_local_user(path: Path, name: str, password: str, groups: tuple[str, ...] = ()) -> str:
+    """Add (or replace) ``name`` in the users file (mode 0600); return the new TOTP secret."""
+    _check_name(name)
+    users = _read_users(path)
+    secret = pyotp.random_base32()
+    users[name] = {
+        "password_hash": hash_password(password),
+        "totp_secret": secret,
+        "groups": list(groups),
+    }
+    _write_users(path, users)
     return secret
+
+
+def set_user_disabled(path: Path, name: str, disabled: bool) -> None:
+    """Disable (or enable again) ``name``; KeyError if there is no such user."""
+    users = _read_users(path)
+    if name not in users:
+        raise KeyError(name)
+    users[name] = {**users[name], "disabled": disabled}
+    _write_users(path, users)
+
+
+def remove_local_user(path: Path, name: str) -> None:
+    """Remove ``name`` from the users file; KeyError if there is no such user."""
+    users = _read_users(path)
+    if name not in users:
+        raise KeyError(name)
+    del users[name]
+    _write_users(path, users)
+
+
+class UsersFile:
+    """The users file as the service sees it: reloaded when it changes (checked on every
+    use, so a change takes effect on the next request) or when ``reload()`` is called (SIGHUP).
+
+    A file that cannot be read or parsed leaves no local user active (fail closed) until it
+    is fixed; ``problem`` says why."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int, int] | None = None
+        self.users = LocalUsers({})
+        self.problem: str | None = None
+        self.reload()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> bool:
+        """Read the file again; True when it loaded."""
+        self._stamp = self._stat()
+        try:
+            self.users = LocalUsers.load(self.path) if self._stamp else LocalUsers({})
+            self.problem = None
+            return True
+        except (OSError, ValueError, tomllib.TOMLDecodeError) as e:
+            self.users = LocalUsers({})
+            self.problem = str(e)
+            return False
+
+    def current(self) -> LocalUsers:
+        """The users now, reloading first if the file changed."""
+        if self._stat() != self._stamp:
+            self.reload()
+        return self.users
 
 
 # ---------------------------------------------------------------- API sessions
@@ -304,6 +427,7 @@ class SessionTokens:
             "exp": exp,
             "jti": secrets.token_hex(8),
             "typ": "session",
+            "t": now,  # sub-second issue time: logouts and offboarding end sessions before it
         }
         return jwt.encode(claims, self._secret, algorithm=SESSION_ALGORITHM), float(exp)
 
@@ -331,3 +455,10 @@ class SessionTokens:
             groups=tuple(g for g in groups if isinstance(g, str)),
             method=str(claims.get("amr", "")),
         )
+
+    def session_of(self, token: str) -> tuple[Identity, str, float]:
+        """``verify`` plus the session's id and issue time (for logout and offboarding)."""
+        who = self.verify(token)
+        claims = jwt.decode(token, options={"verify_signature": False})  # verified just above
+        t = claims.get("t", claims.get("iat"))
+        return who, str(claims.get("jti", "")), float(t) if isinstance(t, int | float) else 0.0

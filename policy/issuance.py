@@ -134,6 +134,8 @@ def build_claims(
         claims["ssh"] = tpl.ssh.claim()
     if any(t["type"] == "postgres" for t in targets):
         claims["sql"] = tpl.sql.claim()
+        if tpl.role_management:
+            claims["role_management"] = True
     if request.ticket:
         claims["ticket"] = request.ticket
     if request.source_cidrs:

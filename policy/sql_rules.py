@@ -1294,6 +1294,7 @@ class SqlChecker:
         *,
         max_length: int = DEFAULT_MAX_LENGTH,
         cache_chars: int = DEFAULT_CACHE_CHARS,
+        role_guard: Any = None,
     ) -> None:
         if not isinstance(rules, SqlRules):
             raise TypeError("rules must be SqlRules")
@@ -1303,6 +1304,7 @@ class SqlChecker:
         self.cache_size = cache_size
         self.cache_chars = cache_chars
         self.max_length = max_length
+        self.role_guard = role_guard  # policy.role_guard.RoleGuard: the gateway's own roles
         self._judge = _Judge(rules)
         self._cache: OrderedDict[tuple[str, bool], Verdict] = OrderedDict()
         self._shapes: OrderedDict[tuple[str, bool], Verdict] = OrderedDict()
@@ -1427,6 +1429,9 @@ class SqlChecker:
                 n,
                 kinds,
             )
+        guarded = self.role_guard.judge(roots) if self.role_guard is not None else None
+        if guarded is not None:
+            return Verdict(False, guarded[0], guarded[1], n, kinds)
         if everything:
             return Verdict(True, "allowed", "", n, kinds)
         flags: list[str] = []

@@ -8,6 +8,7 @@ Methods are async so that a networked store fits the same shape.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -45,8 +46,15 @@ class StateStore(Protocol):
         self, *, subject: str | None = None, limit: int = 100
     ) -> list[IssuedGrant]: ...
     async def revoke(self, jti: str, reason: str, actor: str) -> Revocation: ...
+    async def forget_grant(self, jti: str) -> None: ...
     async def revocation(self, jti: str) -> Revocation | None: ...
     async def revocations_since(self, since: float) -> list[Revocation]: ...
+    async def publish_live(
+        self, gateway: str, sessions: list[dict[str, Any]], now: float
+    ) -> None: ...
+    async def live_sessions(self, fresh_after: float) -> list[dict[str, Any]]: ...
+    async def request_kill(self, session: str, actor: str, reason: str, now: float) -> None: ...
+    async def take_kills(self, sessions: list[str]) -> list[tuple[str, str, str]]: ...
     async def close(self) -> None: ...
 
 
@@ -61,6 +69,56 @@ class RequestStore(Protocol):
     ) -> list[dict[str, Any]]: ...
     async def update_request(self, doc: Mapping[str, Any], expected_version: int) -> bool: ...
     async def use_totp_step(self, user: str, step: int) -> bool: ...
+
+    # -- live sessions across gateways (sessions --live, kill from any gateway)
+
+    async def publish_live(self, gateway: str, sessions: list[dict[str, Any]], now: float) -> None:
+        """Replace ``gateway``'s live sessions with ``sessions`` (each has ``id``)."""
+        ids = [s["id"] for s in sessions]
+        with self._db:
+            marks = ",".join("?" * len(ids))
+            self._db.execute(
+                f"DELETE FROM live_sessions WHERE gateway = ? AND id NOT IN ({marks})",
+                (gateway, *ids),
+            )
+            self._db.executemany(
+                "INSERT INTO live_sessions VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "gateway = excluded.gateway, info = excluded.info, heartbeat = excluded.heartbeat",
+                [(s["id"], gateway, json.dumps(s, default=str), now) for s in sessions],
+            )
+
+    async def live_sessions(self, fresh_after: float) -> list[dict[str, Any]]:
+        """Sessions published by gateways whose last heartbeat is after ``fresh_after``."""
+        rows = self._db.execute(
+            "SELECT gateway, info FROM live_sessions WHERE heartbeat > ?", (fresh_after,)
+        ).fetchall()
+        return [dict(json.loads(info), gateway_instance=gw) for gw, info in rows]
+
+    async def request_kill(self, session: str, actor: str, reason: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO kill_requests VALUES (?, ?, ?, ?) ON CONFLICT (session) DO NOTHING",
+            (session, actor, reason, now),
+        )
+
+    async def take_kills(self, sessions: list[str]) -> list[tuple[str, str, str]]:
+        """Kill requests for any of ``sessions`` (removed as they are taken)."""
+        if not sessions:
+            return []
+        marks = ",".join("?" * len(sessions))
+        rows = self._db.execute(
+            f"SELECT session, actor, reason FROM kill_requests WHERE session IN ({marks})",
+            sessions,
+        ).fetchall()
+        if rows:  # a read most of the time: nothing to commit (or fsync)
+            taken = [r[0] for r in rows]
+            self._db.execute(
+                f"DELETE FROM kill_requests WHERE session IN ({','.join('?' * len(taken))})",
+                taken,
+            )
+        return [tuple(r) for r in rows]
+
+    async def end_sessions(self, key: str, at: float) -> None: ...
+    async def sessions_ended(self, keys: list[str]) -> float | None: ...
 
 
 _SCHEMA = """
@@ -96,6 +154,22 @@ CREATE TABLE IF NOT EXISTS totp_steps (
     user TEXT PRIMARY KEY,
     step INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS live_sessions (
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    info TEXT NOT NULL,
+    heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kill_requests (
+    session TEXT PRIMARY KEY,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    requested_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_cutoffs (
+    key TEXT PRIMARY KEY,
+    cutoff REAL NOT NULL
+);
 """
 
 
@@ -105,6 +179,11 @@ class SqliteState:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Grants, requests and reasons: private to the service account (sqlite gives its
+        # -wal and -shm files the same mode).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        if self.path.stat().st_mode & 0o077:
+            os.chmod(self.path, 0o600)
         self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         # Several processes (gateway workers, CLI commands) may open the file at once;
         # switching to WAL can fail with "locked" without waiting, so retry for a while.
@@ -170,6 +249,10 @@ class SqliteState:
             )
         return [self._grant(r) for r in rows.fetchall()]
 
+    async def forget_grant(self, jti: str) -> None:
+        """Undo ``record_grant`` for a grant that was never handed out (issuing failed)."""
+        self._db.execute("DELETE FROM grants WHERE jti = ?", (jti,))
+
     async def revoke(self, jti: str, reason: str, actor: str) -> Revocation:
         existing = await self.revocation(jti)
         if existing:
@@ -232,6 +315,23 @@ class SqliteState:
             (user, step),
         )
         return cur.rowcount == 1
+
+    async def end_sessions(self, key: str, at: float) -> None:
+        """Grant-service API sessions of ``key`` (``user:NAME`` or ``session:ID``) issued at
+        or before ``at`` are over (logout, a disabled or removed user)."""
+        self._db.execute(
+            "INSERT INTO session_cutoffs VALUES (?, ?) ON CONFLICT (key) "
+            "DO UPDATE SET cutoff = max(cutoff, excluded.cutoff)",
+            (key, at),
+        )
+
+    async def sessions_ended(self, keys: list[str]) -> float | None:
+        """The latest cutoff recorded for any of ``keys``, or None."""
+        marks = ",".join("?" * len(keys))
+        row = self._db.execute(
+            f"SELECT max(cutoff) FROM session_cutoffs WHERE key IN ({marks})", keys
+        ).fetchone()
+        return row[0] if row else None
 
     async def close(self) -> None:
         self._db.close()

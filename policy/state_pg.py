@@ -59,6 +59,22 @@ CREATE TABLE IF NOT EXISTS bg_requests (
     doc JSONB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS bg_requests_created ON bg_requests (created_at);
+CREATE TABLE IF NOT EXISTS bg_live_sessions (
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    info JSONB NOT NULL,
+    heartbeat DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bg_kill_requests (
+    session TEXT PRIMARY KEY,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    requested_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bg_session_cutoffs (
+    key TEXT PRIMARY KEY,
+    cutoff DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS bg_totp_steps (
     username TEXT PRIMARY KEY,
     step BIGINT NOT NULL
@@ -158,6 +174,10 @@ class PgState:
             rows = await p.fetch("SELECT * FROM bg_grants ORDER BY issued_at DESC LIMIT $1", limit)
         return [_grant(r) for r in rows]
 
+    async def forget_grant(self, jti: str) -> None:
+        p = await self.pool()
+        await p.execute("DELETE FROM bg_grants WHERE jti = $1", jti)
+
     async def revoke(self, jti: str, reason: str, actor: str) -> Revocation:
         p = await self.pool()
         async with p.acquire() as c, c.transaction():
@@ -247,6 +267,65 @@ class PgState:
             step,
         )
         return tag == "INSERT 0 1"
+
+    async def publish_live(self, gateway: str, sessions: list[dict[str, Any]], now: float) -> None:
+        p = await self.pool()
+        ids = [x["id"] for x in sessions]
+        async with p.acquire() as c, c.transaction():
+            await c.execute(
+                "DELETE FROM bg_live_sessions WHERE gateway = $1 AND NOT (id = ANY($2::text[]))",
+                gateway,
+                ids,
+            )
+            await c.executemany(
+                "INSERT INTO bg_live_sessions VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (id) "
+                "DO UPDATE SET gateway = excluded.gateway, info = excluded.info, "
+                "heartbeat = excluded.heartbeat",
+                [(x["id"], gateway, json.dumps(x, default=str), now) for x in sessions],
+            )
+
+    async def live_sessions(self, fresh_after: float) -> list[dict[str, Any]]:
+        p = await self.pool()
+        rows = await p.fetch(
+            "SELECT gateway, info FROM bg_live_sessions WHERE heartbeat > $1", fresh_after
+        )
+        return [dict(json.loads(r["info"]), gateway_instance=r["gateway"]) for r in rows]
+
+    async def request_kill(self, session: str, actor: str, reason: str, now: float) -> None:
+        p = await self.pool()
+        await p.execute(
+            "INSERT INTO bg_kill_requests VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            session,
+            actor,
+            reason,
+            now,
+        )
+
+    async def take_kills(self, sessions: list[str]) -> list[tuple[str, str, str]]:
+        if not sessions:
+            return []
+        p = await self.pool()
+        rows = await p.fetch(
+            "DELETE FROM bg_kill_requests WHERE session = ANY($1::text[]) "
+            "RETURNING session, actor, reason",
+            sessions,
+        )
+        return [(r["session"], r["actor"], r["reason"]) for r in rows]
+
+    async def end_sessions(self, key: str, at: float) -> None:
+        p = await self.pool()
+        await p.execute(
+            "INSERT INTO bg_session_cutoffs VALUES ($1, $2) ON CONFLICT (key) "
+            "DO UPDATE SET cutoff = GREATEST(bg_session_cutoffs.cutoff, excluded.cutoff)",
+            key,
+            at,
+        )
+
+    async def sessions_ended(self, keys: list[str]) -> float | None:
+        p = await self.pool()
+        return await p.fetchval(
+            "SELECT max(cutoff) FROM bg_session_cutoffs WHERE key = ANY($1::text[])", keys
+        )
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -60,13 +60,15 @@ class Template:
     targets: tuple[TargetPattern, ...]
     max_ttl: int  # seconds
     approvals: int = 1
-    requesters: tuple[str, ...] = ("*",)  # users, "@group" or "*"
+    requesters: tuple[str, ...] = ()  # users, "@group" or "*"; nobody unless named
     approvers: tuple[str, ...] = ()
     breakglass: bool = False
     login: str | None = None  # ssh account the grant uses on the target
     db_user: str | None = None  # postgres role the grant uses on the target
     ssh: SshAccess = field(default_factory=SshAccess)
     sql: SqlAccess = field(default_factory=SqlAccess)
+    #: may create login roles with passwords and change other roles' passwords (sql mode all)
+    role_management: bool = False
 
     def covers(self, type_: str, name: str) -> bool:
         return any(p.matches(type_, name) for p in self.targets)

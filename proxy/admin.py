@@ -41,6 +41,29 @@ async def _handle(
         writer.close()
 
 
+MIN_PARTIAL_ID = 4
+
+
+def match_session(ref: str, ids: Any) -> str:
+    """The one id that ``ref`` names: the whole id, or a unique prefix or suffix of at least
+    four characters (as ``breakglass replay`` and the index resolve them). An empty or
+    ambiguous reference is refused: it must never pick a session by accident."""
+    ref = ref.strip() if isinstance(ref, str) else ""
+    if not ref:
+        raise LookupError("no session id given")
+    ids = list(ids)
+    if ref in ids:
+        return ref
+    if len(ref) < MIN_PARTIAL_ID:
+        raise LookupError(f"no live session {ref} (give the whole id or at least 4 characters)")
+    matches = [i for i in ids if i.startswith(ref) or i.endswith(ref)]
+    if not matches:
+        raise LookupError(f"no live session {ref}")
+    if len(matches) > 1:
+        raise LookupError(f"session {ref} is ambiguous ({len(matches)} live sessions match)")
+    return matches[0]
+
+
 async def _dispatch(registry: SessionRegistry, on_cancel: Any, line: bytes) -> dict[str, Any]:
     try:
         req = json.loads(line)
@@ -53,14 +76,12 @@ async def _dispatch(registry: SessionRegistry, on_cancel: Any, line: bytes) -> d
         sid, actor = req.get("session"), req.get("actor") or "admin"
         if not isinstance(sid, str):
             return {"ok": False, "error": "kill needs a session id"}
-        matches = [s for s in registry.sessions if s == sid or s.endswith(sid)]
-        if len(matches) != 1:
-            return {
-                "ok": False,
-                "error": f"no live session {sid}" if not matches else f"{sid} is ambiguous",
-            }
-        await registry.kill(matches[0], str(actor), str(req.get("reason") or ""))
-        return {"ok": True, "killed": matches[0]}
+        try:
+            match = match_session(sid, registry.sessions)
+        except LookupError as e:
+            return {"ok": False, "error": str(e), "found": False}
+        await registry.kill(match, str(actor), str(req.get("reason") or ""))
+        return {"ok": True, "killed": match}
     if op == "watch":  # someone follows the session: the engineer is told, within a second
         sid, actor = req.get("session"), str(req.get("actor") or "someone")[:100]
         s = registry.sessions.get(sid) if isinstance(sid, str) else None

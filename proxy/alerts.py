@@ -7,7 +7,10 @@ Alert types (``event`` in the payload):
   (once per session);
 * ``recording.verify_failed`` - a recording failed verification (gateway: right after it was
   finalized; CLI: when the index finds it);
-* ``review.overdue`` - a break-glass session is still unreviewed after the review deadline.
+* ``review.overdue`` - a break-glass session is still unreviewed after the review deadline;
+* ``takeover.attempt`` - a session tried to change the gateway's own access to a target (its
+  upstream database roles, authentication settings, role passwords, or on SSH the target's
+  ``authorized_keys``), see policy/role_guard.py.
 
 API: ``notify(event_type, **fields)`` is synchronous, thread-safe and never blocks: it formats
 the alert and puts it on a bounded in-memory queue per webhook (full queue: the alert is dropped
@@ -41,6 +44,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -63,7 +68,14 @@ BREAKGLASS_USED = "breakglass.used"
 DENIALS = "denials"
 VERIFY_FAILED = "recording.verify_failed"
 REVIEW_OVERDUE = "review.overdue"
-ALERT_TYPES = (BREAKGLASS_USED, DENIALS, VERIFY_FAILED, REVIEW_OVERDUE)
+TAKEOVER = "takeover.attempt"
+#: Access-request events for approvers (the grant service sends them).
+REQUEST_EVENTS = ("request.created", "request.approved", "request.denied", "request.expired")
+#: What a webhook without ``events`` gets: security alerts, not the approvers' request traffic.
+DEFAULT_EVENTS = (BREAKGLASS_USED, DENIALS, VERIFY_FAILED, REVIEW_OVERDUE, TAKEOVER)
+ALERT_TYPES = (*DEFAULT_EVENTS, *REQUEST_EVENTS)
+SIGNATURE_HEADER = "X-Breakglass-Signature"
+TIMESTAMP_HEADER = "X-Breakglass-Timestamp"
 DENIAL = "denial"  # input only: one denied command/statement
 
 MAX_BACKOFF = 300.0
@@ -77,7 +89,8 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 class Webhook:
     name: str
     url: str = field(repr=False)  # a secret: never logged or printed
-    events: frozenset[str] = frozenset(ALERT_TYPES)
+    events: frozenset[str] = frozenset(DEFAULT_EVENTS)
+    secret: bytes | None = field(default=None, repr=False)  # HMAC key for signed payloads
 
     @property
     def host(self) -> str:
@@ -138,6 +151,56 @@ def _check_url(url: str, path: str, problems: list[str]) -> None:
         problems.append(f"{path}: must be https (plain http only to a loopback receiver)")
 
 
+def _secret(h: dict, p: str, base: Path, problems: list[str]) -> bytes | None:
+    """The webhook's signing secret (``secret_env`` or ``secret_file``), at least 16 bytes."""
+    sources = [k for k in ("secret_env", "secret_file") if k in h]
+    if not sources:
+        return None
+    if len(sources) > 1:
+        problems.append(f"{p}: set at most one of secret_env, secret_file")
+        return None
+    k = sources[0]
+    if not isinstance(h[k], str) or not h[k]:
+        problems.append(f"{p}.{k}: expected a non-empty string")
+        return None
+    if k == "secret_env":
+        value = os.environ.get(h[k], "").strip()
+        if not value:
+            problems.append(f"{p}.secret_env: environment variable {h[k]} is not set")
+            return None
+    else:
+        f = Path(h[k]).expanduser()
+        f = f if f.is_absolute() else base / f
+        try:
+            value = f.read_text().strip()
+        except OSError as e:
+            problems.append(f"{p}.secret_file: cannot read {f}: {e.strerror}")
+            return None
+    if len(value) < 16:
+        problems.append(f"{p}.{k}: the secret must be at least 16 characters")
+        return None
+    return value.encode()
+
+
+def sign_payload(secret: bytes, timestamp: int, body: bytes) -> str:
+    """``v1=`` + hex HMAC-SHA256 over ``"{timestamp}." + body`` (as GitHub and Slack do)."""
+    mac = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def verify_payload(
+    secret: bytes, timestamp: str, signature: str, body: bytes, *, tolerance: float = 300
+) -> bool:
+    """What a receiver does: the signature matches and the timestamp is recent."""
+    try:
+        ts = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    if abs(time.time() - ts) > tolerance:
+        return False
+    return hmac.compare_digest(sign_payload(secret, ts, body), signature or "")
+
+
 def parse_alert_settings(raw: Any, base: Path) -> AlertSettings:
     """``[alerts]`` of the config document; raises ConfigError listing every problem."""
     problems: list[str] = []
@@ -161,7 +224,15 @@ def parse_alert_settings(raw: Any, base: Path) -> AlertSettings:
             problems.append(f"{p}: expected a table")
             continue
         for k in h:
-            if k not in ("name", "url", "url_env", "url_file", "events"):
+            if k not in (
+                "name",
+                "url",
+                "url_env",
+                "url_file",
+                "events",
+                "secret_env",
+                "secret_file",
+            ):
                 problems.append(f"{p}.{k}: unknown key")
         name = h.get("name", f"webhook-{i + 1}")
         if not isinstance(name, str) or not name:
@@ -191,7 +262,7 @@ def parse_alert_settings(raw: Any, base: Path) -> AlertSettings:
                 problems.append(f"{p}.url_file: cannot read {f}: {e.strerror}")
         if url is not None:
             _check_url(url, f"{p}.{sources[0]}", problems)
-        events = h.get("events", list(ALERT_TYPES))
+        events = h.get("events", list(DEFAULT_EVENTS))
         if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
             problems.append(f"{p}.events: expected a list of strings")
             events = list(ALERT_TYPES)
@@ -200,8 +271,9 @@ def parse_alert_settings(raw: Any, base: Path) -> AlertSettings:
             problems.append(
                 f"{p}.events: unknown alert {', '.join(bad)} (known: {', '.join(ALERT_TYPES)})"
             )
+        secret = _secret(h, p, base, problems)
         if url:
-            hooks.append(Webhook(name, url, frozenset(events)))
+            hooks.append(Webhook(name, url, frozenset(events), secret))
     s = AlertSettings(
         webhooks=tuple(hooks),
         denials=_int(raw, "denials", "alerts.denials", problems, 5, 1, 100_000),
@@ -281,6 +353,27 @@ def _summary(event: str, f: dict[str, Any]) -> str:
         return f"Recording of session {sid} ({who} on {where}) FAILED verification: {f.get('problem', '?')}"
     if event == REVIEW_OVERDUE:
         return f"Break-glass session {sid} ({who} on {where}) is overdue for review"
+    if event in REQUEST_EVENTS:
+        rid = f.get("request") or "?"
+        what = event.split(".", 1)[1]
+        text = (
+            f"Access request {rid} by {f.get('requester', '?')} for {f.get('template', '?')} "
+            f"on {where} {what}"
+        )
+        if f.get("by"):
+            text += f" by {f['by']}"
+        if event == "request.created":
+            text += (
+                f" (reason: {f.get('reason', '')}"
+                + (f", ticket {f['ticket']}" if f.get("ticket") else "")
+                + f"). Decide: `{f.get('approve_command', '')}` or `{f.get('deny_command', '')}`"
+            )
+        return text
+    if event == TAKEOVER:
+        return (
+            f"{who} tried to change the gateway's own access on {where} "
+            f"({f.get('rule', '?')}, {f.get('action', 'refused')}; session {sid})"
+        )
     return f"{event} (session {sid})"
 
 
@@ -371,17 +464,17 @@ class _Worker:
             conn = http.client.HTTPConnection(
                 parts.hostname, parts.port, timeout=self.settings.timeout
             )
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "breakglass-alerts",
+            "X-Breakglass-Alert-Id": d.alert_id,
+        }
+        if self.hook.secret is not None:  # signed at each attempt: a retry has a fresh time
+            ts = int(time.time())
+            headers[TIMESTAMP_HEADER] = str(ts)
+            headers[SIGNATURE_HEADER] = sign_payload(self.hook.secret, ts, d.body)
         try:
-            conn.request(
-                "POST",
-                path,
-                body=d.body,
-                headers={
-                    "Content-Type": "application/json",
-                    "User-Agent": "breakglass-alerts",
-                    "X-Breakglass-Alert-Id": d.alert_id,
-                },
-            )
+            conn.request("POST", path, body=d.body, headers=headers)
             resp = conn.getresponse()
             resp.read(64 * 1024)
             status = resp.status

@@ -108,6 +108,14 @@ class Config:
     workers: int = 1  # gateway processes sharing the listening ports (SO_REUSEPORT)
     metrics_listen: Listen | None = None  # Prometheus /metrics and /health/* (port + worker)
     store: Any = None  # recorder.store.StoreConfig: [recorder.store], S3 with Object Lock
+    #: risky but valid settings (shells, interpreters, pagers, find -exec ... in templates)
+    warnings: tuple[str, ...] = ()
+    #: unauthenticated connections per source address / in total (both listeners)
+    preauth_per_source: int = 32
+    preauth_total: int = 1024
+    banner_timeout: int = 10  # seconds an SSH client has to send its version line
+    #: kid -> the issuer (``iss``) that key vouches for; kids not listed vouch for issuer_name.
+    trusted_key_issuers: dict[str, str] = field(default_factory=dict)
     state_url: str | None = field(default=None, repr=False)  # PostgreSQL state (a secret: no repr)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -123,6 +131,7 @@ class _Reader:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.problems: list[str] = []
+        self.warnings: list[str] = []  # risky but valid: logged when the gateway starts
 
     def bad(self, path: str, msg: str) -> None:
         self.problems.append(f"{path}: {msg}")
@@ -247,6 +256,27 @@ def _keys(r: _Reader, doc: dict, path: str) -> dict[str, Path]:
     return out
 
 
+def _issuer_keys(r: _Reader, doc: dict) -> tuple[dict[str, Path], dict[str, str]]:
+    """``kid = "path"`` (vouches for ``issuer.name``) or ``kid = { key = "path", issuer = "ISS" }``."""
+    keys: dict[str, Path] = {}
+    issuers: dict[str, str] = {}
+    for kid, v in doc.items():
+        path = f"issuer.trusted_keys.{kid}"
+        if isinstance(v, dict):
+            for k in v:
+                if k not in ("key", "issuer"):
+                    r.bad(f"{path}.{k}", "unknown key (expected key and issuer)")
+            p = r.file(v, "key", f"{path}.key")
+            iss = r.string(v, "issuer", f"{path}.issuer")
+            if p and iss:
+                keys[kid], issuers[kid] = p, iss
+        else:
+            p = r.file(doc, kid, path)
+            if p:
+                keys[kid] = p
+    return keys, issuers
+
+
 def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
     n = len(r.problems)
     patterns = []
@@ -272,7 +302,8 @@ def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
     try:
         from policy.commands import CommandRules
 
-        CommandRules.from_claim(ssh.claim())
+        rules = CommandRules.from_claim(ssh.claim())
+        r.warnings.extend(f"{path}.ssh: {w}" for w in rules.warnings())
     except ImportError:
         pass
     except ValueError as e:
@@ -283,7 +314,8 @@ def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
         targets=tuple(patterns),
         max_ttl=r.duration(t, "max_ttl", f"{path}.max_ttl") or 0,
         approvals=r.integer(t, "approvals", f"{path}.approvals", 1, lo=0, hi=10) or 0,
-        requesters=r.strings(t, "requesters", f"{path}.requesters", ["*"]),
+        # Nobody may request a template that does not say who may (explicit "*" for everyone).
+        requesters=r.strings(t, "requesters", f"{path}.requesters", []),
         approvers=r.strings(t, "approvers", f"{path}.approvers", []),
         breakglass=bool(r.boolean(t, "breakglass", f"{path}.breakglass", False)),
         login=r.string(t, "login", f"{path}.login", None),
@@ -294,7 +326,10 @@ def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
             tables=r.strings(sql_doc, "tables", f"{path}.sql.tables", []),
             catalog=bool(r.boolean(sql_doc, "catalog", f"{path}.sql.catalog", True)),
         ),
+        role_management=bool(r.boolean(t, "role_management", f"{path}.role_management", False)),
     )
+    if tpl.role_management and mode != "all":
+        r.bad(f"{path}.role_management", 'only meaningful with sql mode = "all"')
     if any(p.type == "ssh" for p in patterns) and not tpl.login:
         r.bad(f"{path}.login", "required when the template covers ssh targets")
     if any(p.type == "postgres" for p in patterns) and not tpl.db_user:
@@ -450,8 +485,8 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
     leeway = r.duration(gw, "leeway", "gateway.leeway", "5s")
     if leeway is not None and leeway > 30:
         r.bad("gateway.leeway", "must be at most 30s")
-    trusted_issuers = _keys(
-        r, r.table(iss, "trusted_keys", "issuer.trusted_keys", required=True), "issuer.trusted_keys"
+    trusted_issuers, key_issuers = _issuer_keys(
+        r, r.table(iss, "trusted_keys", "issuer.trusted_keys", required=True)
     )
     if not trusted_issuers and "trusted_keys" in iss:
         r.bad("issuer.trusted_keys", "name at least one trusted issuer key")
@@ -566,10 +601,18 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         failed_auth_limit=r.integer(
             gw, "failed_auth_limit", "gateway.failed_auth_limit", 10, lo=1, hi=10000
         ),
+        preauth_per_source=r.integer(
+            gw, "preauth_per_source", "gateway.preauth_per_source", 32, lo=1, hi=100_000
+        ),
+        preauth_total=r.integer(
+            gw, "preauth_total", "gateway.preauth_total", 1024, lo=1, hi=1_000_000
+        ),
+        banner_timeout=r.duration(gw, "banner_timeout", "gateway.banner_timeout", "10s") or 10,
         issuer_name=r.string(iss, "name", "issuer.name", "breakglass"),
         issuer_key_id=r.string(iss, "key_id", "issuer.key_id", None),
         issuer_signing_key=r.file(iss, "signing_key", "issuer.signing_key", None),
         trusted_issuer_keys=trusted_issuers,
+        trusted_key_issuers=key_issuers,
         recordings_dir=r.file(
             rec, "directory", "recorder.directory", "recordings", must_exist=False
         ),
@@ -594,6 +637,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         ssh_targets=ssh_targets,
         postgres_targets=pg_targets,
         raw=doc,
+        warnings=tuple(r.warnings),
     )
     # Every value above is read before this check, so no problem goes unreported.
     if r.problems:

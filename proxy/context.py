@@ -47,7 +47,12 @@ def open_state(cfg: Config) -> StateStore:
 
 def grant_verifier(cfg: Config, is_revoked=None) -> GrantVerifier:
     return GrantVerifier(
-        trusted_issuer_keys(cfg), cfg.gateway_name, leeway=cfg.leeway, is_revoked=is_revoked
+        trusted_issuer_keys(cfg),
+        cfg.gateway_name,
+        leeway=cfg.leeway,
+        is_revoked=is_revoked,
+        issuer=cfg.issuer_name,
+        key_issuers=cfg.trusted_key_issuers,
     )
 
 

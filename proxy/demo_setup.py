@@ -105,6 +105,7 @@ db_user = "app_rw"
 sql = {{ mode = "read-write" }}
 max_ttl = "1h"
 approvals = 1
+requesters = ["*"]
 approvers = ["@approvers"]
 
 [templates.ssh-shell]
@@ -114,6 +115,7 @@ login = "{login}"
 ssh = {{ shell = true }}
 max_ttl = "1h"
 approvals = 1
+requesters = ["*"]
 approvers = ["@approvers"]
 """
 

@@ -12,41 +12,67 @@ from pathlib import Path
 from typing import Any
 
 from policy.grants import Grant, GrantTarget, GrantVerifier, Refusal, RefusalKind
+from policy.role_guard import RULES as ROLE_RULES
+from policy.role_guard import SSH_RULE, RoleGuard
 from policy.state import StateStore
 from proxy.admin import start_admin_server, worker_socket
 from proxy.config import Config
 from proxy.context import grant_verifier, open_audit, open_state, recorder_key
 from proxy.logs import log
+from proxy.preauth import PreAuthLimiter, raise_nofile_limit
 from proxy.sessions import SessionRegistry, Termination
 from proxy.storage import start_store
 from recorder.format import RecorderError
 
 REVOCATION_POLL = 0.25
+#: Live sessions are published to the shared state for `sessions --live` and `kill` from any
+#: gateway: on every change, and at least every LIVE_HEARTBEAT s; kill requests are read
+#: every LIVE_POLL s. A gateway silent for LIVE_STALE s is no longer listed.
+LIVE_POLL = 0.25
+LIVE_HEARTBEAT = 5.0
+LIVE_STALE = 15.0
+#: Rules whose refusals (or, for SSH, sightings) are takeover attempts: audited and alerted.
+TAKEOVER_RULES = frozenset({*ROLE_RULES, SSH_RULE})
 
 
 class AuthRateLimiter:
-    """At most ``limit`` failed authentications per source address per ``window`` seconds."""
+    """Failed grant checks per source address, with backoff instead of lockout.
 
-    def __init__(self, limit: int, window: float = 60.0) -> None:
+    After ``limit`` failures within ``window`` seconds, each further *refusal* for that
+    address is answered only after a delay that doubles with every failure (up to
+    ``max_delay``): an attacker slows their own guesses and ties up their own pre-auth
+    connection slots (capped per address), but a correctly signed, valid grant from the same
+    address (an office behind NAT) is checked and accepted at once, never refused."""
+
+    def __init__(
+        self, limit: int, window: float = 60.0, base_delay: float = 0.25, max_delay: float = 4.0
+    ) -> None:
         self.limit = limit
         self.window = window
+        self.base_delay = base_delay
+        self.max_delay = max_delay
         self.failures: dict[str, deque[float]] = defaultdict(deque)
 
-    def blocked(self, source: str) -> bool:
+    def count(self, source: str) -> int:
         q = self.failures.get(source)
         if not q:
-            return False
+            return 0
         cutoff = time.monotonic() - self.window
         while q and q[0] < cutoff:
             q.popleft()
         if not q:
             del self.failures[source]
-        return len(q) >= self.limit
+        return len(q)
 
-    def failed(self, source: str) -> None:
+    def failed(self, source: str) -> float:
+        """Count a failure; how long to wait before answering it (0 under the limit)."""
+        n = self.count(source) + 1
         self.failures[source].append(time.monotonic())
         if len(self.failures) > 100_000:  # bound memory under a scan
             self.failures.pop(next(iter(self.failures)))
+        if n <= self.limit:
+            return 0.0
+        return min(self.max_delay, self.base_delay * 2 ** min(n - self.limit - 1, 16))
 
 
 @dataclass
@@ -67,6 +93,7 @@ class Gateway:
     postgres: Any = None  # the PostgresListener, when configured
     metrics: Any = None  # proxy.metrics.GatewayMetrics
     listening: bool = False  # every configured listener accepts connections
+    preauth: PreAuthLimiter = field(default_factory=lambda: PreAuthLimiter(32, 1024))
 
     @property
     def admin_socket(self) -> Path:
@@ -84,29 +111,17 @@ class Gateway:
         source: str,
         user: str | None = None,
     ) -> Grant | Refusal:
-        """Verify a grant for ``protocol``/``target_name`` from ``source``; audit every outcome."""
-        if self.limiter.blocked(source):
-            result: Grant | Refusal = Refusal(
-                RefusalKind.MALFORMED, "too many failed attempts from your address; try again later"
-            )
-        else:
-            result = self.verifier.verify(
-                token, target_type=protocol, target_name=target_name, source_ip=source
-            )
-            if isinstance(result, Grant) and await self.state.revocation(result.jti):
-                self.revoked.add(result.jti)
-                result = Refusal(
-                    RefusalKind.REVOKED, "grant has been revoked", result.jti, result.subject
-                )
-            if isinstance(result, Grant) and user is not None and user != result.subject:
-                result = Refusal(
-                    RefusalKind.MALFORMED,
-                    f"grant is for {result.subject}, not {user}",
-                    result.jti,
-                    result.subject,
-                )
+        """Verify a grant for ``protocol``/``target_name`` from ``source``; audit every outcome.
+
+        Never raises: an unexpected error is a refusal (fail closed). Refusals from an address
+        with many recent failures are answered late (see ``AuthRateLimiter``)."""
+        try:
+            result = await self._check(token, protocol, target_name, source, user)
+        except Exception as e:
+            log.error("auth.internal_error", protocol=protocol, error=type(e).__name__)
+            result = Refusal(RefusalKind.MALFORMED, "the grant could not be checked")
         if isinstance(result, Refusal):
-            self.limiter.failed(source)
+            delay = self.limiter.failed(source)
             if self.metrics is not None:
                 self.metrics.auth_failures.labels(protocol, str(result.kind)).inc()
             try:
@@ -120,6 +135,7 @@ class Gateway:
                     jti=result.jti,
                     refusal=str(result.kind),
                     message=result.message,
+                    delayed=round(delay, 2) or None,
                 )
             except RecorderError:  # refused anyway; the log line below still says so
                 log.error("audit.lost", type="auth.refused", client=source)
@@ -129,8 +145,97 @@ class Gateway:
                 target=target_name,
                 client=source,
                 kind=str(result.kind),
+                message=result.message,
             )
+            if delay:
+                await asyncio.sleep(delay)
+                result = Refusal(
+                    result.kind,
+                    f"{result.message} (answer delayed: too many failed attempts from your address)",
+                    result.jti,
+                    result.subject,
+                )
         return result
+
+    async def _check(
+        self, token: str | bytes, protocol: str, target_name: str, source: str, user: str | None
+    ) -> Grant | Refusal:
+        result = self.verifier.verify(
+            token, target_type=protocol, target_name=target_name, source_ip=source
+        )
+        if not isinstance(result, Grant):
+            return result
+        if await self.state.revocation(result.jti):
+            self.revoked.add(result.jti)
+            return Refusal(
+                RefusalKind.REVOKED, "grant has been revoked", result.jti, result.subject
+            )
+        if user is not None and user != result.subject:
+            return Refusal(
+                RefusalKind.MALFORMED,
+                f"grant is for {result.subject}, not {user}",
+                result.jti,
+                result.subject,
+            )
+        problem = self._account_problem(result, protocol, target_name)
+        if problem:
+            return Refusal(RefusalKind.NO_CREDENTIALS, problem, result.jti, result.subject)
+        return result
+
+    def _account_problem(self, grant: Grant, protocol: str, target_name: str) -> str | None:
+        """The grant's account on the target must be one the gateway holds credentials for."""
+        gt = grant.target(protocol, target_name)
+        if gt is None:
+            return f"grant does not cover {protocol} target {target_name}"
+        if protocol == "postgres":
+            pg = self.cfg.postgres_targets.get(target_name)
+            if pg is None:
+                return f"no postgres target named {target_name!r} on this gateway"
+            if gt.db_user not in pg.users:
+                return (
+                    f"the gateway holds no credentials for database user {gt.db_user} "
+                    f"on {target_name}"
+                )
+        elif protocol == "ssh":
+            ssh = self.cfg.ssh_targets.get(target_name)
+            if ssh is None:
+                return f"{target_name} is not an SSH target of this gateway"
+            if gt.login not in ssh.logins:
+                return f"the gateway holds no credentials for login {gt.login} on {target_name}"
+        return None
+
+    def role_guard(self, target: Any, grant: Grant) -> RoleGuard:
+        """What a PostgreSQL session may not do to the gateway's own roles on ``target``."""
+        return RoleGuard(
+            protected=frozenset(target.users),
+            role_management=grant.claims.get("role_management") is True,
+        )
+
+    def takeover_attempt(
+        self, session: Any, rule: str | None, action: str = "refused", **fields: Any
+    ) -> None:
+        """A session tried to change the gateway's own access: audit and alert (security
+        hears about every attempt, refused or, on SSH, merely seen)."""
+        if rule not in TAKEOVER_RULES:
+            return
+        from proxy import alerts
+
+        info = dict(
+            session=session.id,
+            user=session.grant.subject,
+            target=session.target.name,
+            protocol=session.protocol,
+            jti=session.grant.jti,
+            breakglass=session.grant.breakglass,
+            rule=rule,
+            action=action,
+        )
+        try:
+            self.audit.append("takeover.attempt", **info, **fields)
+        except Exception as e:  # the session's own recording still holds the attempt
+            log.error("audit.append_failed", event="takeover.attempt", error=type(e).__name__)
+        log.warning("takeover.attempt", **info)
+        alerts.notify(alerts.TAKEOVER, **info)
 
     def target_of(self, grant: Grant, protocol: str, name: str) -> GrantTarget:
         t = grant.target(protocol, name)
@@ -156,6 +261,37 @@ class Gateway:
             except Exception as e:  # keep watching; a broken state DB is logged loudly
                 log.error("revocations.poll_failed", error=str(e))
             await asyncio.sleep(REVOCATION_POLL)
+
+
+def instance_name(cfg: Config) -> str:
+    import os
+    import socket
+
+    return f"{cfg.gateway_name}@{socket.gethostname()}:{os.getpid()}"
+
+
+async def watch_live(gw: Gateway) -> None:
+    """Publish this process's live sessions to the shared state and act on kill requests
+    made from any gateway or the grant service (within LIVE_POLL s)."""
+    me = instance_name(gw.cfg)
+    published: set[str] = set()
+    last = 0.0
+    while True:
+        try:
+            ids = set(gw.registry.sessions)
+            now = time.time()
+            if ids != published or now - last >= LIVE_HEARTBEAT:
+                infos = [s.info() for s in list(gw.registry.sessions.values())]
+                await gw.state.publish_live(me, infos, now)
+                published, last = ids, now
+            for sid, actor, reason in await gw.state.take_kills(sorted(ids)):
+                if await gw.registry.kill(sid, actor, reason):
+                    log.info("session.killed_remotely", session=sid, actor=actor)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # keep going; a broken state DB is logged loudly
+            log.error("live.publish_failed", error=type(e).__name__)
+        await asyncio.sleep(LIVE_POLL)
 
 
 def _revocation_watch(gw: Gateway):
@@ -202,6 +338,9 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     from proxy.audit_guard import GuardedAudit
     from proxy.context import trusted_recorder_keys
 
+    nofile = raise_nofile_limit()
+    for w in cfg.warnings:  # README: risky command patterns are flagged when a config loads
+        log.warning("config.warning", warning=w)
     alerter = alerts.setup(cfg)  # validates [alerts]/[review]; notify() never blocks a session
     state = open_state(cfg)
     registry_ref: list[SessionRegistry] = []
@@ -225,6 +364,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
         audit=audit,
         registry=registry,
         limiter=AuthRateLimiter(cfg.failed_auth_limit),
+        preauth=PreAuthLimiter(cfg.preauth_per_source, cfg.preauth_total, nofile),
     )
     registry_ref.append(registry)
     registry.revoked = gw.revoked  # the forwarding gate checks it
@@ -236,6 +376,8 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     for r in await state.revocations_since(0):
         gw.revoked.add(r.jti)
     gw.servers.append(asyncio.ensure_future(_revocation_watch(gw)))
+    if cfg.state_url:  # shared PostgreSQL state: several gateways (SQLite: the admin socket)
+        gw.servers.append(asyncio.ensure_future(watch_live(gw)))
     gw.worker, gw.workers = worker, workers
     gw.servers.append(await start_admin_server(gw.admin_socket, registry, gw.cancel_local))
     if alerter.enabled:
@@ -279,6 +421,11 @@ async def stop_gateway(gw: Gateway) -> None:
     from proxy import alerts
 
     await asyncio.to_thread(alerts.shutdown, 5.0)
+    if gw.cfg.state_url:
+        with contextlib.suppress(Exception):  # no longer listed as live anywhere
+            await gw.state.publish_live(instance_name(gw.cfg), [], time.time())
+    with contextlib.suppress(OSError):  # no stale admin socket left behind
+        gw.admin_socket.unlink()
     try:
         gw.audit.append("gateway.stop", gateway=gw.cfg.gateway_name)
     except RecorderError as e:
@@ -324,7 +471,6 @@ def supervise_workers(argv: list[str], workers: int) -> int:
     """Run ``workers`` gateway processes (``argv`` + ``--worker I/N``) until a signal; if one
     dies, stop the others and fail loudly (the service manager restarts the whole gateway)."""
     import subprocess
-    import sys
     import time
 
     procs = [subprocess.Popen([*argv, "--worker", f"{i}/{workers}"]) for i in range(workers)]
@@ -344,10 +490,7 @@ def supervise_workers(argv: list[str], workers: int) -> int:
         while any(p.poll() is None for p in procs):
             for p in procs:
                 if p.poll() is not None and p.returncode != 0 and not stopping:
-                    print(
-                        f"breakglass: gateway worker {p.pid} exited with {p.returncode}; stopping",
-                        file=sys.stderr,
-                    )
+                    log.error("gateway.worker_exited", pid=p.pid, returncode=p.returncode)
                     rc = 1
                     stop()
             time.sleep(0.2)

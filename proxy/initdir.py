@@ -105,8 +105,16 @@ admin_socket = "run/admin.sock"
 warn_before_expiry = "2m"
 # Clock-skew allowance for a grant's nbf (at most 30s). Expiry is always strict.
 leeway = "5s"
-# Failed authentications allowed per source address per minute.
+# Failed authentications per source address per minute before refusals are answered late
+# (backoff; a valid grant is never refused or delayed because of others' failures).
 failed_auth_limit = 10
+# Connections still logging in, per source address and in total over both listeners (the
+# total is also held to a quarter of the file-descriptor limit, which the gateway raises to
+# the hard limit at start-up, so sessions and the admin socket always have descriptors).
+preauth_per_source = 32
+preauth_total = 1024
+# An SSH client that has not sent its version line within this is disconnected.
+banner_timeout = "10s"
 # Gateway processes sharing the listening ports (SO_REUSEPORT); each has its own admin
 # socket (admin.sock.N) and cancel requests are routed to the right one.
 workers = 1
@@ -120,7 +128,8 @@ key_id = "{issuer_kid}"
 signing_key = "keys/{issuer_kid}.key"
 
 # Issuer public keys the gateway trusts, by key id (kid). List old and new
-# keys side by side while rotating.
+# keys side by side while rotating. A key vouches for grants whose iss is issuer.name,
+# or for another issuer: partner-1 = {{ key = "keys/partner-1.pub", issuer = "partner" }}
 [issuer.trusted_keys]
 {issuer_kid} = "keys/{issuer_kid}.pub"
 

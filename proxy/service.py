@@ -46,6 +46,7 @@ import ipaddress
 import json
 import os
 import secrets
+import signal
 import ssl
 import time
 import tomllib
@@ -64,6 +65,8 @@ from policy.identity import (
     OidcSettings,
     OidcVerifier,
     SessionTokens,
+    UsersFile,
+    oidc_namespace_problems,
 )
 from policy.requests import (
     APPROVED,
@@ -86,7 +89,9 @@ from policy.state import SqliteState
 from policy.templates import is_member
 from proxy.config import Config, ConfigError, find_config_path, parse_config
 from proxy.context import audit_grant_issued, issuer_key, open_audit
+from proxy.gateway import LIVE_STALE
 from proxy.logs import log
+from proxy.throttle import LoginThrottle
 
 MY_SECTIONS = ("service", "identity")
 MAX_BODY = 64 * 1024
@@ -265,6 +270,8 @@ def parse_service_settings(doc: Mapping[str, Any], base: Path) -> ServiceSetting
                 "username_claim",
                 "groups_claim",
                 "group_map",
+                "user_map",
+                "user_prefix",
                 "algorithms",
             ),
         )
@@ -283,6 +290,9 @@ def parse_service_settings(doc: Mapping[str, Any], base: Path) -> ServiceSetting
         gm = table(o.get("group_map"), "identity.oidc.group_map")
         if not all(isinstance(v, str) for v in gm.values()):
             bad("identity.oidc.group_map", "values must be policy group names")
+        um = table(o.get("user_map"), "identity.oidc.user_map")
+        if not all(isinstance(v, str) and v for v in um.values()):
+            bad("identity.oidc.user_map", "values must be policy user names")
         algs = strings(o, "algorithms", "identity.oidc.algorithms") if "algorithms" in o else None
         try:
             oidc = OidcSettings(
@@ -292,12 +302,22 @@ def parse_service_settings(doc: Mapping[str, Any], base: Path) -> ServiceSetting
                 username_claim=string(o, "username_claim", "identity.oidc.username_claim", "email"),
                 groups_claim=string(o, "groups_claim", "identity.oidc.groups_claim", "groups"),
                 group_map=dict(gm),
+                user_map=dict(um),
+                user_prefix=string(o, "user_prefix", "identity.oidc.user_prefix", ""),
                 **({"algorithms": algs} if algs else {}),
             )
         except (TypeError, ValueError) as e:
             bad("identity.oidc", str(e))
     if users_file is None and oidc is None:
         bad("identity", "configure users_file (local users) and/or [identity.oidc]")
+    if oidc is not None:
+        local: set[str] = set()
+        if users_file is not None and users_file.exists():
+            try:
+                local = set(LocalUsers.load(users_file).users)
+            except (OSError, ValueError, tomllib.TOMLDecodeError) as e:
+                bad("identity.users_file", str(e))
+        problems.extend(oidc_namespace_problems(oidc, local))
     st = table(doc.get("state"), "state")
     state_url = None
     if "url" in st:
@@ -359,11 +379,35 @@ def open_service_state(cfg: Config, settings: ServiceSettings):
 # ------------------------------------------------------------------------ the service
 
 
+#: The rule an error without a more specific one carries, by HTTP status.
+STATUS_RULES = {
+    400: "bad-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    415: "unsupported-media-type",
+    429: "rate-limited",
+    500: "internal-error",
+}
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, rule: str | None = None) -> None:
+    """An error answer: ``{"error": message, "rule": rule}`` with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        rule: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
-        self.rule = rule
+        self.rule = rule or STATUS_RULES.get(status, "error")
+        self.headers = headers or {}
 
 
 _RULE_STATUS = {
@@ -386,32 +430,6 @@ def _refused(e: RequestRefused) -> ApiError:
     return ApiError(_RULE_STATUS.get(e.rule, 403), str(e), e.rule)
 
 
-class FailureLimiter:
-    """At most ``limit`` failed logins per key (client address, user name) per ``window`` s."""
-
-    def __init__(self, limit: int = 10, window: float = 300.0) -> None:
-        self.limit, self.window = limit, window
-        self.failures: dict[str, list[float]] = {}
-
-    def blocked(self, *keys: str) -> bool:
-        cutoff = time.monotonic() - self.window
-        for k in keys:
-            q = [t for t in self.failures.get(k, ()) if t > cutoff]
-            if q:
-                self.failures[k] = q
-            else:
-                self.failures.pop(k, None)
-            if len(q) >= self.limit:
-                return True
-        return False
-
-    def failed(self, *keys: str) -> None:
-        for k in keys:
-            self.failures.setdefault(k, []).append(time.monotonic())
-        while len(self.failures) > 100_000:
-            self.failures.pop(next(iter(self.failures)))
-
-
 class GrantService:
     def __init__(self, cfg: Config, settings: ServiceSettings, state, audit) -> None:
         self.cfg = cfg
@@ -419,8 +437,11 @@ class GrantService:
         self.state = state
         self.audit = audit
         self.kid, self.key = issuer_key(cfg)
-        self.local = LocalUsers.load(settings.users_file) if settings.users_file else None
+        self.local = UsersFile(settings.users_file) if settings.users_file else None
+        if self.local is not None and self.local.problem:
+            raise ValueError(self.local.problem)
         self.oidc = OidcVerifier(settings.oidc) if settings.oidc else None
+        self._oidc_names = set(settings.oidc.user_map.values()) if settings.oidc else set()
         if settings.session_secret_file:
             secret = settings.session_secret_file.read_bytes().strip()
         else:  # one instance: sessions end when it restarts
@@ -428,7 +449,7 @@ class GrantService:
         self.sessions = SessionTokens(
             secret, f"breakglass-service:{cfg.gateway_name}", settings.session_ttl
         )
-        self.limiter = FailureLimiter()
+        self.throttle = LoginThrottle()
         self.changed: dict[str, asyncio.Event] = {}
 
     # -- helpers ---------------------------------------------------------------------
@@ -464,9 +485,78 @@ class GrantService:
                     expired_at=req.expires_at,
                 )
                 self._notify_change(req.id)
+                self._request_event("request.expired", due)
                 return Request.from_doc(dict(due.to_doc(), version=req.version + 1))
             return await self._load(request_id)
         return req
+
+    def _request_event(self, event: str, req: Request, by: str | None = None) -> None:
+        """Tell the approvers' webhooks (``request.*``), with the commands to decide."""
+        self._alert(
+            event,
+            request=req.id,
+            requester=req.requester,
+            template=req.template,
+            target=", ".join(req.targets),
+            reason=req.reason,
+            ticket=req.ticket or "",
+            breakglass=req.breakglass,
+            by=by or "",
+            approve_command=f"breakglass approve {req.id}",
+            deny_command=f"breakglass deny {req.id} --reason TEXT",
+        )
+
+    async def expire_due_requests(self) -> int:
+        """Expire pending requests past their approval window (each audited and announced
+        once, by whichever instance gets there first)."""
+        n = 0
+        for d in await self.state.list_requests(status=PENDING, limit=500):
+            if time.time() >= float(d.get("expires_at", 0)):
+                with contextlib.suppress(ApiError):
+                    if (await self._load(d["id"])).status == EXPIRED:
+                        n += 1
+        return n
+
+    async def watch_expiry(self, interval: float = 10.0) -> None:
+        while True:
+            try:
+                await self.expire_due_requests()
+            except Exception as e:  # keep sweeping; a broken state is logged
+                log.error("requests.expiry_sweep_failed", error=type(e).__name__)
+            await asyncio.sleep(interval)
+
+    def _groups_with(self, who: Identity) -> dict[str, tuple[str, ...]]:
+        groups = {k: tuple(v) for k, v in self.cfg.groups.items()}
+        for g in who.groups:
+            groups[g] = (*groups.get(g, ()), who.user)
+        return groups
+
+    def is_admin(self, who: Identity) -> bool:
+        return is_member(who.user, self.settings.admins, self._groups_with(who))
+
+    def may_decide(self, who: Identity, req: Request) -> bool:
+        """An approver of the request's template, and not its requester."""
+        tpl = self.cfg.templates.get(req.template)
+        return (
+            tpl is not None
+            and who.user != req.requester
+            and is_member(who.user, tpl.approvers, self._groups_with(who))
+        )
+
+    def may_see(self, who: Identity, req: Request) -> bool:
+        """Requesters see their own requests, approvers those they may decide, admins all."""
+        return who.user == req.requester or self.may_decide(who, req) or self.is_admin(who)
+
+    async def _shown(self, req: Request) -> dict[str, Any]:
+        """The request as the API shows it; an approved request whose grant was revoked
+        says ``revoked``."""
+        out = req.public()
+        if req.status == APPROVED and req.grant_jti:
+            rev = await self.state.revocation(req.grant_jti)
+            if rev is not None:
+                out["status"] = "revoked"
+                out["revoked_at"] = rev.revoked_at
+        return out
 
     def _alert(self, event: str, **fields: Any) -> None:
         try:
@@ -531,43 +621,62 @@ class GrantService:
 
     # -- handlers ----------------------------------------------------------------------
 
+    async def _verify_login(self, method: str, claimed: str, body: dict[str, Any]) -> Identity:
+        if method == "local":
+            if self.local is None:
+                raise AuthFailed("local users not enabled", "local login is not enabled here")
+            if claimed in self._oidc_names:  # added to the file after the config loaded
+                raise AuthFailed("local: name claimed by OIDC", "wrong user name, password or code")
+            return await self.local.current().login(
+                claimed,
+                str(body.get("password") or ""),
+                str(body.get("totp") or ""),
+                self.state.use_totp_step,
+            )
+        if method == "oidc":
+            if self.oidc is None:
+                raise AuthFailed("oidc not enabled", "OIDC login is not enabled here")
+            return await self.oidc.verify(str(body.get("id_token") or ""))
+        raise AuthFailed(f"unknown method {method[:20]!r}", "unknown login method")
+
     async def login(self, request: web.Request) -> web.Response:
         body = await _body(request)
         client = request.remote or "?"
         method = body.get("method") or ("oidc" if "id_token" in body else "local")
         claimed = str(body.get("username") or "")[:200] if method == "local" else ""
-        keys = (f"ip:{client}",) + ((f"user:{claimed}",) if claimed else ())
-        if self.limiter.blocked(*keys):
+        throttle = self.throttle
+        wait = throttle.retry_after(claimed, client) if claimed else 0.0
+        if wait > 0:
             self.audit.append(
-                "login.failed",
-                method=method,
-                user=claimed or None,
-                client=client,
-                reason="rate limited",
+                "login.failed", method=method, user=claimed, client=client, reason="backing off"
             )
-            raise ApiError(429, "too many failed logins; try again later")
+            log.info("login.refused", method=method, user=claimed, client=client, reason="backoff")
+            raise ApiError(
+                429,
+                f"too many failed logins for {claimed} from your address; "
+                f"try again in {max(1, round(wait))} s",
+                "rate-limited",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        if not throttle.begin(client):
+            raise ApiError(429, "too many logins in progress from your address", "rate-limited")
         try:
-            if method == "local":
-                if self.local is None:
-                    raise AuthFailed("local users not enabled", "local login is not enabled here")
-                who = await self.local.login(
-                    claimed,
-                    str(body.get("password") or ""),
-                    str(body.get("totp") or ""),
-                    self.state.use_totp_step,
-                )
-            elif method == "oidc":
-                if self.oidc is None:
-                    raise AuthFailed("oidc not enabled", "OIDC login is not enabled here")
-                who = await self.oidc.verify(str(body.get("id_token") or ""))
-            else:
-                raise AuthFailed(f"unknown method {method[:20]!r}", "unknown login method")
+            who = await self._verify_login(method, claimed, body)
         except AuthFailed as e:
-            self.limiter.failed(*keys)
+            throttle.end(client)
+            if claimed:
+                throttle.pair_failed(claimed, client)
+            delay = throttle.address_failed(client)
             self.audit.append(
                 "login.failed", method=method, user=claimed or None, client=client, reason=e.reason
             )
-            raise ApiError(401, e.public) from None
+            log.info("login.refused", method=method, user=claimed or None, client=client)
+            if delay:  # a slow answer, not a refusal of anyone else's correct login
+                await asyncio.sleep(delay)
+            raise ApiError(401, e.public, "login-failed") from None
+        throttle.end(client)
+        if claimed:
+            throttle.pair_succeeded(claimed, client)
         token, exp = self.sessions.issue(who)
         self.audit.append(
             "login.succeeded",
@@ -579,6 +688,39 @@ class GrantService:
         return _json(
             {"token": token, "expires_at": exp, "user": who.user, "groups": list(who.groups)}
         )
+
+    async def authenticate(self, token: str) -> Identity:
+        """The caller of an API request, checked against what holds *now*: a session ended
+        by logout, or whose user was disabled or removed since, is refused; a local user's
+        groups are read from the users file as it is now, not as they were at login."""
+        who, sid, issued = self.sessions.session_of(token)
+        ended = await self.state.sessions_ended([f"user:{who.user}", f"session:{sid}"])
+        if ended is not None and issued <= ended:
+            raise AuthFailed("session: ended", "session ended; log in again")
+        if who.method == "local":
+            user = self.local.current().active(who.user) if self.local is not None else None
+            if user is None or who.user in self._oidc_names:
+                raise AuthFailed("session: user gone", "session ended; log in again")
+            who = Identity(user=user.name, groups=user.groups, method="local")
+        return who
+
+    def reload_users(self) -> None:
+        """SIGHUP: read the users file again now."""
+        if self.local is None:
+            return
+        ok = self.local.reload()
+        if ok:
+            log.info("users.reloaded", users=len(self.local.users.users))
+        else:  # fail closed: no local user is active until the file is fixed
+            log.error("users.reload_failed", problem=self.local.problem)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """End the calling session (the token stops working at once, on every instance)."""
+        who: Identity = request[IDENTITY]
+        _, sid, _ = self.sessions.session_of(_bearer(request))
+        await self.state.end_sessions(f"session:{sid}", time.time())
+        self.audit.append("logout", actor=who.user)
+        return _json({"ok": True, "user": who.user})
 
     async def whoami(self, request: web.Request) -> web.Response:
         who: Identity = request[IDENTITY]
@@ -669,6 +811,11 @@ class GrantService:
         await self.state.create_request(req.to_doc())
         if req.claims is not None:
             await self._after_issue(req, who.user)
+        if req.status == PENDING:
+            self._request_event("request.created", req)
+        elif req.status == APPROVED:
+            by = who.user if req.breakglass else f"auto:{req.auto_approved_by or 'template'}"
+            self._request_event("request.approved", req, by)
         return _json(req.public(), status=201)
 
     async def list_requests(self, request: web.Request) -> web.Response:
@@ -681,19 +828,27 @@ class GrantService:
             limit = max(1, min(500, int(q.get("limit", "100"))))
         except ValueError:
             raise ApiError(400, "limit must be a number") from None
+        pending_for_me = bool(q.get("pending"))  # what this approver may decide now
         docs = await self.state.list_requests(
             requester=who.user if q.get("mine") else None,
-            status=None if status == EXPIRED else status,
-            limit=limit,
+            status=None if status in (EXPIRED, "revoked") else status,
+            limit=500 if not q.get("mine") else limit,
         )
         out = []
         for d in docs:
             req = Request.from_doc(d)
             if req.status == PENDING and time.time() >= req.expires_at:
                 req = await self._load(req.id)
-            if status and req.status != status:
+            if not self.may_see(who, req):
                 continue
-            out.append(req.public())
+            if pending_for_me and not (req.status == PENDING and self.may_decide(who, req)):
+                continue
+            shown = await self._shown(req)
+            if status and shown["status"] != status:
+                continue
+            out.append(shown)
+            if len(out) >= limit:
+                break
         return _json(out)
 
     async def get_request(self, request: web.Request) -> web.Response:
@@ -704,13 +859,15 @@ class GrantService:
             raise ApiError(400, "wait must be a number of seconds") from None
         deadline = time.monotonic() + wait
         req = await self._load(rid)
+        if not self.may_see(request[IDENTITY], req):  # not even whether it exists
+            raise ApiError(404, f"no request {rid}")
         while req.status == PENDING and time.monotonic() < deadline:
             ev = self.changed.setdefault(rid, asyncio.Event())
             # Woken at once by a change here; another instance's change is seen within 1 s.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), min(1.0, max(0.0, deadline - time.monotonic())))
             req = await self._load(rid)
-        return _json(req.public())
+        return _json(await self._shown(req))
 
     async def _decide(self, request: web.Request, kind: str) -> web.Response:
         who: Identity = request[IDENTITY]
@@ -773,6 +930,10 @@ class GrantService:
             )
         if new.claims is not None:
             await self._after_issue(new, who.user)
+        if new.status == APPROVED:
+            self._request_event("request.approved", new, who.user)
+        elif new.status != PENDING:
+            self._request_event("request.denied", new, who.user)
         self._notify_change(rid)
         return _json(new.public())
 
@@ -845,8 +1006,43 @@ class GrantService:
             {"jti": rev.jti, "revoked_at": rev.revoked_at, "reason": rev.reason, "actor": rev.actor}
         )
 
+    async def live_sessions(self, request: web.Request) -> web.Response:
+        """Admins: live sessions on every gateway sharing the state."""
+        who: Identity = request[IDENTITY]
+        if not self.is_admin(who):
+            raise ApiError(403, "only service admins see live sessions", "not-allowed")
+        return _json(await self.state.live_sessions(time.time() - LIVE_STALE))
+
+    async def kill_session(self, request: web.Request) -> web.Response:
+        """Admins: end a live session on whichever gateway runs it (within a second)."""
+        from proxy.admin import match_session
+
+        who: Identity = request[IDENTITY]
+        body = await _body(request)
+        if not self.is_admin(who):
+            self.audit.append("kill.refused", actor=who.user, session=request.match_info["id"])
+            raise ApiError(403, "only service admins may kill sessions", "not-allowed")
+        live = {s["id"]: s for s in await self.state.live_sessions(time.time() - LIVE_STALE)}
+        try:
+            sid = match_session(request.match_info["id"], live)
+        except LookupError as e:
+            raise ApiError(404, str(e), "not-found") from None
+        reason = str(body.get("reason") or "").strip()
+        await self.state.request_kill(sid, who.user, reason, time.time())
+        self.audit.append("kill.requested", actor=who.user, session=sid, reason=reason)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # bounded: the owning gateway polls every 0.25 s
+            await asyncio.sleep(0.1)
+            if sid not in {s["id"] for s in await self.state.live_sessions(time.time() - 60)}:
+                return _json({"killed": sid, "gateway": live[sid].get("gateway_instance")})
+        raise ApiError(504, f"the gateway running {sid} has not confirmed the kill yet", "pending")
+
     async def health(self, request: web.Request) -> web.Response:
         return _json({"ok": True})
+
+
+def _bearer(request: web.Request) -> str:
+    return request.headers.get("Authorization", "").partition(" ")[2].strip()
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -865,10 +1061,42 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.json_response(obj, status=status, headers={"Cache-Control": "no-store"})
 
 
+def _error(
+    status: int, message: str, rule: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The one error shape: ``{"error": ..., "rule": ...}``."""
+    return web.json_response(
+        {"error": message, "rule": rule},
+        status=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
 PUBLIC = {"/v1/login", "/healthz"}
 
 
 def build_app(service: GrantService) -> web.Application:
+    @web.middleware
+    async def access_log(request: web.Request, handler):
+        """One structured line per request: never a header, body or query string (tokens)."""
+        t0 = time.monotonic()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            who = request.get(IDENTITY)
+            log.info(
+                "service.access",
+                method=request.method,
+                path=request.path,
+                status=status,
+                user=who.user if who is not None else None,
+                client=request.remote,
+                ms=round((time.monotonic() - t0) * 1000, 1),
+            )
+
     @web.middleware
     async def errors_and_auth(request: web.Request, handler):
         try:
@@ -878,27 +1106,25 @@ def build_app(service: GrantService) -> web.Application:
                 if scheme.lower() != "bearer" or not token.strip():
                     raise ApiError(401, "log in first (breakglass login)")
                 try:
-                    request[IDENTITY] = service.sessions.verify(token.strip())
+                    request[IDENTITY] = await service.authenticate(token.strip())
                 except AuthFailed as e:
                     raise ApiError(401, e.public) from None
             return await handler(request)
         except ApiError as e:
-            body = {"error": str(e)}
-            if e.rule:
-                body["rule"] = e.rule
-            return _json(body, status=e.status)
+            return _error(e.status, str(e), e.rule, e.headers)
         except web.HTTPException as e:
             if e.status >= 400:
-                return _json({"error": e.reason}, status=e.status)
+                return _error(e.status, e.reason, STATUS_RULES.get(e.status, "error"))
             raise
         except Exception as e:  # fail closed, never a traceback to the client
             log.error("service.error", path=request.path, error=type(e).__name__)
-            return _json({"error": "internal error"}, status=500)
+            return _error(500, "internal error", "internal-error")
 
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[access_log, errors_and_auth], client_max_size=MAX_BODY)
     s = service
     app.router.add_get("/healthz", s.health)
     app.router.add_post("/v1/login", s.login)
+    app.router.add_post("/v1/logout", s.logout)
     app.router.add_get("/v1/whoami", s.whoami)
     app.router.add_get("/v1/templates", s.templates)
     app.router.add_post("/v1/requests", s.create_request)
@@ -908,6 +1134,8 @@ def build_app(service: GrantService) -> web.Application:
     app.router.add_post("/v1/requests/{id}/deny", s.deny)
     app.router.add_get("/v1/requests/{id}/grant", s.fetch_grant)
     app.router.add_post("/v1/grants/{jti}/revoke", s.revoke)
+    app.router.add_get("/v1/sessions/live", s.live_sessions)
+    app.router.add_post("/v1/sessions/{id}/kill", s.kill_session)
     from proxy.console import setup_console  # the web console: its own cookie login
 
     setup_console(app, s)
@@ -920,8 +1148,13 @@ class RunningService:
     runner: web.AppRunner
     url: str
     port: int
+    tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
         await self.runner.cleanup()
         self.service.audit.close()
         await self.service.state.close()
@@ -956,7 +1189,8 @@ async def start_service(
     scheme = "https" if ssl_ctx else "http"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     audit.append("service.start", gateway=cfg.gateway_name, url=f"{scheme}://{host}:{bound}")
-    return RunningService(service, runner, f"{scheme}://{host}:{bound}", bound)
+    sweeper = asyncio.ensure_future(service.watch_expiry())
+    return RunningService(service, runner, f"{scheme}://{host}:{bound}", bound, [sweeper])
 
 
 async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None) -> None:
@@ -971,6 +1205,8 @@ async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None)
     from proxy.gateway import wait_for_stop_signal
 
     running = await start_service(cfg, settings)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.service.reload_users)
     if ready is not None:
         ready(running)
     try:

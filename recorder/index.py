@@ -432,6 +432,8 @@ class SqliteIndex:
 
     def resolve(self, ref: str) -> SessionSummary:
         """A session by exact id, or by a unique prefix or suffix of its id."""
+        if not ref.strip():  # an empty reference must never pick a session
+            raise SessionNotFound("no session id given")
         exact = self.get(ref)
         if exact is not None:
             return exact

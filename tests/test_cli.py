@@ -353,3 +353,16 @@ def _demo_console_and_security_lines(d: Path, text: str, env_vars: dict[str, str
     assert json.loads(r.stdout)["ok"]
     r = bg("report", "access", "--since", "1d", config=d / "config.toml")
     assert r.returncode == 0 and "BREAK-GLASS (drill)" in r.stdout, r.stderr
+
+
+def test_config_option_after_the_subcommand(tmp_path):
+    from proxy.cli.main import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["sessions", "-c", "x.toml"]).config == "x.toml"
+    assert p.parse_args(["-c", "y.toml", "sessions"]).config == "y.toml"
+    assert p.parse_args(["grant", "inspect", "-c", "z.toml", "-"]).config == "z.toml"
+    assert p.parse_args(["users", "list", "--config", "u.toml"]).config == "u.toml"
+    # psql's own -c (a command) still goes to psql
+    args = p.parse_args(["-c", "a.toml", "psql", "shop", "-c", "select 1"])
+    assert args.config == "a.toml" and args.psql_args[-2:] == ["-c", "select 1"]

@@ -160,3 +160,71 @@ def test_recorder_store_section(tmp_path, monkeypatch):
         30,
     )
     assert st.spool_limit == 512 << 20 and st.upload_lag == 5.0
+
+
+def test_trusted_keys_tied_to_issuers(tmp_path):
+    from proxy.context import grant_verifier
+    from proxy.initdir import init_workdir
+
+    init_workdir(tmp_path / "w")
+    path = tmp_path / "w/config.toml"
+    text = path.read_text().replace(
+        'issuer-1 = "keys/issuer-1.pub"',
+        'issuer-1 = "keys/issuer-1.pub"\npartner = { key = "keys/issuer-1.pub", issuer = "partner" }',
+    )
+    path.write_text(text)
+    cfg = load_config(path)
+    assert cfg.trusted_key_issuers == {"partner": "partner"}
+    v = grant_verifier(cfg)
+    assert v.key_issuers == {"issuer-1": cfg.issuer_name, "partner": "partner"}
+    path.write_text(text.replace('issuer = "partner" }', 'isuer = "partner" }'))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "issuer.trusted_keys.partner.isuer" in str(e.value)
+
+
+def test_risky_command_patterns_are_warned_about_at_load(tmp_path):
+    init_workdir(tmp_path / "w")
+    path = tmp_path / "w/config.toml"
+    text = path.read_text()
+    text += """
+[templates.risky]
+targets = ["ssh:*"]
+login = "deploy"
+ssh = { commands = ["bash -c *", "less /var/log/*", "find /srv -exec ...", "python3 ..."] }
+max_ttl = "1h"
+requesters = ["*"]
+approvers = ["@approvers"]
+"""
+    path.write_text(text)
+    cfg = load_config(path)
+    risky = [w for w in cfg.warnings if w.startswith("templates.risky.ssh: ")]
+    joined = "\n".join(risky)
+    for what in ("'bash' is a shell", "'less' is interactive", "find -exec", "interpreter"):
+        assert what in joined, joined
+    # a program glob is not a warning but an error
+    path.write_text(text.replace('"python3 ..."', '"py* ..."'))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "must be a literal name" in str(e.value)
+
+
+def test_templates_without_requesters_are_open_to_nobody(tmp_path):
+    from policy.templates import is_member
+
+    init_workdir(tmp_path / "w")
+    path = tmp_path / "w/config.toml"
+    path.write_text(
+        path.read_text()
+        + """
+[templates.quiet]
+targets = ["ssh:*"]
+login = "deploy"
+ssh = { commands = ["uptime"] }
+max_ttl = "1h"
+approvers = ["@approvers"]
+"""
+    )
+    cfg = load_config(path)
+    assert cfg.templates["quiet"].requesters == ()
+    assert not is_member("erin", cfg.templates["quiet"].requesters, cfg.groups)

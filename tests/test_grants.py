@@ -194,3 +194,45 @@ def test_verify_never_raises_on_wrong_types(gf):
         token = sign_grant(claims, gf.key, gf.kid)
         refused(verifier(gf).verify(token), RefusalKind.MALFORMED)
     assert isinstance(verifier(gf).verify(sign_grant(grant_claims(), weird, gf.kid)), Refusal)
+
+
+def test_issuer_must_match_the_keys_issuer(gf):
+    r = refused(verifier(gf).verify(gf.token(iss="evil")), RefusalKind.WRONG_ISSUER)
+    assert "'evil'" in r.message
+    other = GrantFactory(kid="partner-1")
+    # gf's key vouches for the default issuer; partner-1 for "partner" only.
+    both = GrantVerifier(
+        {**gf.trusted, **other.trusted}, AUDIENCE, key_issuers={"partner-1": "partner"}
+    )
+    assert isinstance(both.verify(other.token(iss="partner")), Grant)
+    refused(both.verify(other.token(iss="breakglass")), RefusalKind.WRONG_ISSUER)
+    refused(both.verify(gf.token(iss="partner")), RefusalKind.WRONG_ISSUER)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"exp": 1e308},
+        {"exp": float("inf")},
+        {"iat": -5},
+        {"exp": time.time() + 40 * 86400},
+        {"sub": "a\nb"},
+        {"jti": "x" * 1000},
+        {"targets": [{"type": "postgres", "name": "orders", "db_user": "\x00"}]},
+        {"ssh": {"shell": "yes"}},
+        {"ssh": {"commands": "uptime"}},
+        {"sql": {"tables": [1]}},
+        {"source_cidrs": ["10.0.0.0/33"]},
+        {"approvers": [None]},
+        {"breakglass": 1},
+        {"ticket": ["T-1"]},
+        {"reason": 5},
+    ],
+)
+def test_strict_claims(gf, over):
+    refused(verifier(gf).verify(gf.token(**over)), RefusalKind.MALFORMED)
+
+
+def test_issued_in_the_future_refused(gf):
+    claims = grant_claims(iat=int(time.time()) + 3600)
+    refused(verifier(gf).verify(gf.sign(claims)), RefusalKind.NOT_YET_VALID)

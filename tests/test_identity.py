@@ -68,6 +68,7 @@ class LoopbackIdp:
             "aud": AUDIENCE,
             "sub": "00u1",
             "email": "alice@example.com",
+            "email_verified": True,
             "groups": ["sre", "everyone"],
             "iat": now,
             "exp": now + 300,
@@ -94,8 +95,8 @@ async def test_oidc_accepted_with_groups(idp):
     assert who == Identity("alice@example.com", ("approvers",), "oidc")
     who = await v.verify(idp.token(key=idp.ec, kid="ec-1", alg="ES256"))
     assert who.user == "alice@example.com"
-    # no map: IdP group names are policy group names
-    assert (await verifier(idp).verify(idp.token())).groups == ("sre", "everyone")
+    # no map: no policy groups (an IdP group named "approvers" grants nothing by itself)
+    assert (await verifier(idp).verify(idp.token(groups=["approvers"]))).groups == ()
 
 
 @pytest.mark.parametrize(
@@ -218,3 +219,35 @@ def test_session_tokens():
         other.verify(tok)
     with pytest.raises(AuthFailed):
         st.verify("garbage")
+
+
+async def test_oidc_email_must_be_verified_and_an_address(idp):
+    v = verifier(idp)
+    for claims, reason in (
+        ({"email": "alice", "email_verified": False}, "oidc: email not verified"),
+        ({"email_verified": None}, "oidc: email not verified"),
+        ({"email_verified": "false"}, "oidc: email not verified"),
+        ({"email": "alice", "email_verified": True}, "oidc: email claim is not an address"),
+    ):
+        with pytest.raises(AuthFailed) as e:
+            await v.verify(idp.token(**claims))
+        assert e.value.reason == reason
+
+
+async def test_oidc_names_are_namespaced_and_mapped_explicitly(idp):
+    v = verifier(idp, username_claim="sub", user_prefix="sso:", user_map={"00u9": "alice"})
+    assert (await v.verify(idp.token())).user == "sso:00u1"
+    assert (await v.verify(idp.token(sub="00u9"))).user == "alice"  # chosen by an admin
+
+
+def test_local_names_cannot_look_like_oidc_names(tmp_path):
+    from policy.identity import OidcSettings, add_local_user, oidc_namespace_problems
+
+    for bad in ("alice@example.com", "sso:alice", "a b"):
+        with pytest.raises(ValueError):
+            add_local_user(tmp_path / "u.toml", bad, "pw-123456789012")
+    s = OidcSettings(ISSUER, AUDIENCE, "http://127.0.0.1/jwks", username_claim="sub")
+    assert "user_prefix" in oidc_namespace_problems(s, set())[0]
+    s = OidcSettings(ISSUER, AUDIENCE, "http://x", user_map={"alice@example.com": "alice"})
+    assert "also a local user" in oidc_namespace_problems(s, {"alice"})[0]
+    assert oidc_namespace_problems(s, {"bob"}) == []

@@ -105,3 +105,49 @@ async def test_oidc_forged_expired_wrong_audience_refused(oidc_env):
     dump = json.dumps(read_audit(gw.cfg.audit_dir))
     for tok in cases.values():
         assert tok not in dump
+
+
+async def test_oidc_cannot_impersonate_a_local_approver(oidc_env):
+    idp, svc, gw = oidc_env
+    login = lambda tok: asyncio.to_thread(call, svc.url, "/v1/login", {"id_token": tok})  # noqa: E731
+    # The reported attack: a bare, unverified "alice" from the IdP, no groups.
+    st, body = await login(idp.token(email="alice", email_verified=False, groups=[]))
+    assert st == 401 and "not verified" in body["error"] and body["rule"] == "login-failed"
+    st, body = await login(idp.token(email="alice", email_verified=True, groups=[]))
+    assert st == 401
+    # A verified address is its own name, never the local user "alice".
+    st, erin = await login(idp.token(email="erin@example.com", groups=[]))
+    st, r = await asyncio.to_thread(
+        call,
+        svc.url,
+        "/v1/requests",
+        {"template": "db-readonly", "targets": ["shop"], "ttl": "10m", "reason": "x"},
+        erin["token"],
+    )
+    assert st == 201
+    st, imp = await login(idp.token(email="alice@example.com", groups=[]))
+    assert st == 200 and imp["user"] == "alice@example.com" and imp["groups"] == []
+    st, body = await asyncio.to_thread(
+        call, svc.url, f"/v1/requests/{r['id']}/approve", {"comment": "x"}, imp["token"]
+    )
+    assert st == 403 and body["rule"] == "approver-not-allowed"
+
+
+def test_config_refuses_a_name_two_sources_could_claim(tmp_path, pg_server):
+    from proxy.config import ConfigError
+    from proxy.service import load_service_config
+
+    gw = GatewayThread(tmp_path / "gw", pg=pg_server)
+    add_service_config(
+        gw.dir,
+        identity=f"""
+[identity.oidc]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_url = "http://127.0.0.1:9/jwks"
+user_map = {{ "alice@example.com" = "alice" }}
+""",
+    )
+    with pytest.raises(ConfigError) as e:
+        load_service_config(gw.dir / "config.toml")
+    assert "identity.oidc.user_map" in str(e.value) and "also a local user" in str(e.value)

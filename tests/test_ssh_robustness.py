@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import asyncssh
 import pytest
@@ -94,14 +95,17 @@ def test_garbage_and_auth_flood_do_not_disturb_a_live_session(ssh_gateway: Gatew
             assert len(results) == len(attacks)
             assert all(r.startswith(b"SSH-2.0-breakglass") for r in results)
             assert "accepted?!" not in reasons
-            assert any("too many failed attempts" in r for r in reasons)
+            assert any("answer delayed: too many failed attempts" in r for r in reasons)
 
-            # Even a valid grant is refused from the flooding address for now...
-            with pytest.raises(asyncssh.Error) as e:
-                await h.connect(good, local_addr=("127.0.0.3", 0))
-            assert "too many failed attempts" in e.value.reason
+            # A valid grant from the flooding address (an office behind NAT) is still
+            # accepted at once: the failures slow their author, they lock nobody out...
+            t0 = time.monotonic()
+            async with await h.connect(good, local_addr=("127.0.0.3", 0)) as conn3:
+                res = await conn3.run("echo nat-ok")
+                assert res.stdout == "nat-ok\n"
+            assert time.monotonic() - t0 < 3
 
-            # ...while the live session, and new sessions from elsewhere, are unaffected.
+            # ...and the live session, and new sessions from elsewhere, are unaffected.
             proc.stdin.write(b"ping-2\n")
             assert await proc.stdout.readline() == b"ping-2\n"
             async with await h.connect(good) as conn2:

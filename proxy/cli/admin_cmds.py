@@ -96,13 +96,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     def ready(gw) -> None:
         if worker:
             return
-        listeners = [
-            f"ssh {cfg.ssh_listen}" if cfg.ssh_listen else "",
-            f"postgres {cfg.postgres_listen}" if cfg.postgres_listen else "",
-        ]
-        print(
-            f"breakglass gateway {cfg.gateway_name}: {', '.join(x for x in listeners if x)}",
-            file=sys.stderr,
+        from proxy.logs import log
+
+        # A log event, not a print: stderr is the (JSON) log, one format per line.
+        log.info(
+            "gateway.ready",
+            gateway=cfg.gateway_name,
+            ssh=str(cfg.ssh_listen) if cfg.ssh_listen else None,
+            postgres=str(cfg.postgres_listen) if cfg.postgres_listen else None,
         )
 
     run_async(run_gateway(cfg, ready, worker, workers))
@@ -133,15 +134,83 @@ def _admin(args: argparse.Namespace, request: dict) -> dict:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    reply = _admin(
-        args,
-        {"op": "kill", "session": args.session, "actor": current_actor(), "reason": args.reason},
-    )
+    """Kill on this host's gateway if the session is there, else through the shared state on
+    whichever gateway runs it (it acts within a second)."""
+    if not args.session.strip():
+        raise CliError("no session id given")
+    request = {
+        "op": "kill",
+        "session": args.session,
+        "actor": current_actor(),
+        "reason": args.reason,
+    }
+    try:
+        reply = _admin(args, request)
+    except CliError as e:
+        if "ambiguous" in str(e) or not load_config(args.config).state_url:
+            raise  # only gateways sharing a PostgreSQL state publish their sessions
+        reply = _kill_via_state(args, request)
     if args.json:
         emit_json(reply)
     else:
-        print(f"killed {reply['killed']}")
+        where = f" on {reply['gateway']}" if reply.get("gateway") else ""
+        print(f"killed {reply['killed']}{where}")
     return 0
+
+
+def shared_live(cfg) -> list[dict]:
+    """Live sessions every gateway sharing this config's state has published (best effort)."""
+    import time
+
+    from proxy.context import open_state
+    from proxy.gateway import LIVE_STALE
+
+    if not cfg.state_url:
+        return []
+
+    async def run() -> list[dict]:
+        state = open_state(cfg)
+        try:
+            return await state.live_sessions(time.time() - LIVE_STALE)
+        finally:
+            await state.close()
+
+    try:
+        return asyncio.run(run())
+    except Exception:  # the local admin sockets still answer
+        return []
+
+
+def _kill_via_state(args: argparse.Namespace, request: dict) -> dict:
+    import time
+
+    from proxy.admin import match_session
+    from proxy.context import open_state
+    from proxy.gateway import LIVE_STALE
+
+    cfg = load_config(args.config)
+    state = open_state(cfg)
+
+    async def run() -> dict:
+        try:
+            live = await state.live_sessions(time.time() - LIVE_STALE)
+            by_id = {s["id"]: s for s in live}
+            try:
+                sid = match_session(request["session"], by_id)
+            except LookupError as e:
+                raise CliError(str(e)) from None
+            await state.request_kill(sid, request["actor"], request["reason"], time.time())
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:  # bounded wait for the owning gateway to act
+                await asyncio.sleep(0.1)
+                if sid not in {s["id"] for s in await state.live_sessions(time.time() - 60)}:
+                    return {"ok": True, "killed": sid, "gateway": by_id[sid]["gateway_instance"]}
+            raise CliError(f"asked {by_id[sid]['gateway_instance']} to kill {sid}; it has not "
+                           "confirmed yet (check with `breakglass sessions --live`)")  # fmt: skip
+        finally:
+            await state.close()
+
+    return asyncio.run(run())
 
 
 def read_grant(

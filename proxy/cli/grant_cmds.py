@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 
 import jwt
 
@@ -53,10 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = gsub.add_parser(
         "inspect",
         help="show a grant's claims and whether it verifies now",
-        description="Print the claims of TOKEN (or read it from stdin with '-') and whether "
-        "it verifies against this gateway's trusted keys now.",
+        description="Print the claims of TOKEN (or of the token in FILE, or read it from stdin "
+        "with '-') and whether it verifies against this gateway's trusted keys now.",
     )
-    p.add_argument("token", nargs="?", default="-", metavar="TOKEN|-")
+    p.add_argument("token", nargs="?", default="-", metavar="TOKEN|FILE|-")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
@@ -108,23 +109,77 @@ def cmd_issue(args: argparse.Namespace) -> int:
             )
             raise CliError(f"refused ({e.rule}): {e}") from None
         token = sign_grant(claims, key, kid)
-        state = open_state(cfg)
-        asyncio.run(state.record_grant(claims))
-        asyncio.run(state.close())
-        audit_grant_issued(audit, claims, current_actor())
+        _issue_atomically(cfg, audit, claims, token)
     finally:
         audit.close()
-    print(
-        f"grant {claims['jti']} for {claims['sub']} ({claims['template']}), "
-        f"expires {utc_text(claims['exp'])}",
-        file=sys.stderr,
-    )
-    print(token)
     return 0
 
 
+def _issue_atomically(cfg, audit, claims: dict, token: str) -> None:
+    """Stored, audited and printed, or none of them: a grant that could not be audited is
+    removed from the state again, and one whose token could not be printed is revoked."""
+    state = open_state(cfg)
+    actor = current_actor()
+
+    async def store(undo: bool = False) -> None:
+        try:  # one event loop for every use of the state (asyncpg pools are bound to one)
+            if undo:
+                await state.forget_grant(claims["jti"])
+            else:
+                await state.record_grant(claims)
+        finally:
+            await state.close()
+
+    asyncio.run(store())
+    try:
+        audit_grant_issued(audit, claims, actor)
+        audit.flush()
+    except Exception:
+        state = open_state(cfg)
+        asyncio.run(store(undo=True))
+        raise CliError("the grant could not be audited, so it was not issued") from None
+    try:
+        print(
+            f"grant {claims['jti']} for {claims['sub']} ({claims['template']}), "
+            f"expires {utc_text(claims['exp'])}",
+            file=sys.stderr,
+        )
+        print(token, flush=True)
+    except OSError:
+        state = open_state(cfg)
+
+        async def revoke() -> None:
+            try:
+                await state.revoke(claims["jti"], "the token could not be delivered", actor)
+            finally:
+                await state.close()
+
+        asyncio.run(revoke())
+        audit.append(
+            "grant.revoked", actor=actor, jti=claims["jti"], subject=claims["sub"],
+            reason="the token could not be delivered",
+        )  # fmt: skip
+        raise CliError("the token could not be printed, so the grant was revoked") from None
+
+
+def _is_file(arg: str) -> bool:
+    try:
+        return Path(arg).expanduser().is_file()
+    except (OSError, ValueError):  # e.g. a token longer than a file name may be
+        return False
+
+
 def _read_token(arg: str) -> str:
-    token = sys.stdin.read() if arg == "-" else arg
+    """``-`` (stdin), a file holding the token, or the token itself."""
+    if arg == "-":
+        token = sys.stdin.read()
+    elif _is_file(arg):
+        try:
+            token = Path(arg).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"cannot read {arg}: {getattr(e, 'strerror', e)}") from None
+    else:
+        token = arg
     token = token.strip()
     if not token:
         raise CliError("no token given (pass TOKEN or pipe it to `breakglass grant inspect -`)")
@@ -140,16 +195,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except jwt.PyJWTError as e:
         raise CliError(f"not a grant token: {e}") from None
     state = open_state(cfg)
-    revoked = {}
 
-    def is_revoked(jti: str) -> bool:
-        rev = asyncio.run(state.revocation(jti))
-        if rev:
-            revoked["rev"] = rev
-        return rev is not None
+    async def lookup() -> bool:
+        try:  # one event loop for every use of the state (asyncpg pools are bound to one)
+            jti = claims.get("jti")
+            return isinstance(jti, str) and await state.revocation(jti) is not None
+        finally:
+            await state.close()
 
-    result = grant_verifier(cfg, is_revoked).verify(token)
-    asyncio.run(state.close())
+    revoked = asyncio.run(lookup())
+    result = grant_verifier(cfg, lambda _jti: revoked).verify(token)
     ok = isinstance(result, Grant)
     if args.json:
         emit_json(

@@ -55,7 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in MODULES:
         module.register(sub)
+    _config_everywhere(sub)
     return parser
+
+
+def _config_everywhere(sub: argparse._SubParsersAction) -> None:
+    """Accept ``-c PATH`` after the subcommand too (``breakglass sessions -c cfg``). Not on
+    commands that pass their remaining arguments to another program (``psql -c ...``)."""
+    for parser in set(sub.choices.values()):
+        passes_through = any(a.nargs == argparse.REMAINDER for a in parser._actions)
+        taken = any("-c" in a.option_strings for a in parser._actions)
+        if not passes_through and not taken:
+            parser.add_argument(
+                "-c", "--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _config_everywhere(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -270,6 +270,12 @@ def fetch_live(cfg: Config) -> list[dict[str, Any]] | None:
             continue
         if reply.get("ok"):
             sessions = (sessions or []) + (reply.get("sessions") or [])
+    from proxy.cli.admin_cmds import shared_live  # other gateways sharing the state
+
+    remote = shared_live(cfg)
+    if remote:
+        seen = {s["id"] for s in sessions or []}
+        sessions = (sessions or []) + [s for s in remote if s["id"] not in seen]
     return sessions
 
 

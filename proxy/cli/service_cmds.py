@@ -1,5 +1,6 @@
 """The grant service and its clients: ``serve``, ``login``, ``request``, ``requests``,
-``approve``, ``deny``, ``grant get``, ``grant revoke`` and ``users add``.
+``approve``, ``deny``, ``grant get``, ``grant revoke``, ``logout`` and
+``users list|add|disable|enable|remove``.
 
 Client state lives under the user's config directory (``$XDG_CONFIG_HOME/breakglass`` or
 ``~/.config/breakglass``), private to the user: ``session.json`` (the API session from
@@ -262,7 +263,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--mine", action="store_true", help="only yours")
-    g.add_argument("--pending", action="store_true", help="only those waiting for approval")
+    g.add_argument("--pending", action="store_true", help="only those waiting for your approval")
     p.set_defaults(func=cmd_requests)
 
     p = sub.add_parser("approve", help="approve a request", description="Approve request ID.")
@@ -321,6 +322,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_users_add)
 
+    p = usub.add_parser(
+        "list", help="list local users", description="List local users, groups and status."
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_users_list)
+    for name, func, what in (
+        ("disable", "cmd_users_disable", "Disable NAME: logins refused"),
+        ("remove", "cmd_users_remove", "Remove NAME from the users file"),
+    ):
+        p = usub.add_parser(
+            name,
+            help=f"{name} a local user; their service sessions end at once",
+            description=f"{what}; NAME's grant-service sessions end at once (the service reads "
+            "the users file on its next request). --revoke-grants also revokes NAME's unexpired "
+            "grants, so gateways end NAME's live sessions within a second.",
+        )
+        p.add_argument("name", metavar="NAME")
+        p.add_argument("--revoke-grants", action="store_true")
+        p.add_argument("--reason", default="", help="recorded with the revocations")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=globals()[func])
+    p = usub.add_parser(
+        "enable", help="enable a disabled local user", description="Enable NAME again."
+    )
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_users_enable)
+
+    p = sub.add_parser(
+        "logout",
+        help="end your grant-service session",
+        description="End the stored grant-service session (on the server too) and forget it.",
+    )
+    _common(p, json_flag=False)
+    p.set_defaults(func=cmd_logout)
+
 
 def _grant_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The ``grant`` group's sub-commands (``grant_cmds`` creates the group; add to it)."""
@@ -346,7 +382,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
 
     def ready(running) -> None:
-        print(f"breakglass grant service {cfg.gateway_name}: {running.url}", file=sys.stderr)
+        from proxy.logs import log
+
+        log.info("service.ready", gateway=cfg.gateway_name, url=running.url)  # the JSON log
 
     try:
         asyncio.run(run_service(cfg, settings, ready))
@@ -527,10 +565,18 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     _, settings = load_service_config(args.config)
     if settings.users_file is None:
         raise CliError("identity.users_file is not set in the config")
+    if settings.oidc is not None and args.name in settings.oidc.user_map.values():
+        raise CliError(
+            f"{args.name} is the OIDC mapping of an IdP identity (identity.oidc.user_map); "
+            "a name must belong to one identity source"
+        )
     password = _read_secret_line(f"new password for {args.name}: ", args.password_stdin)
     if len(password) < 12:
         raise CliError("the password must be at least 12 characters")
-    secret = add_local_user(settings.users_file, args.name, password, tuple(args.group))
+    try:
+        secret = add_local_user(settings.users_file, args.name, password, tuple(args.group))
+    except ValueError as e:
+        raise CliError(str(e)) from None
     uri = pyotp.TOTP(secret).provisioning_uri(name=args.name, issuer_name="breakglass")
     if args.json:
         emit_json({"user": args.name, "totp_secret": secret, "otpauth_uri": uri})
@@ -540,4 +586,129 @@ def cmd_users_add(args: argparse.Namespace) -> int:
             f"TOTP secret (enter it in an authenticator app now; it is not shown again): {secret}"
         )
         print(uri)
+    return 0
+
+
+def _users_file(args: argparse.Namespace):
+    from proxy.service import load_service_config
+
+    cfg, settings = load_service_config(args.config)
+    if settings.users_file is None:
+        raise CliError("identity.users_file is not set in the config")
+    return cfg, settings, settings.users_file
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    from policy.identity import LocalUsers
+
+    _, _, path = _users_file(args)
+    try:
+        users = LocalUsers.load(path).users if path.exists() else {}
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    rows = [
+        {"user": u.name, "groups": list(u.groups), "disabled": u.disabled}
+        for u in sorted(users.values(), key=lambda u: u.name)
+    ]
+    if args.json:
+        emit_json(rows)
+    else:
+        for r in rows:
+            status = "disabled" if r["disabled"] else "active"
+            print(f"{r['user']:<24} {status:<9} {', '.join(r['groups'])}")
+    return 0
+
+
+def cmd_users_enable(args: argparse.Namespace) -> int:
+    from policy.identity import set_user_disabled
+
+    cfg, _, path = _users_file(args)
+    try:
+        set_user_disabled(path, args.name, False)
+    except KeyError:
+        raise CliError(f"no local user {args.name}") from None
+    _audit(cfg, "user.enabled", user=args.name)
+    print(f"user {args.name} enabled", file=sys.stderr)
+    return 0
+
+
+def cmd_users_disable(args: argparse.Namespace) -> int:
+    return _offboard(args, "disabled")
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    return _offboard(args, "removed")
+
+
+def _offboard(args: argparse.Namespace, what: str) -> int:
+    """Disable or remove a user: the file first (new logins refused, sessions checked against
+    it), then every service session cut off in the shared state, then (optionally) their
+    grants revoked, which gateways act on within a second."""
+    import asyncio
+    import time
+
+    from policy.identity import remove_local_user, set_user_disabled
+    from proxy.context import current_actor
+    from proxy.service import open_service_state
+
+    cfg, settings, path = _users_file(args)
+    try:
+        if what == "removed":
+            remove_local_user(path, args.name)
+        else:
+            set_user_disabled(path, args.name, True)
+    except KeyError:
+        raise CliError(f"no local user {args.name}") from None
+    actor = current_actor()
+    reason = args.reason.strip() or f"user {args.name} {what}"
+    state = open_service_state(cfg, settings)
+
+    async def run() -> list[str]:
+        try:
+            now = time.time()
+            await state.end_sessions(f"user:{args.name}", now)
+            revoked = []
+            if args.revoke_grants:
+                for g in await state.list_grants(subject=args.name, limit=10_000):
+                    if g.expires_at > now and await state.revocation(g.jti) is None:
+                        await state.revoke(g.jti, reason, actor)
+                        revoked.append(g.jti)
+            return revoked
+        finally:
+            await state.close()
+
+    revoked = asyncio.run(run())
+    _audit(cfg, f"user.{what}", user=args.name, revoked_grants=revoked)
+    for jti in revoked:
+        _audit(cfg, "grant.revoked", jti=jti, subject=args.name, reason=reason)
+    if args.json:
+        emit_json({"user": args.name, "status": what, "revoked_grants": revoked})
+    else:
+        extra = f"; {len(revoked)} grant(s) revoked" if args.revoke_grants else ""
+        print(f"user {args.name} {what}; their service sessions ended{extra}", file=sys.stderr)
+    return 0
+
+
+def _audit(cfg, event: str, **fields: Any) -> None:
+    from proxy.context import current_actor, open_audit
+
+    audit = open_audit(cfg)
+    try:
+        audit.append(event, actor=current_actor(), **fields)
+    finally:
+        audit.close()
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    session = _load_session()
+    path = _session_path()
+    if not session:
+        print("not logged in", file=sys.stderr)
+        return 0
+    try:
+        _client(args).call("POST", "/v1/logout", {})
+    except CliError as e:  # the session is forgotten here anyway
+        print(f"breakglass: the server did not confirm the logout: {e}", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    print(f"logged out {session.get('user', '')}".rstrip(), file=sys.stderr)
     return 0

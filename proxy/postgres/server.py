@@ -41,7 +41,7 @@ _perf = time.perf_counter
 
 STARTUP_TIMEOUT = 30.0
 #: Connections one address may have in startup/authentication at once.
-MAX_UNAUTHENTICATED_PER_SOURCE = 32
+MAX_UNAUTHENTICATED_PER_SOURCE = 32  # the default of gateway.preauth_per_source
 #: Query/Parse messages larger than this are judged on a worker thread (parsing costs ~1 µs/byte).
 LARGE_STATEMENT = 4 * 1024
 UPSTREAM_TIMEOUT = 10.0
@@ -149,22 +149,18 @@ class PgConnection:
     # -- entry point ----------------------------------------------------------
 
     async def serve(self) -> None:
-        unauthenticated = self.listener.unauthenticated
+        preauth = self.gw.preauth  # unauthenticated connections, shared with SSH
         try:
-            if unauthenticated[self.client_ip] >= MAX_UNAUTHENTICATED_PER_SOURCE:
-                raise Refused(
-                    "too many connections from your address are still logging in", "53300"
-                )
-            unauthenticated[self.client_ip] += 1
+            full = preauth.admit(self.client_ip)
+            if full:
+                raise Refused(full, "53300")
             try:
                 startup = await asyncio.wait_for(self._startup(), STARTUP_TIMEOUT)
                 if startup is None:
                     return
                 grant = await asyncio.wait_for(self._authenticate(startup), STARTUP_TIMEOUT)
             finally:
-                unauthenticated[self.client_ip] -= 1
-                if not unauthenticated[self.client_ip]:
-                    del unauthenticated[self.client_ip]
+                preauth.release(self.client_ip)
             await self._open_session(startup, grant)
             await self._relay()
         except Refused as e:
@@ -331,7 +327,10 @@ class PgConnection:
         session.on_notice = self._notice
         session.abort = self._abort
         self.relay = Relay(
-            self.listener.checker_for(rules, SqlChecker),
+            self.listener.checker_for(
+                (rules, guard := self.gw.role_guard(target, grant)),
+                lambda _key: SqlChecker(rules, role_guard=guard),
+            ),
             session.recorder,
             allow_everything=rules.mode == "all",
             record_parameters=target.record_parameters,
@@ -516,6 +515,7 @@ class PgConnection:
     def _count_denial(self, rule: str) -> None:
         if self.session:
             self.session.count_denial(rule)
+            self.gw.takeover_attempt(self.session, rule)
 
     def _count_statement(self) -> None:
         if self.session:
@@ -770,26 +770,18 @@ class PostgresListener:
         except OSError:
             sock.close()
             return
-        if self.unauthenticated[ip] >= MAX_UNAUTHENTICATED_PER_SOURCE:
+        full = self.gw.preauth.admit(ip)  # per source and in total, shared with SSH
+        if full:
             with contextlib.suppress(OSError):
-                sock.send(
-                    codec.encode_error(
-                        "FATAL",
-                        "53300",
-                        "breakglass: too many connections from your address are still logging in",
-                    )
-                )
+                sock.send(codec.encode_error("FATAL", "53300", f"breakglass: {full}"))
             sock.close()
             return
-        self.unauthenticated[ip] += 1
         try:
             first = await asyncio.wait_for(_peek(loop, sock), STARTUP_TIMEOUT)
         except (OSError, TimeoutError):
             first = b""
         finally:
-            self.unauthenticated[ip] -= 1
-            if not self.unauthenticated[ip]:
-                del self.unauthenticated[ip]
+            self.gw.preauth.release(ip)
         if not first:
             sock.close()
             return

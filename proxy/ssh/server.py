@@ -39,6 +39,7 @@ from asyncssh import (
 
 from policy.commands import CommandRules, check_command, with_safe_env
 from policy.grants import Grant, GrantTarget, Refusal, utc_text
+from policy.role_guard import SSH_RULE, SshAccessWatch
 from proxy.config import SshTarget
 from proxy.logs import log
 from proxy.sessions import SessionRefused, Termination
@@ -62,7 +63,7 @@ SERVER_ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 #: Client -> gateway flow control.
 SERVER_WINDOW = 8 * 1024 * 1024
 SERVER_MAX_PKTSIZE = 256 * 1024
-LOGIN_TIMEOUT = 60
+LOGIN_TIMEOUT = 30  # from connect to authenticated (the version line: banner_timeout)
 #: Largest SSH packet accepted once authenticated (asyncssh's default is 256 KiB): big
 #: enough that an oversized exec command (1 MB) arrives whole and is refused with a message
 #: instead of the transport closing the connection. Before authentication the default holds.
@@ -254,6 +255,8 @@ class Bridge:
         except RecorderError:
             o.recording_failed()
             return
+        if self.interactive:
+            o.watch_input(data)
         if o.session.forwarding_allowed(recorded_since=first):
             assert self.up is not None
             self.up.chan.write(data)
@@ -902,6 +905,10 @@ class GatewayConnection(asyncssh.SSHServer):
         self.sessions_opened = 0
         #: Refusals not yet shown to the engineer (see take_notes).
         self.notes: list[str] = []
+        self._access_watch = SshAccessWatch()  # input naming authorized_keys: alert
+        self._preauth = False  # counted in gw.preauth until authenticated or closed
+        self._banner_timer: asyncio.TimerHandle | None = None
+        self._access_alerted = False
 
     # -- connection lifecycle
 
@@ -913,9 +920,32 @@ class GatewayConnection(asyncssh.SSHServer):
         # the application nothing; its session channel asks the connection through this
         # method, before it handles the channel's next request (the shell or exec).
         conn.create_agent_listener = self.agent_forwarding_requested
+        loop = asyncio.get_running_loop()
+        if self.gw.preauth.admit(self.client_ip):  # over the pre-auth caps: close at once
+            loop.call_soon(conn.abort)
+            return
+        self._preauth = True
+        self._banner_timer = loop.call_later(self.gw.cfg.banner_timeout, self._banner_check)
+
+    def _banner_check(self) -> None:
+        """No SSH version line yet: an idle connection holding a slot; drop it."""
+        if not self.closed and self.conn.get_extra_info("client_version") is None:
+            self.conn.abort()
+
+    def _preauth_done(self) -> None:
+        if self._preauth:
+            self._preauth = False
+            self.gw.preauth.release(self.client_ip)
+        if self._banner_timer is not None:
+            self._banner_timer.cancel()
+            self._banner_timer = None
+
+    def auth_completed(self) -> None:
+        self._preauth_done()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._preauth_done()
         for ch in list(self.channels):
             ch.closed = True
             if ch.up is not None and ch.up.chan is not None:
@@ -1333,10 +1363,25 @@ class GatewayConnection(asyncssh.SSHServer):
         return self.recorder is not None and self._record(self.recorder.event, kind, **fields)
 
     def record_decision(self, **fields: Any) -> bool:
-        return self.recorder is not None and self._record(self.recorder.decision, **fields)
+        if self.recorder is None:
+            return False
+        if not self._record(self.recorder.decision, **fields):
+            return False
+        if SshAccessWatch.names_access_file(str(fields.get("text", ""))):
+            self.gw.takeover_attempt(self.session, SSH_RULE, "seen", via=fields.get("kind"))
+        return True
+
+    def watch_input(self, data: bytes) -> None:
+        """Alert (once per connection) on typed input naming the target's SSH access files."""
+        if self._access_watch.feed(data) and not self._access_alerted:
+            self._access_alerted = True  # keystrokes repeat; one alert says it
+            self.gw.takeover_attempt(self.session, SSH_RULE, "seen", via="input")
 
     def record_input(self, data: bytes, cid: str) -> bool:
-        return self._record(self.recorder.input, data, cid)
+        if not self._record(self.recorder.input, data, cid):
+            return False
+        self.watch_input(data)
+        return True
 
     def record_output(self, data: bytes, cid: str, stream: str) -> bool:
         return self._record(self.recorder.output, data, cid, stream)

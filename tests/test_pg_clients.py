@@ -517,7 +517,7 @@ async def test_sqlalchemy_orm_over_asyncpg(gw, kind):
 # --------------------------------------------------------------------------- pgcli
 
 
-@pytest.mark.parametrize("kind", ["ro", "tables"])
+@pytest.mark.parametrize("kind", ["ro", "rw", "tables"])
 def test_pgcli_commands_and_completion_metadata(gw, kind):
     token = grant(gw, kind)
     exe = os.path.join(os.path.dirname(sys.executable), "pgcli")
@@ -527,6 +527,12 @@ def test_pgcli_commands_and_completion_metadata(gw, kind):
     )
     assert r.returncode == 0, r.stderr
     assert "orders" in r.stdout and "500" in r.stdout
+    # a write that changes nothing: runs on read-write, refused (42501) on read-only
+    r = run([exe, "--less-chatty", "-c", "delete from orders where id = -1"], libpq_env(gw, token))
+    if kind == "rw":
+        assert "DELETE 0" in r.stdout, r.stdout + r.stderr
+    else:
+        assert "is not allowed" in r.stdout + r.stderr and "DELETE 0" not in r.stdout
     # the catalogue queries pgcli's completer runs at start-up
     ex = PGExecute(
         "shop",

@@ -136,7 +136,7 @@ class Console:
             else:  # redirects
                 resp = web.Response(status=e.status, headers={"Location": e.location or PREFIX})
         except Exception as e:  # fail closed, never a traceback to the browser
-            log.error("console.error", path=request.path, error=type(e).__name__)
+            log.exception("console.error", path=request.path, error=type(e).__name__)
             resp = web.Response(text="internal error", status=500, content_type="text/plain")
         for k, v in SECURITY_HEADERS.items():
             resp.headers.setdefault(k, v)
@@ -174,35 +174,38 @@ class Console:
         method = "oidc" if oidc_token else "local"
         claimed = str(form.get("username") or "")[:200]
         s = self.service
-        keys = (f"ip:{client}",) + ((f"user:{claimed}",) if claimed else ())
-        if s.limiter.blocked(*keys):
+        throttle = s.throttle  # the API's login throttle: per user and address, with backoff
+        wait = throttle.retry_after(claimed, client) if claimed else 0.0
+        if wait > 0:
             self.audit(
                 "login.failed",
                 method=method,
                 user=claimed or None,
                 client=client,
-                reason="rate limited",
+                reason="backing off",
                 via="console",
             )
             return await self.page(
-                request, "Log in", pages.login_form("Too many failed logins; try again later.")
+                request,
+                "Log in",
+                pages.login_form(f"Too many failed logins; try again in {max(1, round(wait))} s."),
             )
+        if not throttle.begin(client):
+            return await self.page(
+                request, "Log in", pages.login_form("Too many logins in progress; try again.")
+            )
+        body = {
+            "password": form.get("password") or "",
+            "totp": form.get("totp") or "",
+            "id_token": oidc_token,
+        }
         try:
-            if method == "local":
-                if s.local is None:
-                    raise AuthFailed("local users not enabled", "local login is not enabled here")
-                who = await s.local.login(
-                    claimed,
-                    str(form.get("password") or ""),
-                    str(form.get("totp") or ""),
-                    s.state.use_totp_step,
-                )
-            else:
-                if s.oidc is None:
-                    raise AuthFailed("oidc not enabled", "OIDC login is not enabled here")
-                who = await s.oidc.verify(oidc_token)
+            who = await s._verify_login(method, claimed, body)
         except AuthFailed as e:
-            s.limiter.failed(*keys)
+            throttle.end(client)
+            if claimed:
+                throttle.pair_failed(claimed, client)
+            delay = throttle.address_failed(client)
             self.audit(
                 "login.failed",
                 method=method,
@@ -211,7 +214,12 @@ class Console:
                 reason=e.reason,
                 via="console",
             )
+            if delay:  # a slow answer, never a refusal of someone else's correct login
+                await asyncio.sleep(delay)
             return await self.page(request, "Log in", pages.login_form(e.public))
+        throttle.end(client)
+        if claimed:
+            throttle.pair_succeeded(claimed, client)
         if not self._is_reviewer(who):
             self.audit(
                 "console.refused", actor=who.user, client=client, reason="not a console reviewer"

@@ -95,38 +95,27 @@ class _RecorderCollector:
     """The recorder's process-wide counters (kept by recorder/writer.py without a metrics
     dependency), read at scrape time."""
 
+    #: (metric name, help, family, how to read it off the stats)
+    METRICS = (
+        ("written_bytes", "Bytes handed to the kernel by recordings and the audit log",
+         CounterMetricFamily, lambda s: s.bytes_written),
+        ("writes", "write/writev calls", CounterMetricFamily, lambda s: s.writes),
+        ("write_seconds", "Time spent in write/writev", CounterMetricFamily,
+         lambda s: s.write_seconds),
+        ("fsyncs", "fsync calls (group commits)", CounterMetricFamily, lambda s: s.fsyncs),
+        ("fsync_seconds", "Time spent in fsync", CounterMetricFamily, lambda s: s.fsync_seconds),
+        ("fsync_max_seconds", "Slowest fsync so far", GaugeMetricFamily, lambda s: s.fsync_max),
+        ("queue_bytes", "Bytes appended but not yet written, over live recordings",
+         GaugeMetricFamily, lambda s: s.pending_bytes()),
+        ("failures", "Recordings that failed to write", CounterMetricFamily,
+         lambda s: s.failures),
+    )  # fmt: skip
+
     def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
-        s = RECORDER_STATS
-        c = CounterMetricFamily(
-            "breakglass_recorder_written_bytes",
-            "Bytes handed to the kernel by recordings and the audit log",
-        )
-        c.add_metric([], s.bytes_written)
-        yield c
-        c = CounterMetricFamily("breakglass_recorder_writes", "write/writev calls")
-        c.add_metric([], s.writes)
-        yield c
-        c = CounterMetricFamily("breakglass_recorder_write_seconds", "Time spent in write/writev")
-        c.add_metric([], s.write_seconds)
-        yield c
-        c = CounterMetricFamily("breakglass_recorder_fsyncs", "fsync calls (group commits)")
-        c.add_metric([], s.fsyncs)
-        yield c
-        c = CounterMetricFamily("breakglass_recorder_fsync_seconds", "Time spent in fsync")
-        c.add_metric([], s.fsync_seconds)
-        yield c
-        g = GaugeMetricFamily("breakglass_recorder_fsync_max_seconds", "Slowest fsync so far")
-        g.add_metric([], s.fsync_max)
-        yield g
-        g = GaugeMetricFamily(
-            "breakglass_recorder_queue_bytes",
-            "Bytes appended but not yet written, over live recordings",
-        )
-        g.add_metric([], s.pending_bytes())
-        yield g
-        c = CounterMetricFamily("breakglass_recorder_failures", "Recordings that failed to write")
-        c.add_metric([], s.failures)
-        yield c
+        for name, text, family, read in self.METRICS:
+            m = family(f"breakglass_recorder_{name}", text)
+            m.add_metric([], read(RECORDER_STATS))
+            yield m
 
 
 async def start_metrics_server(gw: Any) -> Any:

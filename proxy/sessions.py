@@ -111,11 +111,8 @@ class Session:
         were not forwarded."""
         if self.termination is not None or self.ended:
             return False
-        if self.grant.jti in self.registry.revoked:
-            why = Termination("revoked", "grant revoked")
-        elif self._clock() >= self.grant.expires_at:
-            why = Termination("expired", f"grant expired at {utc_text(self.deadline)}")
-        else:
+        why = self._grant_over()
+        if why is None:
             return True
         if recorded_since is not None:
             try:
@@ -125,13 +122,20 @@ class Session:
         self.end_now(why)
         return False
 
-    def ended_by(self) -> Termination | None:
-        """Why the session is over, if it is (terminated, or past its grant's exp)."""
-        if self.termination is not None:
-            return self.termination
+    def _grant_over(self) -> Termination | None:
+        """Revoked, or past ``exp`` by the recording's clock; None while the grant holds."""
+        if self.grant.jti in self.registry.revoked:
+            return Termination("revoked", "grant revoked")
         if self._clock() >= self.grant.expires_at:
-            return Termination("expired", f"grant expired at {utc_text(self.deadline)}")
+            return self.expiry()
         return None
+
+    def expiry(self) -> Termination:
+        return Termination("expired", f"grant expired at {utc_text(self.deadline)}")
+
+    def ended_by(self) -> Termination | None:
+        """Why the session is over, if it is (terminated, revoked, or past its grant's exp)."""
+        return self.termination or self._grant_over()
 
     def end_now(self, termination: Termination) -> asyncio.Future | None:
         """Close the gate at once and start ending the session (the goodbye and closing run
@@ -165,7 +169,7 @@ class Session:
             return None
         if self._clock() < self.grant.expires_at:
             return False
-        why = Termination("expired", f"grant expired at {utc_text(self.deadline)}")
+        why = self.expiry()
         self._end_recording(why)
         try:
             self._loop.call_soon_threadsafe(self.end_now, why)
@@ -448,9 +452,7 @@ class SessionRegistry:
         session._timers.append(
             loop.call_later(
                 max(0.0, left),
-                lambda: session.end_now(
-                    Termination("expired", f"grant expired at {utc_text(session.deadline)}")
-                ),
+                lambda: session.end_now(session.expiry()),
             )
         )
 

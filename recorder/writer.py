@@ -303,11 +303,6 @@ class RecordingWriter:
         """Bytes appended but not yet written to the file (for back-pressure)."""
         return self._buffered
 
-    @property
-    def written_bytes(self) -> int:
-        """Bytes handed to the kernel so far (the file's size)."""
-        return self._file_size
-
     def _now(self) -> float:
         return self._t_offset + _monotonic()
 

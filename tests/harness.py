@@ -71,6 +71,21 @@ class GatewayThread:
             **kw,
         )
 
+    def psql(self, token: str, *args: str, input: str | None = None) -> Any:
+        """The real psql through this gateway as erin (no psqlrc, stop on the first error)."""
+        import subprocess
+
+        env = dict(os.environ, PGPASSWORD=token, PGSSLMODE="require", PGCONNECT_TIMEOUT="10")
+        return subprocess.run(
+            ["psql", "-X", "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "erin", "-d"]
+            + ["shop", "-v", "ON_ERROR_STOP=1", *args],
+            input=input,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     def grant(self, template: str = "db-readonly", target: str = "shop", **kw: Any) -> str:
         return issue_local_grant(self.cfg, template, target, **kw)
 

@@ -4,8 +4,6 @@ sessions (psql through the gateway, a refused login, a refused statement)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import urllib.error
 import urllib.request
 
@@ -36,15 +34,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def _psql(gw: GatewayThread, token: str, sql: str):
-    env = dict(os.environ, PGPASSWORD=token, PGSSLMODE="require")
-    return subprocess.run(
-        ["psql", "-X", "-At", "-h", "127.0.0.1", "-p", str(gw.pg_port), "-U", "erin", "-d", "shop"]
-        + ["-c", sql],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return gw.psql(token, "-At", "-c", sql)
 
 
 def _value(text: str, name: str, **labels: str) -> float:

@@ -29,16 +29,7 @@ def _superuser_psql(pg_server, sql: str) -> None:
 
 
 def _psql(gw: GatewayThread, token: str, *args: str, stdin: str | None = None):
-    env = dict(os.environ, PGPASSWORD=token, PGSSLMODE="require", PGCONNECT_TIMEOUT="10")
-    return subprocess.run(
-        ["psql", "-X", "-h", "127.0.0.1", "-p", str(gw.pg_port), "-U", "erin", "-d", "shop"]
-        + ["-v", "ON_ERROR_STOP=1", *args],
-        input=stdin,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return gw.psql(token, *args, input=stdin)
 
 
 def _trusted(cfg):

@@ -84,7 +84,11 @@ async def _list_versions(client: Any, cfg: StoreConfig, prefix: str) -> tuple[di
             )
         markers += page.get("DeleteMarkers", [])
     for vs in versions.values():
-        vs.sort(key=lambda v: (v.modified, v.version_id))
+        # S3 lists a key's versions newest first; LastModified has whole-second resolution,
+        # so within one second only the listing order tells which came first (the locked
+        # original): reverse it, then a stable sort by time keeps that order for ties.
+        vs.reverse()
+        vs.sort(key=lambda v: v.modified)
     return versions, markers
 
 

@@ -391,27 +391,28 @@ def test_unprintable_type_byte_in_messages():
 
 
 def test_split_100k_messages_under_a_second():
+    # CPU time, not wall time: the machine running the suite may be busy with other work.
     row = b"D" + struct.pack("!I", 4 + 2 + 4 + 20) + b"\0\1" + struct.pack("!i", 20) + b"r" * 20
     data = row * 100_000
     chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
     reader = c.MessageReader()
-    start = time.perf_counter()
+    start = time.process_time()
     count = 0
     for chunk in chunks:
         count += len(reader.feed_and_split(chunk))
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert count == 100_000
     assert elapsed < 1.0, elapsed
     # iterating with next() after feed() is fine too
     reader = c.MessageReader()
-    start = time.perf_counter()
+    start = time.process_time()
     count = 0
     for chunk in chunks:
         reader.feed(chunk)
         for _ in reader:
             count += 1
     assert count == 100_000
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_large_message_in_small_chunks_is_linear():

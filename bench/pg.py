@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,35 @@ pidfile = {workdir}/pgbouncer.pid
     return proc, port
 
 
+def profiler(
+    out: Path | None, pids: dict[str, int], name: str, clients: int, mode: str
+) -> tuple[subprocess.Popen, Path] | None:
+    """py-spy recording the gateway (and its workers) for one pgbench run, or None."""
+    if out is None or name != "gateway":
+        return None
+    part = out.with_name(f"{out.name}.{mode}-{clients}-{os.urandom(3).hex()}")
+    cmd = ["py-spy", "record", "--nonblocking", "--subprocesses", "-r", "400", "--format", "raw"]
+    proc = subprocess.Popen(
+        [*cmd, "-o", str(part), "-p", str(pids[name])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, part
+
+
+def stop_profiler(spy: tuple[subprocess.Popen, Path] | None, out: Path | None) -> None:
+    """Stop py-spy (it writes on SIGINT) and append its collapsed stacks to ``out``."""
+    if spy is None or out is None:
+        return
+    proc, part = spy
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    if part.exists():
+        with out.open("a") as f:
+            f.write(part.read_text())
+        part.unlink()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5)
@@ -146,6 +176,12 @@ def main() -> None:
         "--setups",
         default="direct,pgbouncer,bare,gateway",
         help="comma-separated subset (direct is needed for ratios)",
+    )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="record the gateway with py-spy (--nonblocking) during its runs; writes "
+        "collapsed stacks to this file (summarise with bench/profile_summary.py)",
     )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -244,9 +280,11 @@ def main() -> None:
                 for _ in range(args.repeat):
                     for name, (env, port, user) in setups.items():  # interleaved: noise hits all
                         before = process_usage(cpu_pid[name])[0] if name in cpu_pid else 0.0
+                        spy = profiler(args.profile, cpu_pid, name, c, mode)
                         t, latencies, txns = run_pgbench(
                             env, "127.0.0.1", port, user, c, args.seconds, logdir, mode
                         )
+                        stop_profiler(spy, args.profile)
                         if name in cpu_pid:
                             used = process_usage(cpu_pid[name])[0] - before
                             cpu_us[name].append(used / max(1, txns) * 1e6)

@@ -1277,6 +1277,38 @@ class _Judge:
 #: between texts that differ only in constants.
 _SHAPE_KINDS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES"})
 _SHAPE_MAX_LENGTH = 64 * 1024
+#: Quick shapes are only taken of short, plain texts: nothing quoted, escaped or commented.
+_QUICK_MAX_LENGTH = 4096
+_QUICK_UNSAFE = (b"'", b'"', b"$", b"\\", b"--", b"/*")
+_DIGITS_BLANKED = bytes.maketrans(b"0123456789", b"##########")
+_DIGIT_RUN = re.compile(r"(?<![\w.])[0-9]+(?![\w.])")
+_ASCII_DIGIT = re.compile(r"[0-9]")
+_PARAM_REF = re.compile(r"\$[0-9]+")
+
+
+def _quick_shape(text: str) -> bytes | None:
+    """``text`` with every ASCII digit blanked (no parsing: a translate), or None when the
+    text is not plain enough to judge that way. Two texts with one quick shape differ only in
+    digits, at the same places; it is used as a cache key only once PostgreSQL's normaliser
+    agreed that those places are whole constants (``_quick_shape_is_faithful``)."""
+    if len(text) > _QUICK_MAX_LENGTH:
+        return None
+    try:
+        raw = text.encode()  # UTF-8: an ASCII digit byte is always the digit itself
+    except UnicodeError:
+        return None
+    for unsafe in _QUICK_UNSAFE:
+        if unsafe in raw:
+            return None
+    return raw.translate(_DIGITS_BLANKED)
+
+
+def _quick_shape_is_faithful(text: str, normalized: str) -> bool:
+    """Whether every digit of ``text`` is part of a standalone run of digits that PostgreSQL's
+    normalisation (``normalized``) replaced as one constant, and nothing else was replaced."""
+    if _ASCII_DIGIT.search(_DIGIT_RUN.sub("", text)) is not None:
+        return False  # a digit inside a name, a decimal, an exponent...
+    return _DIGIT_RUN.sub("0", text) == _PARAM_REF.sub("0", normalized)
 
 
 class SqlChecker:
@@ -1308,6 +1340,8 @@ class SqlChecker:
         self._judge = _Judge(rules)
         self._cache: OrderedDict[tuple[str, bool], Verdict] = OrderedDict()
         self._shapes: OrderedDict[tuple[str, bool], Verdict] = OrderedDict()
+        #: Verdicts by quick shape (``_quick_shape``), checked against ``_shapes`` when stored.
+        self._quick: OrderedDict[tuple[bytes, bool], Verdict] = OrderedDict()
         self._cached_chars = 0
         self._lock = threading.Lock()
 
@@ -1327,6 +1361,14 @@ class SqlChecker:
                 if hit is not None:
                     self._cache.move_to_end(key)
                     return hit
+            quick = _quick_shape(sql_text) if self.cache_size else None
+            if quick is not None:
+                quick_key = (quick, single)
+                with self._lock:
+                    hit = self._quick.get(quick_key)
+                    if hit is not None:
+                        self._quick.move_to_end(quick_key)
+                        return hit
             shape = self._shape_key(sql_text, single)
             if shape is not None:
                 with self._lock:
@@ -1334,6 +1376,7 @@ class SqlChecker:
                     if hit is not None:
                         self._shapes.move_to_end(shape)
                 if hit is not None:  # not copied into the exact cache: it would churn it
+                    self._remember_quick(quick, sql_text, shape, hit)
                     return hit
             verdict = self._check(sql_text, single)
             self._remember(key, verdict)
@@ -1347,11 +1390,25 @@ class SqlChecker:
                     self._shapes[shape] = verdict
                     while len(self._shapes) > self.cache_size:
                         self._shapes.popitem(last=False)
+                self._remember_quick(quick, sql_text, shape, verdict)
             return verdict
         except Exception as exc:  # fail closed, whatever happened
             return Verdict(
                 False, "internal-error", f"the SQL checker failed ({type(exc).__name__}); denied"
             )
+
+    def _remember_quick(
+        self, quick: bytes | None, text: str, shape: tuple[str, bool], verdict: Verdict
+    ) -> None:
+        """Share a shape's verdict under the quick shape of ``text``, but only when PostgreSQL's
+        own normalisation replaced exactly the digit runs the quick shape blanks: then any
+        text with the same quick shape differs only in the values of those constants."""
+        if quick is None or not _quick_shape_is_faithful(text, shape[0]):
+            return
+        with self._lock:
+            self._quick[(quick, shape[1])] = verdict
+            while len(self._quick) > self.cache_size:
+                self._quick.popitem(last=False)
 
     def _shape_key(self, text: str, single: bool) -> tuple[str, bool] | None:
         """The statement with its literal constants replaced by ``$n`` (PostgreSQL's own

@@ -79,6 +79,9 @@ class Session:
         self._end_lock = threading.Lock()  # the recording's end: loop or expiry watch
         #: the gate reads the recording's own clock, so "recorded before exp" is exact
         self._clock: Callable[[], float] = getattr(recorder, "now", time.time)
+        # The gate runs on every read: its grant facts, read once (a grant never changes).
+        self._jti = grant.jti
+        self._exp = grant.expires_at
 
     @property
     def deadline(self) -> float:
@@ -111,6 +114,8 @@ class Session:
         were not forwarded."""
         if self.termination is not None or self.ended:
             return False
+        if self._jti not in self.registry.revoked and self._clock() < self._exp:
+            return True  # the grant holds (the common case, without building a verdict)
         why = self._grant_over()
         if why is None:
             return True

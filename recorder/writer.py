@@ -450,6 +450,9 @@ class RecordingWriter:
         self._append(kind, encoded_fields)
 
     def _append(self, kind: str, encoded_fields: bytes) -> None:
+        # The hot path of every statement and result: chaining, buffering and counting are
+        # inlined here (``_append_locked_json``, ``_push_locked``, ``_count_locked`` do the
+        # same for the other callers).
         kind_json = _KIND_JSON.get(kind)
         if kind_json is None:
             kind_json = fmt.encode_str(kind)
@@ -460,12 +463,30 @@ class RecordingWriter:
                 raise self._dead_error()
             if self._buffered <= self._max_buffer:
                 now = _monotonic()
-                self._append_locked_json(kind_json, encoded_fields, self._t_offset + now)
-                self._count_locked(now)
+                line = b'{"seq":%d,"t":%.6f,"kind":%s,"prev":"%s"%s%s}\n' % (
+                    self._seq,
+                    self._t_offset + now,
+                    kind_json,
+                    self._prev,
+                    b"," if encoded_fields else b"",
+                    encoded_fields,
+                )
+                self._prev = _hexlify(_sha256(line).digest())
+                self._seq += 1
+                self._buf.append(line)
+                self._buffered += len(line)
+                n = self._unsigned
+                if n == 0:
+                    self._ckpt_deadline = now + self._ckpt_interval
+                    self._wake.set()  # the committer sets its timer for the checkpoint
+                self._unsigned = n + 1
+                if n + 1 >= self._ckpt_events or now >= self._ckpt_deadline:
+                    self._checkpoint_locked(self._t_offset + now)
                 exc = None
             else:
                 exc = self._overflow_locked()
-        self._appended(exc)
+        if exc is not None or self._write_through:
+            self._appended(exc)
 
     def _append_locked(self, kind: str, encoded_fields: bytes, t: float) -> None:
         self._append_locked_json(fmt.encode_str(kind), encoded_fields, t)

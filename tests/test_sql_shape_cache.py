@@ -44,3 +44,49 @@ def test_shape_cache_agrees_with_a_fresh_checker_on_the_corpus():
         for t in texts:
             a, b = warm.check(t), fresh(mode, t)
             assert (a.allowed, a.rule) == (b.allowed, b.rule), t
+
+
+def test_quick_shape_skips_the_parser_for_new_constants(monkeypatch):
+    import policy.sql_rules as sql_rules
+
+    c = SqlChecker(SqlRules.from_claim({"mode": "read-only"}))
+    # one quick shape per length of the constant: warm one and two digits
+    assert c.check("SELECT abalance FROM pgbench_accounts WHERE aid = 1").allowed
+    assert c.check("SELECT abalance FROM pgbench_accounts WHERE aid = 10").allowed
+    calls = []
+    real = sql_rules.pg_normalize
+    monkeypatch.setattr(sql_rules, "pg_normalize", lambda t: calls.append(t) or real(t))
+    for i in range(2, 100):
+        assert c.check(f"SELECT abalance FROM pgbench_accounts WHERE aid = {i}").allowed
+    assert calls == [] and len(c._quick) == 2
+
+
+def test_quick_shape_only_where_postgres_normalises_the_same_digits():
+    c = SqlChecker(SqlRules.from_claim({"mode": "read-only"}))
+    # PostgreSQL keeps ORDER BY positions and folds signs and decimals into constants:
+    # the quick key (digit runs only) disagrees, so it is never used for these.
+    for text in ("SELECT a FROM t ORDER BY 1", "SELECT -1", "SELECT 1.5 FROM t", "SELECT 1e5"):
+        assert c.check(text).allowed
+    assert len(c._quick) == 0
+    # Quoted, dollar-quoted, escaped or commented text never gets a quick key.
+    for text in (
+        "SELECT 'a1' FROM t WHERE b = 2",
+        'SELECT "c1" FROM t WHERE b = 2',
+        "SELECT $$1$$ FROM t WHERE b = 2",
+        "SELECT a FROM t WHERE b = 2 -- 3",
+        "SELECT a FROM t /* 4 */ WHERE b = 2",
+    ):
+        assert c.check(text).allowed
+    assert len(c._quick) == 0
+
+
+def test_quick_shape_keeps_denials_and_allowances_apart():
+    c = SqlChecker(SqlRules.from_claim({"mode": "read-only", "tables": ["orders"]}))
+    assert c.check("SELECT * FROM orders WHERE id = 1").allowed
+    assert not c.check("SELECT * FROM customers WHERE id = 1").allowed
+    assert not c.check("SELECT * FROM customers WHERE id = 2").allowed
+    assert c.check("SELECT * FROM orders WHERE id = 2").allowed
+    rw = SqlChecker(SqlRules.from_claim({"mode": "read-only"}))
+    assert rw.check("SELECT * FROM t WHERE id = 1").allowed
+    assert not rw.check("DELETE FROM t WHERE id = 1").allowed  # same digits, other statement
+    assert not rw.check("DELETE FROM t WHERE id = 2").allowed

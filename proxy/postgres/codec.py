@@ -477,19 +477,42 @@ def looks_like_tls_handshake(prefix: bytes) -> bool:
 # Regular phase framing
 
 
-@dataclass(slots=True)
+#: Bodies up to this size are cut from ``raw`` as bytes (cheaper than a view); larger ones
+#: are memoryviews into ``raw`` (no copy of big rows or COPY data).
+_BODY_COPY_MAX = 16 * 1024
+
+
 class Message:
-    #: One byte, e.g. ``b"Q"``.
-    type: bytes
-    #: The payload after the length word: a memoryview into ``raw`` (no copy).
-    body: bytes | memoryview
-    #: The whole framed message as received, for zero-copy forwarding.
-    raw: bytes
+    """One framed message as received. ``body`` is cut from ``raw`` only when read: a relay
+    forwards most messages (rows, descriptions) without ever looking inside."""
+
+    __slots__ = ("type", "raw")
+
+    def __init__(self, type: bytes, raw: bytes) -> None:
+        #: One byte, e.g. ``b"Q"``.
+        self.type = type
+        #: The whole framed message as received, for zero-copy forwarding.
+        self.raw = raw
+
+    @property
+    def body(self) -> bytes | memoryview:
+        """The payload after the length word."""
+        raw = self.raw
+        return raw[5:] if len(raw) <= _BODY_COPY_MAX else memoryview(raw)[5:]
 
     @classmethod
     def build(cls, type: bytes, body: bytes = b"") -> Message:
-        raw = encode_message(type, body)
-        return cls(type, memoryview(raw)[5:], raw)
+        return cls(type, encode_message(type, body))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self.type == other.type and self.raw == other.raw
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaced
+
+    def __repr__(self) -> str:
+        return f"Message(type={self.type!r}, raw={self.raw[:64]!r}{'...' if len(self.raw) > 64 else ''})"
 
 
 def _length_error(t: int, length: int, max_len: int) -> ProtocolError:
@@ -562,7 +585,7 @@ class MessageReader:
             self._pos = 0
         else:
             self._pos = end
-        return Message(_TYPE_BYTES[t], memoryview(raw)[5:], raw)
+        return Message(_TYPE_BYTES[t], raw)
 
     def __iter__(self) -> Iterator[Message]:
         while (msg := self.next()) is not None:
@@ -599,7 +622,7 @@ class MessageReader:
                 if end > n:
                     break
                 raw = mv[off:end].tobytes()
-                append(Message(types[t], memoryview(raw)[5:], raw))
+                append(Message(types[t], raw))
                 off = end
         if own:
             if off == n:

@@ -615,6 +615,7 @@ class _Side(asyncio.Protocol):
         self.judge = judge
         self.out = out
         self.name = name
+        self.is_client = name == "client"
         self.reader = MessageReader()
         self.transport: asyncio.Transport | None = None
         self.source: asyncio.Transport | None = None  # the transport this side reads from
@@ -631,8 +632,10 @@ class _Side(asyncio.Protocol):
             reader = self.reader
             whole = reader.buffered == 0  # data starts on a message boundary
             messages = reader.feed_and_split(data)
-            if self.name == "client" and any(
-                len(m.raw) > LARGE_STATEMENT and m.type in (b"Q", b"P") for m in messages
+            if (
+                self.is_client
+                and (not whole or len(data) > LARGE_STATEMENT)  # else no message is large
+                and any(len(m.raw) > LARGE_STATEMENT and m.type in (b"Q", b"P") for m in messages)
             ):
                 # Parsing a big statement can take a while: judge it on a worker thread so
                 # other sessions are not stalled; this side reads nothing more meanwhile.
@@ -674,7 +677,7 @@ class _Side(asyncio.Protocol):
         relay = self.conn.relay
         if relay.broken:
             raise SessionBroken(relay.broken)
-        if relay.terminated and self.name == "client":
+        if relay.terminated and self.is_client:
             self.conn.side_failed(None)
 
     def eof_received(self) -> bool:

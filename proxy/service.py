@@ -17,6 +17,7 @@ Configuration (besides the gateway's own sections)::
     session_secret_file = "keys/service_session.key"   # shared by all service instances
     oncall_file = "oncall.txt"            # one user per line, re-read on every request
     admins = ["@security"]                # may revoke any grant
+    metrics_listen = "127.0.0.1:9465"     # optional: Prometheus /metrics and /health/*
     [service.auto_approve.RULE]
     templates = ["db-readonly"]           # template-name globs
     requesters = ["@sre"]                 # optional

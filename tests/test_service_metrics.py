@@ -9,6 +9,7 @@ import json
 import secrets
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pyotp
@@ -178,7 +179,23 @@ def test_revocation_and_unbounded_reasons_stay_bounded(env):
             api.url + "/v1/login", "POST", {"method": "m-" + secrets.token_hex(6), "username": "x"}
         )
         assert status == 401
+    # The web console's login form counts too (via="console").
+    with urllib.request.urlopen(api.url + "/console/login", timeout=20) as r:
+        cookie = next(
+            c.split(";")[0] for c in r.headers.get_all("Set-Cookie") if "csrf" in c.lower()
+        )
+    csrf = cookie.split("=", 1)[1]
+    form = urllib.parse.urlencode(
+        {"username": "bob", "password": "not-bobs", "totp": "123456", "csrf": csrf}
+    ).encode()
+    req = urllib.request.Request(api.url + "/console/login", data=form, headers={"Cookie": cookie})
+    with urllib.request.urlopen(req, timeout=20) as r:
+        assert "wrong user name, password or code" in r.read().decode()
     text = _scrape(svc)
+    assert (
+        _value(text, "breakglass_service_login_failures_total", via="console",
+               reason="local-wrong-password") == 1
+    )  # fmt: skip
     try:
         old = _value(before, "breakglass_service_revocations_total")
     except AssertionError:
@@ -193,3 +210,17 @@ def test_revocation_and_unbounded_reasons_stay_bounded(env):
     assert "m-" not in "".join(
         ln for ln in text.splitlines() if ln.startswith("breakglass_service_login")
     )
+
+
+def test_metrics_listen_is_validated(tmp_path):
+    from proxy.config import ConfigError
+    from proxy.service import parse_service_settings
+
+    (tmp_path / "users.toml").write_text("")
+    doc = {"service": {"metrics_listen": "9465"}, "identity": {"users_file": "users.toml"}}
+    with pytest.raises(ConfigError) as e:
+        parse_service_settings(doc, tmp_path)
+    assert any("service.metrics_listen" in p and "HOST:PORT" in p for p in e.value.problems)
+    doc["service"]["metrics_listen"] = "[::1]:9465"
+    s = parse_service_settings(doc, tmp_path)
+    assert (s.metrics_host, s.metrics_port) == ("::1", 9465)

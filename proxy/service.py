@@ -638,13 +638,27 @@ class GrantService:
     # -- handlers ----------------------------------------------------------------------
 
     async def _verify_login(
-        self, method: str, claimed: str, body: dict[str, Any], via: str = "api"
+        self,
+        method: str,
+        claimed: str,
+        body: dict[str, Any],
+        via: str = "api",
+        client: str | None = None,
     ) -> Identity:
-        """Check a login (API or console); counted in the metrics by outcome and reason."""
+        """Check a login (API or console); a failure is logged (``login.refused``), both are
+        counted in the metrics."""
         try:
             who = await self._check_login(method, claimed, body)
         except AuthFailed as e:
             self.metrics.login(str(method), via, e.reason)
+            log.info(
+                "login.refused",
+                method=str(method)[:20],
+                user=claimed or None,
+                client=client,
+                via=via,
+                reason=login_reason(e.reason),
+            )
             raise
         self.metrics.login(str(method), via)
         return who
@@ -688,11 +702,11 @@ class GrantService:
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
         if not throttle.begin(client):
-            log.info("login.refused", method=method, client=client, reason="too many in progress")
+            log.info("login.refused", method=str(method)[:20], client=client, reason="in-progress")
             self.metrics.login(str(method), "api", "in-progress")
             raise ApiError(429, "too many logins in progress from your address", "rate-limited")
         try:
-            who = await self._verify_login(method, claimed, body)
+            who = await self._verify_login(method, claimed, body, client=client)
         except AuthFailed as e:
             throttle.end(client)
             if claimed:
@@ -700,13 +714,6 @@ class GrantService:
             delay = throttle.address_failed(client)
             self.audit.append(
                 "login.failed", method=method, user=claimed or None, client=client, reason=e.reason
-            )
-            log.info(
-                "login.refused",
-                method=method,
-                user=claimed or None,
-                client=client,
-                reason=login_reason(e.reason),
             )
             if delay:  # a slow answer, not a refusal of anyone else's correct login
                 await asyncio.sleep(delay)

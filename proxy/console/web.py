@@ -201,7 +201,7 @@ class Console:
             "id_token": oidc_token,
         }
         try:
-            who = await s._verify_login(method, claimed, body, via="console")
+            who = await s._verify_login(method, claimed, body, via="console", client=client)
         except AuthFailed as e:
             throttle.end(client)
             if claimed:

@@ -1126,6 +1126,16 @@ PUBLIC = {"/v1/login", "/healthz"}
 
 
 def build_app(service: GrantService) -> web.Application:
+    def _user_of(request: web.Request) -> str | None:
+        """The API caller, or the console's logged-in user (its session cookie)."""
+        who = request.get(IDENTITY)
+        if who is None and request.path.startswith("/console/"):
+            from proxy.console.web import SESSION_COOKIE
+
+            with contextlib.suppress(AuthFailed):
+                who = service.sessions.verify(request.cookies.get(SESSION_COOKIE, ""))
+        return who.user if who is not None else None
+
     @web.middleware
     async def access_log(request: web.Request, handler):
         """One structured line per request, and the HTTP metrics. Never a header, cookie,
@@ -1140,7 +1150,7 @@ def build_app(service: GrantService) -> web.Application:
             return response
         finally:
             seconds = time.monotonic() - t0
-            who = request.get(IDENTITY)
+            user = _user_of(request)
             route = route_of(request)
             path = request.path if route is not None and len(request.path) <= 96 else None
             service.metrics.answered(request.method, route or "unmatched", status, seconds)
@@ -1150,7 +1160,7 @@ def build_app(service: GrantService) -> web.Application:
                 path=path,
                 route=route or "unmatched",
                 status=status,
-                user=who.user if who is not None else None,
+                user=user,
                 client=request.remote,
                 ms=round(seconds * 1000, 1),
             )

@@ -16,12 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pyotp
 import pytest
 
+from policy.identity import add_local_user
 from proxy.demo_setup import build_local_workdir, issue_local_grant
 from tests.test_service_metrics import _http
 from tests.test_service_support import PASSWORDS, add_service_config
@@ -93,6 +97,28 @@ def _psql(port: int, token: str, sslmode: str = "require", sql: str = "select 1"
     )  # fmt: skip
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        return None
+
+
+def _console_login(url: str, user: str, password: str, totp_secret: str) -> str:
+    """Log in through the console's form; its session cookie as ``name=value``."""
+    with urllib.request.urlopen(url + "/console/login", timeout=20) as r:
+        csrf = next(c.split(";")[0] for c in r.headers.get_all("Set-Cookie") if "csrf" in c.lower())
+    form = urllib.parse.urlencode(
+        {"username": user, "password": password, "totp": pyotp.TOTP(totp_secret).now(),
+         "csrf": csrf.split("=", 1)[1]}
+    ).encode()  # fmt: skip
+    req = urllib.request.Request(url + "/console/login", data=form, headers={"Cookie": csrf})
+    try:
+        urllib.request.build_opener(_NoRedirect).open(req, timeout=20)
+    except urllib.error.HTTPError as e:  # 303 to the sessions page, with the cookie
+        assert e.code == 303, e.read()
+        return next(c.split(";")[0] for c in e.headers.get_all("Set-Cookie") if "console" in c)
+    raise AssertionError("the console login did not redirect")
+
+
 def _edit(path: Path, **values: int) -> None:
     text = path.read_text()
     for key, value in values.items():
@@ -106,11 +132,13 @@ def test_gateway_and_service_log_one_json_stream_without_secrets(pg_server, tmp_
     cfg = build_local_workdir(d, pg=pg_server, ssh=None, name="test-gw")
     _edit(d / "config.toml", failed_auth_limit=1, preauth_per_source=2)
     totp = add_service_config(d, extra='metrics_listen = "127.0.0.1:0"')
+    sam_pw = "sam-password-" + secrets.token_hex(8)
+    sam_totp = add_local_user(d / "users.toml", "sam", sam_pw, ("security",))
     gw = LogProcess(cfg.path, "gateway")
     svc = LogProcess(cfg.path, "serve")
     secret_query = "q-" + secrets.token_hex(16)
     fake_grant = "not-a-grant-but-secret-" + secrets.token_hex(16)
-    secrets_used = [fake_grant, secret_query, *PASSWORDS.values()]
+    secrets_used = [fake_grant, secret_query, sam_pw, *PASSWORDS.values()]
     try:
         gw.event("gateway.ready")
         gw.event("postgres.listening")
@@ -144,6 +172,18 @@ def test_gateway_and_service_log_one_json_stream_without_secrets(pg_server, tmp_
         ] == 200  # fmt: skip
         assert _http(url + "/v1/requests/" + grant, token=tokens["erin"])[0] == 404
         assert _http(url + "/" + grant)[0] in (401, 404)
+
+        # --- the web console: a reviewer logs in; the access log names them, not the cookie
+        cookie = _console_login(url, "sam", sam_pw, sam_totp)
+        secrets_used.append(cookie.split("=", 1)[1])
+        req = urllib.request.Request(url + "/console/sessions", headers={"Cookie": cookie})
+        with urllib.request.urlopen(req, timeout=20) as r:
+            assert r.status == 200
+        page = svc.wait_for(
+            lambda e: e.get("event") == "service.access" and e.get("path") == "/console/sessions",
+            "the console page's access line",
+        )
+        assert page["user"] == "sam" and page["status"] == 200
 
         # --- gateway: the fetched grant works; refusals of every kind are logged
         r = _psql(port, grant)

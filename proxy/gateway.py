@@ -372,6 +372,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     from proxy.metrics import GatewayMetrics
 
     gw.metrics = registry.metrics = GatewayMetrics()
+    gw.preauth.on_refused = lambda reason: gw.metrics.connections_refused.labels(reason).inc()
     gw.verifier = grant_verifier(cfg, is_revoked=gw.revoked.__contains__)
     gw.uploader = await start_store(gw)
     for r in await state.revocations_since(0):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 from collections import Counter
+from collections.abc import Callable
 
 from proxy.logs import Sampled, log
 
@@ -48,6 +49,7 @@ class PreAuthLimiter:
         self.count = 0
         self.refused = 0
         self._sampled = Sampled(1.0)  # one log line per address and cap per second at most
+        self.on_refused: Callable[[str], None] | None = None  # counts refusals (metrics)
 
     def admit(self, source: str) -> str | None:
         """Count a new connection from ``source``; a reason to refuse it, or None."""
@@ -63,6 +65,8 @@ class PreAuthLimiter:
 
     def _refused(self, source: str, reason: str, limit: int) -> None:
         self.refused += 1
+        if self.on_refused is not None:
+            self.on_refused(reason)
         skipped = self._sampled.due((source, reason))
         if skipped is not None:
             log.info(

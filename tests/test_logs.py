@@ -27,6 +27,8 @@ import pytest
 
 from policy.identity import add_local_user
 from proxy.demo_setup import build_local_workdir, issue_local_grant
+from proxy.throwaway import free_port
+from tests.test_metrics import _value
 from tests.test_service_metrics import _http
 from tests.test_service_support import PASSWORDS, add_service_config
 
@@ -119,7 +121,7 @@ def _console_login(url: str, user: str, password: str, totp_secret: str) -> str:
     raise AssertionError("the console login did not redirect")
 
 
-def _edit(path: Path, **values: int) -> None:
+def _edit(path: Path, **values: object) -> None:
     text = path.read_text()
     for key, value in values.items():
         text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
@@ -131,6 +133,8 @@ def test_gateway_and_service_log_one_json_stream_without_secrets(pg_server, tmp_
     d = tmp_path / "gw"
     cfg = build_local_workdir(d, pg=pg_server, ssh=None, name="test-gw")
     _edit(d / "config.toml", failed_auth_limit=1, preauth_per_source=2)
+    gw_metrics = free_port()
+    _edit(d / "config.toml", workers=f'1\nmetrics_listen = "127.0.0.1:{gw_metrics}"')
     totp = add_service_config(d, extra='metrics_listen = "127.0.0.1:0"')
     sam_pw = "sam-password-" + secrets.token_hex(8)
     sam_totp = add_local_user(d / "users.toml", "sam", sam_pw, ("security",))
@@ -209,6 +213,10 @@ def test_gateway_and_service_log_one_json_stream_without_secrets(pg_server, tmp_
         assert late["delayed"] > 0  # throttled
         cap = gw.event("connection.refused", reason="preauth-per-source")
         assert cap["client"] == "127.0.0.1" and cap["limit"] == 2
+        status, text = _http(f"http://127.0.0.1:{gw_metrics}/metrics")
+        assert status == 200
+        refusals = "breakglass_connections_refused_total"
+        assert _value(text, refusals, reason="preauth-per-source") == 1
         failed = svc.event("login.refused", user="erin")
         assert failed["reason"] == "local-wrong-password"
         access = [e for e in svc.events() if e["event"] == "service.access"]

@@ -1132,7 +1132,7 @@ def build_app(service: GrantService) -> web.Application:
         if who is None and request.path.startswith("/console/"):
             from proxy.console.web import SESSION_COOKIE
 
-            with contextlib.suppress(AuthFailed):
+            with contextlib.suppress(Exception):  # the log line must never break a request
                 who = service.sessions.verify(request.cookies.get(SESSION_COOKIE, ""))
         return who.user if who is not None else None
 
@@ -1266,6 +1266,12 @@ async def start_service(
                 metrics_server = await start_metrics_server(
                     service, settings.metrics_host, settings.metrics_port
                 )
+            except OSError as e:
+                await runner.cleanup()
+                where = f"{settings.metrics_host}:{settings.metrics_port}"
+                raise ConfigError(
+                    [f"service.metrics_listen: cannot listen on {where}: {e.strerror}"], cfg.path
+                ) from None
             except BaseException:
                 await runner.cleanup()
                 raise

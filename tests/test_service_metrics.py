@@ -224,3 +224,25 @@ def test_metrics_listen_is_validated(tmp_path):
     doc["service"]["metrics_listen"] = "[::1]:9465"
     s = parse_service_settings(doc, tmp_path)
     assert (s.metrics_host, s.metrics_port) == ("::1", 9465)
+
+
+def test_metrics_port_in_use_is_a_clear_error(pg_server, tmp_path):
+    import socket
+
+    from proxy.config import ConfigError
+    from proxy.demo_setup import build_local_workdir
+
+    build_local_workdir(tmp_path / "gw", pg=pg_server, ssh=None, name="test-gw")
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = busy.getsockname()[1]
+        add_service_config(tmp_path / "gw", extra=f'metrics_listen = "127.0.0.1:{port}"')
+        svc = ServiceThread(tmp_path / "gw" / "config.toml")
+        try:
+            with pytest.raises(ConfigError) as e:
+                svc.start()
+        finally:
+            svc.stop()
+        assert f"service.metrics_listen: cannot listen on 127.0.0.1:{port}" in str(e.value)
+    finally:
+        busy.close()

@@ -146,6 +146,7 @@ class Gateway:
                 client=source,
                 kind=str(result.kind),
                 message=result.message,
+                delayed=round(delay, 2) or None,  # throttled: too many failures from there
             )
             if delay:
                 await asyncio.sleep(delay)
@@ -371,6 +372,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     from proxy.metrics import GatewayMetrics
 
     gw.metrics = registry.metrics = GatewayMetrics()
+    gw.preauth.on_refused = lambda reason: gw.metrics.connections_refused.labels(reason).inc()
     gw.verifier = grant_verifier(cfg, is_revoked=gw.revoked.__contains__)
     gw.uploader = await start_store(gw)
     for r in await state.revocations_since(0):
@@ -390,6 +392,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
         from proxy.ssh.server import start_ssh_listener
 
         gw.servers.append(await start_ssh_listener(gw))
+        log.info("ssh.listening", address=str(cfg.ssh_listen))
     gw.listening = True
     if cfg.metrics_listen:
         from proxy.metrics import start_metrics_server
@@ -441,20 +444,43 @@ async def run_gateway(cfg: Config, ready: Any = None, worker: int = 0, workers: 
     gw = await start_gateway(cfg, worker, workers)
     if ready is not None:
         ready(gw)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_ignored)
+    signame = None
     try:
-        await wait_for_stop_signal()
+        signame = await wait_for_stop_signal()
     finally:
+        log.info("gateway.stopping", signal=signame, sessions=len(gw.registry.sessions))
         await stop_gateway(gw)
+        log.info("gateway.stopped", gateway=cfg.gateway_name)
 
 
-async def wait_for_stop_signal() -> None:
-    """Return on SIGINT or SIGTERM (for long-running commands: gateway, serve, demo)."""
+def _reload_ignored() -> None:
+    """SIGHUP (log rotation, a stray reload): logged and ignored, never a silent exit."""
+    log.warning(
+        "gateway.reload",
+        signal="SIGHUP",
+        applied=False,
+        message="the gateway reads its config at start only; restart it to apply changes",
+    )
+
+
+async def wait_for_stop_signal() -> str:
+    """Return on SIGINT or SIGTERM (for long-running commands: gateway, serve, demo), with
+    the signal's name."""
     stop = asyncio.Event()
+    got: list[str] = []
     loop = asyncio.get_running_loop()
+
+    def on(sig: signal.Signals) -> None:
+        got.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on, sig)
     await stop.wait()
+    return got[0] if got else "?"
 
 
 def run_async(coro: Any) -> None:
@@ -483,8 +509,14 @@ def supervise_workers(argv: list[str], workers: int) -> int:
             if p.poll() is None:
                 p.terminate()
 
+    def hup(*_: Any) -> None:  # each worker logs it (and keeps running)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, hup)
     rc = 0
     try:
         while any(p.poll() is None for p in procs):

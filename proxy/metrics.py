@@ -73,6 +73,12 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "breakglass_connections_refused",
+            "Connections closed before login: over the pre-auth caps (per source, total)",
+            ["reason"],
+            registry=r,
+        )
         r.register(_RecorderCollector())
         self.pg_added = self.added.labels("postgres")
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import resource
 from collections import Counter
+from collections.abc import Callable
 
-from proxy.logs import log
+from proxy.logs import Sampled, log
 
 #: The soft descriptor limit is raised to the hard limit at start-up, up to this.
 NOFILE_TARGET = 1 << 20
@@ -47,18 +48,31 @@ class PreAuthLimiter:
         self.by_source: Counter[str] = Counter()
         self.count = 0
         self.refused = 0
+        self._sampled = Sampled(1.0)  # one log line per address and cap per second at most
+        self.on_refused: Callable[[str], None] | None = None  # counts refusals (metrics)
 
     def admit(self, source: str) -> str | None:
         """Count a new connection from ``source``; a reason to refuse it, or None."""
         if self.by_source[source] >= self.per_source:
-            self.refused += 1
+            self._refused(source, "preauth-per-source", self.per_source)
             return "too many connections from your address are still logging in"
         if self.count >= self.total:
-            self.refused += 1
+            self._refused(source, "preauth-total", self.total)
             return "the gateway has too many connections still logging in; try again shortly"
         self.by_source[source] += 1
         self.count += 1
         return None
+
+    def _refused(self, source: str, reason: str, limit: int) -> None:
+        self.refused += 1
+        if self.on_refused is not None:
+            self.on_refused(reason)
+        skipped = self._sampled.due((source, reason))
+        if skipped is not None:
+            log.info(
+                "connection.refused", client=source, reason=reason, limit=limit,
+                also_refused=skipped or None,
+            )  # fmt: skip
 
     def release(self, source: str) -> None:
         """The connection authenticated or closed (call once per admitted connection)."""

@@ -17,6 +17,7 @@ Configuration (besides the gateway's own sections)::
     session_secret_file = "keys/service_session.key"   # shared by all service instances
     oncall_file = "oncall.txt"            # one user per line, re-read on every request
     admins = ["@security"]                # may revoke any grant
+    metrics_listen = "127.0.0.1:9465"     # optional: Prometheus /metrics and /health/*
     [service.auto_approve.RULE]
     templates = ["db-readonly"]           # template-name globs
     requesters = ["@sre"]                 # optional
@@ -91,6 +92,7 @@ from proxy.config import Config, ConfigError, find_config_path, parse_config
 from proxy.context import audit_grant_issued, issuer_key, open_audit
 from proxy.gateway import LIVE_STALE
 from proxy.logs import log
+from proxy.service_metrics import ServiceMetrics, login_reason, route_of
 from proxy.throttle import LoginThrottle
 
 MY_SECTIONS = ("service", "identity")
@@ -117,6 +119,8 @@ class ServiceSettings:
     users_file: Path | None = None
     oidc: OidcSettings | None = None
     state_url: str | None = field(default=None, repr=False)
+    metrics_host: str | None = None  # [service] metrics_listen: /metrics and /health/*
+    metrics_port: int = 0
 
     @property
     def url(self) -> str:
@@ -202,17 +206,23 @@ def parse_service_settings(doc: Mapping[str, Any], base: Path) -> ServiceSetting
             "oncall_file",
             "admins",
             "auto_approve",
+            "metrics_listen",
         ),
     )
-    host, port = "127.0.0.1", 8700
-    listen = string(svc, "listen", "service.listen")
-    if listen:
-        h, sep, p = listen.rpartition(":")
+
+    def hostport(key: str) -> tuple[str, int] | None:
+        v = string(svc, key, f"service.{key}")
+        if not v:
+            return None
+        h, sep, p = v.rpartition(":")
         h = h.strip("[]")
         if not sep or not h or not p.isdigit() or not 0 <= int(p) <= 65535:
-            bad("service.listen", f'expected "HOST:PORT", got {listen!r}')
-        else:
-            host, port = h, int(p)
+            bad(f"service.{key}", f'expected "HOST:PORT", got {v!r}')
+            return None
+        return h, int(p)
+
+    host, port = hostport("listen") or ("127.0.0.1", 8700)
+    metrics_host, metrics_port = hostport("metrics_listen") or (None, 0)
     tls_cert = file(svc, "tls_cert", "service.tls_cert")
     tls_key = file(svc, "tls_key", "service.tls_key")
     if bool(tls_cert) != bool(tls_key):
@@ -345,6 +355,8 @@ def parse_service_settings(doc: Mapping[str, Any], base: Path) -> ServiceSetting
         users_file=users_file,
         oidc=oidc,
         state_url=state_url,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
 
 
@@ -451,6 +463,8 @@ class GrantService:
         )
         self.throttle = LoginThrottle()
         self.changed: dict[str, asyncio.Event] = {}
+        self.metrics = ServiceMetrics(cfg.templates, cfg.known_targets())
+        self.listening = False  # the API accepts connections (readiness)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -589,6 +603,7 @@ class GrantService:
                 rule=e.rule,
                 message=str(e),
             )
+            self.metrics.refused("issue", e.rule)
             raise _refused(e) from None
         return req
 
@@ -597,6 +612,7 @@ class GrantService:
         assert c is not None
         await self.state.record_grant(c)
         audit_grant_issued(self.audit, c, actor, request=req.id)
+        self.metrics.issued(c, req.template)
         if c["breakglass"]:
             self.audit.append(
                 "breakglass.used",
@@ -621,7 +637,33 @@ class GrantService:
 
     # -- handlers ----------------------------------------------------------------------
 
-    async def _verify_login(self, method: str, claimed: str, body: dict[str, Any]) -> Identity:
+    async def _verify_login(
+        self,
+        method: str,
+        claimed: str,
+        body: dict[str, Any],
+        via: str = "api",
+        client: str | None = None,
+    ) -> Identity:
+        """Check a login (API or console); a failure is logged (``login.refused``), both are
+        counted in the metrics."""
+        try:
+            who = await self._check_login(method, claimed, body)
+        except AuthFailed as e:
+            self.metrics.login(str(method), via, e.reason)
+            log.info(
+                "login.refused",
+                method=str(method)[:20],
+                user=claimed or None,
+                client=client,
+                via=via,
+                reason=login_reason(e.reason),
+            )
+            raise
+        self.metrics.login(str(method), via)
+        return who
+
+    async def _check_login(self, method: str, claimed: str, body: dict[str, Any]) -> Identity:
         if method == "local":
             if self.local is None:
                 raise AuthFailed("local users not enabled", "local login is not enabled here")
@@ -651,6 +693,7 @@ class GrantService:
                 "login.failed", method=method, user=claimed, client=client, reason="backing off"
             )
             log.info("login.refused", method=method, user=claimed, client=client, reason="backoff")
+            self.metrics.login(str(method), "api", "backoff")
             raise ApiError(
                 429,
                 f"too many failed logins for {claimed} from your address; "
@@ -659,9 +702,11 @@ class GrantService:
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
         if not throttle.begin(client):
+            log.info("login.refused", method=str(method)[:20], client=client, reason="in-progress")
+            self.metrics.login(str(method), "api", "in-progress")
             raise ApiError(429, "too many logins in progress from your address", "rate-limited")
         try:
-            who = await self._verify_login(method, claimed, body)
+            who = await self._verify_login(method, claimed, body, client=client)
         except AuthFailed as e:
             throttle.end(client)
             if claimed:
@@ -670,7 +715,6 @@ class GrantService:
             self.audit.append(
                 "login.failed", method=method, user=claimed or None, client=client, reason=e.reason
             )
-            log.info("login.refused", method=method, user=claimed or None, client=client)
             if delay:  # a slow answer, not a refusal of anyone else's correct login
                 await asyncio.sleep(delay)
             raise ApiError(401, e.public, "login-failed") from None
@@ -706,6 +750,7 @@ class GrantService:
 
     def reload_users(self) -> None:
         """SIGHUP: read the users file again now."""
+        log.info("service.reload", signal="SIGHUP", users_file=self.local is not None)
         if self.local is None:
             return
         ok = self.local.reload()
@@ -778,6 +823,7 @@ class GrantService:
                 rule=e.rule,
                 message=str(e),
             )
+            self.metrics.request_refused(body, targets, e.rule)
             raise _refused(e) from None
         self.audit.append(
             "request.created",
@@ -811,6 +857,7 @@ class GrantService:
         await self.state.create_request(req.to_doc())
         if req.claims is not None:
             await self._after_issue(req, who.user)
+        self.metrics.request(req, "pending" if req.status == PENDING else req.status)
         if req.status == PENDING:
             self._request_event("request.created", req)
         elif req.status == APPROVED:
@@ -904,6 +951,7 @@ class GrantService:
                     rule=e.rule,
                     message=str(e),
                 )
+                self.metrics.refused(kind, e.rule)
                 raise _refused(e) from None
             if new.status == APPROVED:
                 new = await self._issue(new, who.user)
@@ -928,6 +976,7 @@ class GrantService:
                 subject=new.requester,
                 reason=new.denial.comment if new.denial else "",
             )
+        self.metrics.decided(new, kind, new.status == APPROVED)
         if new.claims is not None:
             await self._after_issue(new, who.user)
         if new.status == APPROVED:
@@ -995,6 +1044,7 @@ class GrantService:
             )
             raise ApiError(403, "you may not revoke this grant", "not-allowed")
         rev = await self.state.revoke(jti, reason, who.user)
+        self.metrics.revocations.inc()
         self.audit.append(
             "grant.revoked",
             actor=who.user,
@@ -1076,9 +1126,22 @@ PUBLIC = {"/v1/login", "/healthz"}
 
 
 def build_app(service: GrantService) -> web.Application:
+    def _user_of(request: web.Request) -> str | None:
+        """The API caller, or the console's logged-in user (its session cookie)."""
+        who = request.get(IDENTITY)
+        if who is None and request.path.startswith("/console/"):
+            from proxy.console.web import SESSION_COOKIE
+
+            with contextlib.suppress(Exception):  # the log line must never break a request
+                who = service.sessions.verify(request.cookies.get(SESSION_COOKIE, ""))
+        return who.user if who is not None else None
+
     @web.middleware
     async def access_log(request: web.Request, handler):
-        """One structured line per request: never a header, body or query string (tokens)."""
+        """One structured line per request, and the HTTP metrics. Never a header, cookie,
+        body or query string (tokens, passwords); the path only when it matched a route
+        and is short (an id in it), else just the route: a token pasted into a URL stays
+        out of the log."""
         t0 = time.monotonic()
         status = 500
         try:
@@ -1086,15 +1149,20 @@ def build_app(service: GrantService) -> web.Application:
             status = response.status
             return response
         finally:
-            who = request.get(IDENTITY)
+            seconds = time.monotonic() - t0
+            user = _user_of(request)
+            route = route_of(request)
+            path = request.path if route is not None and len(request.path) <= 96 else None
+            service.metrics.answered(request.method, route or "unmatched", status, seconds)
             log.info(
                 "service.access",
-                method=request.method,
-                path=request.path,
+                method=request.method if len(request.method) <= 16 else "?",
+                path=path,
+                route=route or "unmatched",
                 status=status,
-                user=who.user if who is not None else None,
+                user=user,
                 client=request.remote,
-                ms=round((time.monotonic() - t0) * 1000, 1),
+                ms=round(seconds * 1000, 1),
             )
 
     @web.middleware
@@ -1149,13 +1217,21 @@ class RunningService:
     url: str
     port: int
     tasks: list[asyncio.Task] = field(default_factory=list)
+    metrics_server: Any = None  # proxy.service_metrics.MetricsServer with metrics_listen
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_server.port if self.metrics_server is not None else None
 
     async def stop(self) -> None:
+        self.service.listening = False
         for t in self.tasks:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self.runner.cleanup()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         self.service.audit.close()
         await self.service.state.close()
 
@@ -1182,15 +1258,36 @@ async def start_service(
             runner, settings.host, settings.port if port is None else port, ssl_context=ssl_ctx
         )
         await site.start()
+        metrics_server = None
+        if settings.metrics_host is not None:
+            from proxy.service_metrics import start_metrics_server
+
+            try:
+                metrics_server = await start_metrics_server(
+                    service, settings.metrics_host, settings.metrics_port
+                )
+            except OSError as e:
+                await runner.cleanup()
+                where = f"{settings.metrics_host}:{settings.metrics_port}"
+                raise ConfigError(
+                    [f"service.metrics_listen: cannot listen on {where}: {e.strerror}"], cfg.path
+                ) from None
+            except BaseException:
+                await runner.cleanup()
+                raise
     except BaseException:
         audit.close()
         raise
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     scheme = "https" if ssl_ctx else "http"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    service.listening = True
+    log.info("service.listening", address=f"{host}:{bound}", tls=ssl_ctx is not None)
     audit.append("service.start", gateway=cfg.gateway_name, url=f"{scheme}://{host}:{bound}")
     sweeper = asyncio.ensure_future(service.watch_expiry())
-    return RunningService(service, runner, f"{scheme}://{host}:{bound}", bound, [sweeper])
+    return RunningService(
+        service, runner, f"{scheme}://{host}:{bound}", bound, [sweeper], metrics_server
+    )
 
 
 async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None) -> None:
@@ -1209,11 +1306,14 @@ async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.service.reload_users)
     if ready is not None:
         ready(running)
+    signame = None
     try:
-        await wait_for_stop_signal()
+        signame = await wait_for_stop_signal()
     finally:
+        log.info("service.stopping", signal=signame)
         await running.stop()
         if alerter is not None:
             from proxy import alerts
 
             alerts.shutdown()
+        log.info("service.stopped")

@@ -185,6 +185,7 @@ class Console:
                 reason="backing off",
                 via="console",
             )
+            s.metrics.login(method, "console", "backoff")
             return await self.page(
                 request,
                 "Log in",
@@ -200,7 +201,7 @@ class Console:
             "id_token": oidc_token,
         }
         try:
-            who = await s._verify_login(method, claimed, body)
+            who = await s._verify_login(method, claimed, body, via="console", client=client)
         except AuthFailed as e:
             throttle.end(client)
             if claimed:

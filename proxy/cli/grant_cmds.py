@@ -23,6 +23,7 @@ from proxy.context import (
     open_audit,
     open_state,
 )
+from recorder.format import RecorderError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +87,10 @@ def cmd_issue(args: argparse.Namespace) -> int:
         source_cidrs=tuple(args.source_cidr),
     )
     kid, key = issuer_key(cfg)
-    audit = open_audit(cfg)
+    try:
+        audit = open_audit(cfg)
+    except (RecorderError, OSError) as e:  # e.g. the audit directory is read-only
+        raise CliError(f"{e}; no grant was issued (nothing can be issued unaudited)") from None
     try:
         try:
             claims = build_claims(

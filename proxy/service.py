@@ -1011,7 +1011,23 @@ class GrantService:
         who: Identity = request[IDENTITY]
         if not self.is_admin(who):
             raise ApiError(403, "only service admins see live sessions", "not-allowed")
+        if isinstance(self.state, SqliteState):  # gateways publish only to shared state
+            return _json(await self._this_host_live())
         return _json(await self.state.live_sessions(time.time() - LIVE_STALE))
+
+    async def _this_host_live(self) -> list[dict[str, Any]]:
+        """Live sessions of the gateway running with this config on this host (admin socket)."""
+        from proxy.admin import admin_request, admin_sockets
+
+        out: list[dict[str, Any]] = []
+        for path in admin_sockets(self.cfg.admin_socket):
+            try:
+                reply = await admin_request(path, {"op": "sessions"})
+            except (OSError, TimeoutError, ValueError):
+                continue  # not running, or not ours to talk to (mode 0600)
+            for s in reply.get("sessions") or []:
+                out.append(dict(s, gateway_instance=self.cfg.gateway_name))
+        return out
 
     async def kill_session(self, request: web.Request) -> web.Response:
         """Admins: end a live session on whichever gateway runs it (within a second): through

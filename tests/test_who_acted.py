@@ -149,6 +149,31 @@ async def test_an_unusable_service_session_falls_back_to_the_os_account_and_says
     await conn.close()
 
 
+async def test_service_lists_this_hosts_live_sessions_with_sqlite_state(env):
+    """SQLite state: gateways publish nothing to it; the service reads its host's gateway."""
+    import urllib.error
+    import urllib.request
+
+    gw, svc, cli = env
+    conn, sid = await open_session(gw)
+
+    def get(person: str) -> tuple[int, object]:
+        req = urllib.request.Request(svc.url + "/v1/sessions/live")
+        req.add_header("Authorization", f"Bearer {stored_session(cli, person)['token']}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    st, live = await asyncio.to_thread(get, "sec")
+    assert st == 200, live
+    assert [(x["id"], x["gateway_instance"]) for x in live] == [(sid, "test-gw")]
+    st, body = await asyncio.to_thread(get, "erin")
+    assert st == 403 and body["rule"] == "not-allowed"
+    await conn.close()
+
+
 # --------------------------------------------------------------------------------- review
 
 

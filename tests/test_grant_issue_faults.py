@@ -26,9 +26,9 @@ def workdir(pg_server, tmp_path):
     return cfg
 
 
-def issue(cfg, reason: str) -> subprocess.CompletedProcess:
+def issue(cfg, reason: str, *approval: str) -> subprocess.CompletedProcess:
     argv = ["grant", "issue", "--template", "db-readonly", "--to", "erin", "--target", "shop"]
-    argv += ["--ttl", "10m", "--reason", reason, "--approved-by", "alice"]
+    argv += ["--ttl", "10m", "--reason", reason, *(approval or ("--approved-by", "alice"))]
     env = {k: v for k, v in os.environ.items() if k != "BREAKGLASS_DEBUG"}
     return subprocess.run(
         [sys.executable, "-m", "proxy.cli.main", "-c", str(cfg.path), *argv],
@@ -76,6 +76,9 @@ def test_full_audit_directory_leaves_no_grant_behind(workdir):
         r = issue(cfg, "audit disk full")
         assert_refused_cleanly(cfg, r, "audit disk full")
         assert "could not be audited, so it was not issued" in r.stderr
+        r = issue(cfg, "refused anyway", "--approved-by", "erin")  # self-approval, unauditable
+        assert_refused_cleanly(cfg, r, "refused anyway")
+        assert "refused (self-approval)" in r.stderr and "could not be audited" in r.stderr
         filler.unlink()
         assert not [e for e in read_audit(cfg.audit_dir) if e.get("reason") == "audit disk full"], (
             "nothing about the withdrawn grant was audited as issued"

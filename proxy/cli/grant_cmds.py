@@ -102,16 +102,20 @@ def cmd_issue(args: argparse.Namespace) -> int:
                 audience=cfg.gateway_name,
             )
         except IssuanceRefused as e:
-            audit.append(
-                "grant.refused",
-                actor=current_actor(),
-                subject=request.requester,
-                template=request.template,
-                targets=list(request.targets),
-                rule=e.rule,
-                message=str(e),
-            )
-            raise CliError(f"refused ({e.rule}): {e}") from None
+            unaudited = ""
+            try:
+                audit.append(
+                    "grant.refused",
+                    actor=current_actor(),
+                    subject=request.requester,
+                    template=request.template,
+                    targets=list(request.targets),
+                    rule=e.rule,
+                    message=str(e),
+                )
+            except RecorderError as fault:  # refused all the same; say what was not recorded
+                unaudited = f" (the refusal could not be audited: {fault})"
+            raise CliError(f"refused ({e.rule}): {e}{unaudited}") from None
         token = sign_grant(claims, key, kid)
         _issue_atomically(cfg, audit, claims, token)
     finally:

@@ -1061,31 +1061,123 @@ class GrantService:
         who: Identity = request[IDENTITY]
         if not self.is_admin(who):
             raise ApiError(403, "only service admins see live sessions", "not-allowed")
+        if isinstance(self.state, SqliteState):  # gateways publish only to shared state
+            return _json(await self._this_host_live())
         return _json(await self.state.live_sessions(time.time() - LIVE_STALE))
 
+    async def _this_host_live(self) -> list[dict[str, Any]]:
+        """Live sessions of the gateway running with this config on this host (admin socket)."""
+        from proxy.admin import admin_request, admin_sockets
+
+        out: list[dict[str, Any]] = []
+        for path in admin_sockets(self.cfg.admin_socket):
+            try:
+                reply = await admin_request(path, {"op": "sessions"})
+            except (OSError, TimeoutError, ValueError):
+                continue  # not running, or not ours to talk to (mode 0600)
+            for s in reply.get("sessions") or []:
+                out.append(dict(s, gateway_instance=self.cfg.gateway_name))
+        return out
+
     async def kill_session(self, request: web.Request) -> web.Response:
-        """Admins: end a live session on whichever gateway runs it (within a second)."""
+        """Admins: end a live session on whichever gateway runs it (within a second): through
+        the shared state, or on the gateway of this host (its admin socket), attributed to
+        the caller's service identity."""
         from proxy.admin import match_session
 
         who: Identity = request[IDENTITY]
         body = await _body(request)
+        ref = request.match_info["id"]
         if not self.is_admin(who):
-            self.audit.append("kill.refused", actor=who.user, session=request.match_info["id"])
+            self.audit.append("kill.refused", actor=who.user, session=ref)
             raise ApiError(403, "only service admins may kill sessions", "not-allowed")
-        live = {s["id"]: s for s in await self.state.live_sessions(time.time() - LIVE_STALE)}
-        try:
-            sid = match_session(request.match_info["id"], live)
-        except LookupError as e:
-            raise ApiError(404, str(e), "not-found") from None
         reason = str(body.get("reason") or "").strip()
+        live: dict[str, dict] = {}
+        if not isinstance(self.state, SqliteState):  # gateways publish only to shared state
+            live = {s["id"]: s for s in await self.state.live_sessions(time.time() - LIVE_STALE)}
+        try:
+            sid = match_session(ref, live)
+        except LookupError as e:
+            if "ambiguous" in str(e) or not ref.strip():
+                raise ApiError(404, str(e), "not-found") from None
+            reply = await self._kill_on_this_host(ref, who.user, reason)
+            if reply is None:
+                raise ApiError(404, str(e), "not-found") from None
+            return _json(reply)
         await self.state.request_kill(sid, who.user, reason, time.time())
         self.audit.append("kill.requested", actor=who.user, session=sid, reason=reason)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:  # bounded: the owning gateway polls every 0.25 s
             await asyncio.sleep(0.1)
             if sid not in {s["id"] for s in await self.state.live_sessions(time.time() - 60)}:
-                return _json({"killed": sid, "gateway": live[sid].get("gateway_instance")})
+                gateway = live[sid].get("gateway_instance")
+                return _json({"killed": sid, "gateway": gateway, "actor": who.user})
         raise ApiError(504, f"the gateway running {sid} has not confirmed the kill yet", "pending")
+
+    async def _kill_on_this_host(self, ref: str, actor: str, reason: str) -> dict | None:
+        """Kill through the admin socket of the gateway running with this config on this host
+        (SQLite state publishes no live sessions), or None if it has no such session."""
+        from proxy.admin import admin_request, admin_sockets
+
+        for path in admin_sockets(self.cfg.admin_socket):
+            try:
+                reply = await admin_request(
+                    path, {"op": "kill", "session": ref, "actor": actor, "reason": reason}
+                )
+            except (OSError, TimeoutError, ValueError):
+                continue  # not running, or not ours to talk to (mode 0600)
+            if reply.get("found") is False:
+                continue  # another worker's, perhaps
+            if not reply.get("ok"):
+                raise ApiError(404, str(reply.get("error") or "no such live session"), "not-found")
+            self.audit.append("kill.requested", actor=actor, session=reply["killed"], reason=reason)
+            return {"killed": reply["killed"], "gateway": self.cfg.gateway_name, "actor": actor}
+        return None
+
+    async def review_session(self, request: web.Request) -> web.Response:
+        """Console reviewers: record the post-incident review of a break-glass session, as the
+        console's review form does, attributed to the caller's service identity (never one's
+        own session; no "ok" for a recording that fails verification)."""
+        from proxy.console.web import console_reviewers
+        from recorder.review import ReviewRefused, record_review
+
+        who: Identity = request[IDENTITY]
+        body = await _body(request)
+        ref = request.match_info["id"]
+        reviewers = console_reviewers(self.cfg, tuple(self.settings.admins))
+        if not is_member(who.user, reviewers, self._groups_with(who)):
+            self.audit.append(
+                "review.refused", actor=who.user, session=ref, reason="not a reviewer"
+            )
+            raise ApiError(
+                403,
+                "only console reviewers ([console] reviewers) may review sessions",
+                "not-allowed",
+            )
+        summary = await asyncio.to_thread(self._reviewed_session, ref)
+        outcome, notes = str(body.get("outcome") or "ok"), str(body.get("notes") or "")
+        try:
+            record_review(self.audit, summary, who.user, outcome, notes)
+        except ReviewRefused as e:
+            raise ApiError(409, str(e), "review-refused") from None
+        await asyncio.to_thread(self.audit.flush)
+        return _json({"session": summary.session_id, "reviewer": who.user, "outcome": outcome})
+
+    def _reviewed_session(self, ref: str) -> Any:
+        """The session ``ref`` names (whole id or unique part) from the index, refreshed and
+        cross-checked with the audit log; one that fails verification is alerted (once)."""
+        from proxy.cli.review_cmds import _alert_failures, _open_index, _refresh
+        from recorder.index import SessionNotFound
+
+        with _open_index(self.cfg) as index:
+            _refresh(self.cfg, index)
+            try:
+                summary = index.resolve(ref)
+            except SessionNotFound as e:
+                raise ApiError(404, str(e), "not-found") from None
+            if summary.integrity not in ("ok", "live"):
+                _alert_failures(self.cfg, index, [summary])
+        return summary
 
     async def health(self, request: web.Request) -> web.Response:
         return _json({"ok": True})
@@ -1204,6 +1296,7 @@ def build_app(service: GrantService) -> web.Application:
     app.router.add_post("/v1/grants/{jti}/revoke", s.revoke)
     app.router.add_get("/v1/sessions/live", s.live_sessions)
     app.router.add_post("/v1/sessions/{id}/kill", s.kill_session)
+    app.router.add_post("/v1/sessions/{id}/review", s.review_session)
     from proxy.console import setup_console  # the web console: its own cookie login
 
     setup_console(app, s)

@@ -2,7 +2,7 @@
 
 Every session under a break-glass grant is in the review queue until somebody other than its
 owner reviews it. Reviews are audit events (``review.done``: ``session``, ``actor`` = the
-reviewer, ``subject`` = the session's user, ``outcome`` ``ok``|``follow-up``, ``notes``), so the
+reviewer: the grant service's user, or ``os:NAME`` for an OS account without a service login, ``subject`` = the session's user, ``outcome`` ``ok``|``follow-up``, ``notes``), so the
 audit log is the one place they live; the queue is computed from the session index and the
 audit log. Only reviews from audit segments that verify (or, for a segment still being
 written, that are covered by a signed checkpoint) count: a review cannot be forged by
@@ -45,6 +45,7 @@ OUTCOMES = ("ok", "follow-up")
 REVIEW_EVENT = "review.done"
 DEFAULT_DEADLINE = 24 * 3600
 MAX_NOTES = 10_000
+OS_ACCOUNT = "os:"  # a reviewer named by the OS account, not the grant service
 
 
 class ReviewRefused(Exception):
@@ -165,7 +166,10 @@ def check_review(summary: SessionSummary, reviewer: str, outcome: str, notes: st
             f"session {summary.session_id} was not under a break-glass grant; only break-glass "
             "sessions are queued for review"
         )
-    if summary.user is not None and reviewer == summary.user:
+    # An OS account (``os:NAME``, no service login) counts as NAME here: the same person,
+    # as far as anyone can tell.
+    person = reviewer.removeprefix(OS_ACCOUNT)
+    if summary.user is not None and summary.user in (reviewer, person):
         raise ReviewRefused(
             f"{reviewer} cannot review session {summary.session_id}: it is their own session"
         )

@@ -143,8 +143,8 @@ def grants(gw):
     import os
     import pwd
 
-    me = pwd.getpwuid(os.getuid()).pw_name
-    assert me != "ina"
+    me = "os:" + pwd.getpwuid(os.getuid()).pw_name  # no service login: the OS account
+    assert me != "os:ina"
     rc, _, err = cli(gw, "review", sid_bg1, "--notes", "checked", "--outcome", "ok")
     assert rc == 0, err
     # bg2's review is due 1 s after its session started ([review] deadline): let that pass

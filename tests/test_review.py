@@ -58,7 +58,7 @@ def as_user(monkeypatch, name: str) -> None:
 
 def test_review_queue_lifecycle(cfg, rec, monkeypatch, capsys):
     c = str(cfg.path)
-    me = os_user()  # the reviewer: the real uid running the command
+    me = os_user()  # the reviewer: the real uid running the command (not logged in: os:NAME)
     now = time.time()
     old = write_shell_session(rec, user="ina", breakglass=True, started_at=now - 2 * DAY)
     new = write_shell_session(rec, user="ina", breakglass=True, started_at=now - 60)
@@ -93,7 +93,7 @@ def test_review_queue_lifecycle(cfg, rec, monkeypatch, capsys):
     (done,) = read_audit(cfg.audit_dir, type="review.done")
     assert (done["session"], done["actor"], done["subject"], done["outcome"]) == (
         old.stem,
-        me,
+        f"os:{me}",
         "ina",
         "ok",
     )

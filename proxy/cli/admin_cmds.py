@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from proxy.cli import review_cmds
+from proxy.cli.acting import as_service_user, os_actor
 from proxy.cli.output import CliError, emit_json
 from proxy.config import load_config
-from proxy.context import current_actor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "kill",
         help="end a live session now",
-        description="End a live session: the engineer sees 'killed by USER' and both sides close.",
+        description="End a live session: the engineer sees 'killed by USER' and both sides "
+        "close. Logged in to the grant service (`breakglass login`), the kill goes through the "
+        "service and USER is your service identity (service admins only); otherwise it acts "
+        "locally and USER is the OS account, os:NAME.",
     )
     p.add_argument("session", metavar="SESSION", help="session id (or a unique suffix of it)")
     p.add_argument("--reason", default="")
@@ -134,28 +137,37 @@ def _admin(args: argparse.Namespace, request: dict) -> dict:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    """Kill on this host's gateway if the session is there, else through the shared state on
-    whichever gateway runs it (it acts within a second)."""
+    """Logged in to the grant service: through the service, as the service user (it checks
+    the token and that the user is an admin). Otherwise as the OS account (``os:NAME``): on
+    this host's gateway if the session is there, else through the shared state on whichever
+    gateway runs it (it acts within a second)."""
+    import urllib.parse
+
     if not args.session.strip():
         raise CliError("no session id given")
-    request = {
-        "op": "kill",
-        "session": args.session,
-        "actor": current_actor(),
-        "reason": args.reason,
-    }
+    path = f"/v1/sessions/{urllib.parse.quote(args.session.strip(), safe='')}/kill"
+    reply = as_service_user("killing it", "POST", path, {"reason": args.reason}, local_if=(404,))
+    if reply is not None:
+        reply = {"ok": True, **reply, "actor": reply.get("actor") or "?"}
+    else:
+        reply = _kill_locally(args)
+    if args.json:
+        emit_json(reply)
+    else:
+        where = f" on {reply['gateway']}" if reply.get("gateway") else ""
+        print(f"killed {reply['killed']}{where} as {reply['actor']}")
+    return 0
+
+
+def _kill_locally(args: argparse.Namespace) -> dict:
+    request = {"op": "kill", "session": args.session, "actor": os_actor(), "reason": args.reason}
     try:
         reply = _admin(args, request)
     except CliError as e:
         if "ambiguous" in str(e) or not load_config(args.config).state_url:
             raise  # only gateways sharing a PostgreSQL state publish their sessions
         reply = _kill_via_state(args, request)
-    if args.json:
-        emit_json(reply)
-    else:
-        where = f" on {reply['gateway']}" if reply.get("gateway") else ""
-        print(f"killed {reply['killed']}{where}")
-    return 0
+    return {**reply, "actor": request["actor"]}
 
 
 def shared_live(cfg) -> list[dict]:

@@ -23,6 +23,7 @@ from proxy.context import (
     open_audit,
     open_state,
 )
+from recorder.format import RecorderError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +87,10 @@ def cmd_issue(args: argparse.Namespace) -> int:
         source_cidrs=tuple(args.source_cidr),
     )
     kid, key = issuer_key(cfg)
-    audit = open_audit(cfg)
+    try:
+        audit = open_audit(cfg)
+    except (RecorderError, OSError) as e:  # e.g. the audit directory is read-only
+        raise CliError(f"{e}; no grant was issued (nothing can be issued unaudited)") from None
     try:
         try:
             claims = build_claims(
@@ -98,16 +102,20 @@ def cmd_issue(args: argparse.Namespace) -> int:
                 audience=cfg.gateway_name,
             )
         except IssuanceRefused as e:
-            audit.append(
-                "grant.refused",
-                actor=current_actor(),
-                subject=request.requester,
-                template=request.template,
-                targets=list(request.targets),
-                rule=e.rule,
-                message=str(e),
-            )
-            raise CliError(f"refused ({e.rule}): {e}") from None
+            unaudited = ""
+            try:
+                audit.append(
+                    "grant.refused",
+                    actor=current_actor(),
+                    subject=request.requester,
+                    template=request.template,
+                    targets=list(request.targets),
+                    rule=e.rule,
+                    message=str(e),
+                )
+            except RecorderError as fault:  # refused all the same; say what was not recorded
+                unaudited = f" (the refusal could not be audited: {fault})"
+            raise CliError(f"refused ({e.rule}): {e}{unaudited}") from None
         token = sign_grant(claims, key, kid)
         _issue_atomically(cfg, audit, claims, token)
     finally:

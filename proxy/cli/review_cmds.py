@@ -706,31 +706,43 @@ def _review_list(args: argparse.Namespace) -> int:
 
 
 def _review_one(args: argparse.Namespace) -> int:
+    """Logged in to the grant service: recorded by the service, as the service user (a
+    console reviewer). Otherwise recorded here, as the OS account (``os:NAME``)."""
+    import urllib.parse
+
+    from proxy.cli.acting import as_service_user, os_actor
     from proxy.context import open_audit
     from recorder.review import ReviewRefused, check_review, record_review
 
     if args.notes is None:
         raise CliError("a review needs --notes TEXT (or use `breakglass review list`)")
-    cfg = load_config(args.config)
-    with _open_index(cfg) as index:
-        summary, _path = _resolve(cfg, index, args.session)
-    reviewer = os_user()
-    if summary is not None and summary.integrity not in ("ok", "live"):
-        with _open_index(cfg) as index:  # the reviewer found it: alert (once)
-            _alert_failures(cfg, index, [summary])
-    try:
-        check_review(summary, reviewer, args.outcome, args.notes)
-    except ReviewRefused as e:
-        raise CliError(str(e)) from None
-    audit = open_audit(cfg)
-    try:
-        record_review(audit, summary, reviewer, args.outcome, args.notes)
-    except ReviewRefused as e:
-        raise CliError(str(e)) from None
-    finally:
-        audit.close()
+    if not args.session.strip():
+        raise CliError("no session id given")
+    path = f"/v1/sessions/{urllib.parse.quote(args.session.strip(), safe='')}/review"
+    body = {"outcome": args.outcome, "notes": args.notes}
+    done = as_service_user("recording the review", "POST", path, body, local_if=(404,))
+    if done is None:
+        cfg = load_config(args.config)
+        with _open_index(cfg) as index:
+            summary, _path = _resolve(cfg, index, args.session)
+        reviewer = os_actor()
+        if summary is not None and summary.integrity not in ("ok", "live"):
+            with _open_index(cfg) as index:  # the reviewer found it: alert (once)
+                _alert_failures(cfg, index, [summary])
+        try:
+            check_review(summary, reviewer, args.outcome, args.notes)
+        except ReviewRefused as e:
+            raise CliError(str(e)) from None
+        audit = open_audit(cfg)
+        try:
+            record_review(audit, summary, reviewer, args.outcome, args.notes)
+        except ReviewRefused as e:
+            raise CliError(str(e)) from None
+        finally:
+            audit.close()
+        done = {"session": summary.session_id, "reviewer": reviewer, "outcome": args.outcome}
     if args.json:
-        emit_json({"session": summary.session_id, "reviewer": reviewer, "outcome": args.outcome})
+        emit_json(done)
     else:
-        print(f"reviewed {summary.session_id} ({args.outcome}) by {reviewer}")
+        print(f"reviewed {done['session']} ({done['outcome']}) by {done['reviewer']}")
     return 0

@@ -124,6 +124,14 @@ def _load_session() -> dict[str, Any]:
 # ------------------------------------------------------------------------ HTTP client
 
 
+class ServiceCallFailed(CliError):
+    """The service answered with an error (``status``), or could not be reached (None)."""
+
+    def __init__(self, message: str, code: int = 1, status: int | None = None) -> None:
+        super().__init__(message, code)
+        self.status = status
+
+
 class Client:
     def __init__(self, server: str, token: str | None = None, ca_file: str | None = None) -> None:
         self.server = server.rstrip("/")
@@ -157,9 +165,14 @@ class Client:
             except (json.JSONDecodeError, AttributeError):
                 msg, rule = e.reason, None
             suffix = f" ({rule})" if rule else ""
-            raise CliError(f"{msg}{suffix}", code=2 if e.code in (401, 403) else 1) from None
-        except urllib.error.URLError as e:
-            raise CliError(f"cannot reach the grant service at {self.server}: {e.reason}") from None
+            raise ServiceCallFailed(
+                f"{msg}{suffix}", code=2 if e.code in (401, 403) else 1, status=e.code
+            ) from None
+        except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out
+            why = getattr(e, "reason", None) or e
+            raise ServiceCallFailed(
+                f"cannot reach the grant service at {self.server}: {why}"
+            ) from None
 
 
 def _loopback_url(url: str) -> bool:

@@ -55,6 +55,8 @@ class StateStore(Protocol):
     async def live_sessions(self, fresh_after: float) -> list[dict[str, Any]]: ...
     async def request_kill(self, session: str, actor: str, reason: str, now: float) -> None: ...
     async def take_kills(self, sessions: list[str]) -> list[tuple[str, str, str]]: ...
+    async def end_sessions(self, key: str, at: float) -> None: ...
+    async def sessions_ended(self, keys: list[str]) -> float | None: ...
     async def close(self) -> None: ...
 
 
@@ -69,56 +71,6 @@ class RequestStore(Protocol):
     ) -> list[dict[str, Any]]: ...
     async def update_request(self, doc: Mapping[str, Any], expected_version: int) -> bool: ...
     async def use_totp_step(self, user: str, step: int) -> bool: ...
-
-    # -- live sessions across gateways (sessions --live, kill from any gateway)
-
-    async def publish_live(self, gateway: str, sessions: list[dict[str, Any]], now: float) -> None:
-        """Replace ``gateway``'s live sessions with ``sessions`` (each has ``id``)."""
-        ids = [s["id"] for s in sessions]
-        with self._db:
-            marks = ",".join("?" * len(ids))
-            self._db.execute(
-                f"DELETE FROM live_sessions WHERE gateway = ? AND id NOT IN ({marks})",
-                (gateway, *ids),
-            )
-            self._db.executemany(
-                "INSERT INTO live_sessions VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "gateway = excluded.gateway, info = excluded.info, heartbeat = excluded.heartbeat",
-                [(s["id"], gateway, json.dumps(s, default=str), now) for s in sessions],
-            )
-
-    async def live_sessions(self, fresh_after: float) -> list[dict[str, Any]]:
-        """Sessions published by gateways whose last heartbeat is after ``fresh_after``."""
-        rows = self._db.execute(
-            "SELECT gateway, info FROM live_sessions WHERE heartbeat > ?", (fresh_after,)
-        ).fetchall()
-        return [dict(json.loads(info), gateway_instance=gw) for gw, info in rows]
-
-    async def request_kill(self, session: str, actor: str, reason: str, now: float) -> None:
-        self._db.execute(
-            "INSERT INTO kill_requests VALUES (?, ?, ?, ?) ON CONFLICT (session) DO NOTHING",
-            (session, actor, reason, now),
-        )
-
-    async def take_kills(self, sessions: list[str]) -> list[tuple[str, str, str]]:
-        """Kill requests for any of ``sessions`` (removed as they are taken)."""
-        if not sessions:
-            return []
-        marks = ",".join("?" * len(sessions))
-        rows = self._db.execute(
-            f"SELECT session, actor, reason FROM kill_requests WHERE session IN ({marks})",
-            sessions,
-        ).fetchall()
-        if rows:  # a read most of the time: nothing to commit (or fsync)
-            taken = [r[0] for r in rows]
-            self._db.execute(
-                f"DELETE FROM kill_requests WHERE session IN ({','.join('?' * len(taken))})",
-                taken,
-            )
-        return [tuple(r) for r in rows]
-
-    async def end_sessions(self, key: str, at: float) -> None: ...
-    async def sessions_ended(self, keys: list[str]) -> float | None: ...
 
 
 _SCHEMA = """
@@ -315,6 +267,53 @@ class SqliteState:
             (user, step),
         )
         return cur.rowcount == 1
+
+    # -- live sessions across gateways (sessions --live, kill from any gateway)
+
+    async def publish_live(self, gateway: str, sessions: list[dict[str, Any]], now: float) -> None:
+        """Replace ``gateway``'s live sessions with ``sessions`` (each has ``id``)."""
+        ids = [s["id"] for s in sessions]
+        with self._db:
+            marks = ",".join("?" * len(ids))
+            self._db.execute(
+                f"DELETE FROM live_sessions WHERE gateway = ? AND id NOT IN ({marks})",
+                (gateway, *ids),
+            )
+            self._db.executemany(
+                "INSERT INTO live_sessions VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "gateway = excluded.gateway, info = excluded.info, heartbeat = excluded.heartbeat",
+                [(s["id"], gateway, json.dumps(s, default=str), now) for s in sessions],
+            )
+
+    async def live_sessions(self, fresh_after: float) -> list[dict[str, Any]]:
+        """Sessions published by gateways whose last heartbeat is after ``fresh_after``."""
+        rows = self._db.execute(
+            "SELECT gateway, info FROM live_sessions WHERE heartbeat > ?", (fresh_after,)
+        ).fetchall()
+        return [dict(json.loads(info), gateway_instance=gw) for gw, info in rows]
+
+    async def request_kill(self, session: str, actor: str, reason: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO kill_requests VALUES (?, ?, ?, ?) ON CONFLICT (session) DO NOTHING",
+            (session, actor, reason, now),
+        )
+
+    async def take_kills(self, sessions: list[str]) -> list[tuple[str, str, str]]:
+        """Kill requests for any of ``sessions`` (removed as they are taken)."""
+        if not sessions:
+            return []
+        marks = ",".join("?" * len(sessions))
+        rows = self._db.execute(
+            f"SELECT session, actor, reason FROM kill_requests WHERE session IN ({marks})",
+            sessions,
+        ).fetchall()
+        if rows:  # a read most of the time: nothing to commit (or fsync)
+            taken = [r[0] for r in rows]
+            self._db.execute(
+                f"DELETE FROM kill_requests WHERE session IN ({','.join('?' * len(taken))})",
+                taken,
+            )
+        return [tuple(r) for r in rows]
 
     async def end_sessions(self, key: str, at: float) -> None:
         """Grant-service API sessions of ``key`` (``user:NAME`` or ``session:ID``) issued at

@@ -197,6 +197,8 @@ def test_gateway_and_service_log_one_json_stream_without_secrets(pg_server, tmp_
         secrets_used.append(expired)
         r = _psql(port, expired)  # the second failure from this address: answered late
         assert r.returncode != 0 and "expired" in r.stderr
+        r = _psql(port, grant, sslmode="disable")  # the grant would cross the wire in clear
+        assert r.returncode != 0 and "sslmode=verify-full" in r.stderr
         idle = [socket.create_connection(("127.0.0.1", port), 5) for _ in range(2)]
         try:  # two connections still logging in: the third one is refused at once
             third = socket.create_connection(("127.0.0.1", port), 5)
@@ -211,6 +213,8 @@ def test_gateway_and_service_log_one_json_stream_without_secrets(pg_server, tmp_
         assert refused["protocol"] == "postgres" and refused["client"] == "127.0.0.1"
         late = gw.event("auth.refused", kind="expired")
         assert late["delayed"] > 0  # throttled
+        plain = gw.event("connection.refused", reason="tls-required")
+        assert plain["protocol"] == "postgres" and plain["client"] == "127.0.0.1"
         cap = gw.event("connection.refused", reason="preauth-per-source")
         assert cap["client"] == "127.0.0.1" and cap["limit"] == 2
         status, text = _http(f"http://127.0.0.1:{gw_metrics}/metrics")

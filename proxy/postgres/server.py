@@ -242,6 +242,12 @@ class PgConnection:
                 return None
             else:
                 if not self.tls:
+                    log.info(
+                        "connection.refused",
+                        protocol="postgres",
+                        client=self.client_ip,
+                        reason="tls-required",
+                    )
                     raise Refused(
                         "TLS is required: connect with sslmode=verify-full (the grant is a password)",
                         "28000",

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from policy.sql_rules import SqlChecker, SqlRules  # noqa: E402
 from proxy.postgres import codec  # noqa: E402
 from proxy.postgres.codec import MessageReader  # noqa: E402
-from proxy.postgres.relay import Relay  # noqa: E402
+from proxy.postgres.relay import BOOKKEEPING, Relay  # noqa: E402
 from recorder.verify import verify_recording  # noqa: E402
 from recorder.writer import RecordingWriter  # noqa: E402
 
@@ -104,7 +104,7 @@ def run(mode: str, n: int, workdir: Path, profile: bool = False) -> float:
     for up, down in inputs:
         relay.from_client(client.feed_and_split(up))
         rec.write()
-        relay.from_server(server.feed_and_split(down))
+        relay.from_server(*reversed(server.split_kept(down, BOOKKEEPING)))
         rec.write()
     if prof:
         prof.disable()

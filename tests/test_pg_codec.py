@@ -7,6 +7,8 @@ import struct
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.postgres import codec as c
 from proxy.postgres.codec import ProtocolError
@@ -809,3 +811,35 @@ def test_parameter_description():
     assert c.decode_parameter_description(struct.pack("!H", 0)) == ()
     with pytest.raises(ProtocolError, match="ParameterDescription"):
         c.decode_parameter_description(struct.pack("!HI", 2, 23))
+
+
+_KEEP = frozenset((b"C", b"Z", b"E", b"S"))
+_backend_message = st.tuples(
+    st.sampled_from([b"T", b"D", b"C", b"Z", b"E", b"S", b"N", b"2"]), st.binary(max_size=300)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    msgs=st.lists(_backend_message, min_size=1, max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=8),
+)
+def test_split_kept_forwards_every_byte_and_keeps_only_the_asked_types(msgs, cuts):
+    data = b"".join(c.encode_message(t, body) for t, body in msgs)
+    bounds = sorted({0, len(data), *(x % (len(data) + 1) for x in cuts)})
+    reader = c.MessageReader()
+    forwarded, kept = b"", []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        complete, got = reader.split_kept(data[a:b], _KEEP)
+        for m in got:  # each kept message sits at its end offset in what is forwarded
+            assert complete[m.end - len(m.raw) : m.end] == m.raw
+        forwarded += complete
+        kept += got
+    assert forwarded == data and reader.buffered == 0
+    assert [(m.type, bytes(m.body)) for m in kept] == [(t, b) for t, b in msgs if t in _KEEP]
+
+
+def test_split_kept_refuses_a_bad_length_like_feed_and_split():
+    reader = c.MessageReader()
+    with pytest.raises(c.ProtocolError):
+        reader.split_kept(b"D" + struct.pack("!I", 2), _KEEP)

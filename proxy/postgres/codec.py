@@ -486,13 +486,15 @@ class Message:
     """One framed message as received. ``body`` is cut from ``raw`` only when read: a relay
     forwards most messages (rows, descriptions) without ever looking inside."""
 
-    __slots__ = ("type", "raw")
+    __slots__ = ("type", "raw", "end")
 
-    def __init__(self, type: bytes, raw: bytes) -> None:
+    def __init__(self, type: bytes, raw: bytes, end: int = 0) -> None:
         #: One byte, e.g. ``b"Q"``.
         self.type = type
         #: The whole framed message as received, for zero-copy forwarding.
         self.raw = raw
+        #: From ``MessageReader.split_kept``: where the message ends in the bytes it returned.
+        self.end = end
 
     @property
     def body(self) -> bytes | memoryview:
@@ -643,6 +645,69 @@ class MessageReader:
             self._error = error
             raise error
         return out
+
+    def split_kept(
+        self, data: bytes | bytearray | memoryview, keep: frozenset[bytes]
+    ) -> tuple[bytes, list[Message]]:
+        """Feed ``data``; return the bytes of every message now complete (to forward as they
+        are) and, as ``Message`` objects, only those whose type is in ``keep`` (each with
+        ``end``, its end offset in those bytes). The rest (rows, descriptions) are framed
+        and checked but never copied or allocated: a relay that only keeps books on a few
+        message types pays nothing per row."""
+        if self._error is not None:
+            raise self._error
+        if self._pos == len(self._buf):
+            src = data if isinstance(data, bytes) else bytes(data)
+            start = 0
+            own = False
+        else:
+            self._buf += data
+            src = self._buf
+            start = self._pos
+            own = True
+        kept: list[Message] = []
+        n = len(src)
+        off = start
+        max_len = self.max_len
+        unpack = _HDR.unpack_from
+        types = _TYPE_BYTES
+        error: ProtocolError | None = None
+        with memoryview(src) as mv:
+            while n - off >= 5:
+                t, length = unpack(src, off)
+                if length < 4 or length > max_len:
+                    error = _length_error(t, length, max_len)
+                    break
+                end = off + 1 + length
+                if end > n:
+                    break
+                tb = types[t]
+                if tb in keep:
+                    kept.append(Message(tb, mv[off:end].tobytes(), end - start))
+                off = end
+            if own:
+                complete = mv[start:off].tobytes()
+            elif off == n:
+                complete = src  # the whole read: forwarded without a copy
+            else:
+                complete = mv[:off].tobytes()
+        if own:
+            if off == n:
+                self._buf.clear()
+                self._pos = 0
+            elif off > 65536 and off * 2 > n:
+                del self._buf[:off]
+                self._pos = 0
+            else:
+                self._pos = off
+        else:
+            self._buf.clear()
+            self._buf += src[off:]
+            self._pos = 0
+        if error is not None:
+            self._error = error
+            raise error
+        return complete, kept
 
 
 # --------------------------------------------------------------------------

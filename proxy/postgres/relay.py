@@ -36,7 +36,7 @@ MAX_TRACKED_NAMES = 10_000
 
 _FRONTEND_RELAYED = frozenset(b"QPBESHDCFdcfX")
 #: Backend messages the relay looks at; everything else (rows, descriptions...) just passes.
-_BOOKKEEPING = frozenset((b"C", b"I", b"E", b"s", b"Z", b"S", b"t", b"3"))
+BOOKKEEPING = frozenset((b"C", b"I", b"E", b"s", b"Z", b"S", b"t", b"3"))
 
 
 class SessionBroken(Exception):
@@ -225,7 +225,9 @@ class Relay:
         p = codec.decode_parse(m.body)
         verdict = self.checker.check(p.query, single=True)
         if verdict.allowed:
-            self.recorder.event("parse", statement=p.name, text=p.query)
+            self.recorder.append_encoded(
+                "parse", b'"statement":%s,"text":%s' % (encode_str(p.name), encode_str(p.query))
+            )
             self._remember(self.statements, p.name, Statement(p.query, p.param_type_oids))
             out.append(m.raw)
             return
@@ -239,6 +241,38 @@ class Relay:
         b = codec.decode_bind(m.body)
         st = self.statements.get(b.statement)
         text = st.text if st is not None else ""
+        self.counter += 1
+        if self.record_parameters and (not b.param_formats or not any(b.param_formats)):
+            # The common case, all parameters in text format: encoded without a dict, to
+            # the same bytes as the general path below.
+            params = b",".join(
+                [
+                    b"null" if v is None else encode_str(v.decode("utf-8", "replace"))
+                    for v in b.params
+                ]
+            )
+            self.recorder.append_encoded(
+                "query",
+                b'"n":%d,"protocol":"extended","statement":%s,"portal":%s,"text":%s,"params":[%s]'
+                % (
+                    self.counter,
+                    encode_str(b.statement),
+                    encode_str(b.portal),
+                    encode_str(text),
+                    params,
+                ),
+            )
+        else:
+            self.recorder.query(
+                n=self.counter, protocol="extended", **self._bind_fields(b, st, text)
+            )
+        self.on_statement()
+        self._detach(b.portal)  # Bind replaces an unnamed portal; a named one must be closed
+        self._remember(self.portals, b.portal, (self.counter, text))
+        out.append(m.raw)
+
+    def _bind_fields(self, b: codec.Bind, st: Statement | None, text: str) -> dict[str, Any]:
+        """A Bind's recorded fields: binary parameters decoded by the statement's types."""
         fields: dict[str, Any] = {"statement": b.statement, "portal": b.portal, "text": text}
         if self.record_parameters:
             fields["params"] = params = []
@@ -257,12 +291,7 @@ class Relay:
                 fields["param_types"] = [type_name(o) if o else None for o in types]
         else:
             fields["params"] = f"{len(b.params)} not recorded"
-        self.counter += 1
-        self.recorder.query(n=self.counter, protocol="extended", **fields)
-        self.on_statement()
-        self._detach(b.portal)  # Bind replaces an unnamed portal; a named one must be closed
-        self._remember(self.portals, b.portal, (self.counter, text))
-        out.append(m.raw)
+        return fields
 
     def _execute(self, m: Message) -> None:
         ex = codec.decode_execute(m.body)
@@ -361,14 +390,18 @@ class Relay:
                 return p
         return None
 
-    def from_server(self, messages: list[Message]) -> bytes | None:
+    def from_server(self, messages: list[Message], complete: bytes | None = None) -> bytes | None:
         """Book-keep the upstream's answers; return the bytes for the client, or None when
-        they are the messages as received."""
+        they are the messages as received. ``complete``: ``messages`` are only the
+        book-keeping ones (``MessageReader.split_kept``) out of these bytes; only possible
+        while no answer has to be rewritten (no substitution pending)."""
         rewrite = self.substitutions > 0
+        if complete is not None and rewrite:
+            raise SessionBroken("internal error: an answer to rewrite was split without its rows")
         out: list[bytes] = []
         for i, m in enumerate(messages):
             t = m.type
-            if t not in _BOOKKEEPING:
+            if t not in BOOKKEEPING:
                 if rewrite:
                     out.append(m.raw)
                 continue
@@ -423,6 +456,8 @@ class Relay:
                     )
                     # Nothing after this point reaches the client: it gets a FATAL instead
                     # of ReadyForQuery, so no further statement can be sent on this session.
+                    if complete is not None:
+                        return complete[: m.end - len(m.raw)]
                     return b"".join(out) if rewrite else b"".join([x.raw for x in messages[:i]])
             if rewrite:
                 out.append(m.raw)

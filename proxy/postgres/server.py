@@ -33,7 +33,7 @@ from proxy.postgres.codec import (
     StartupMessage,
     StartupReader,
 )
-from proxy.postgres.relay import Relay, SessionBroken
+from proxy.postgres.relay import BOOKKEEPING, Relay, SessionBroken
 from proxy.sessions import Session, SessionRefused, Termination
 from recorder.format import RecorderError
 
@@ -636,6 +636,12 @@ class _Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             reader = self.reader
+            if not self.is_client and not self.conn.relay.substitutions:
+                # Answers pass as they are: only the messages the relay keeps books on are
+                # cut out; rows and descriptions are framed, never copied one by one.
+                complete, kept = reader.split_kept(data, BOOKKEEPING)
+                self._forward(data, False, kept, complete)
+                return
             whole = reader.buffered == 0  # data starts on a message boundary
             messages = reader.feed_and_split(data)
             if (
@@ -661,22 +667,27 @@ class _Side(asyncio.Protocol):
         except Exception as e:
             self.conn.side_failed(e)
 
-    def _forward(self, data: bytes, whole: bool, messages: list) -> None:
+    def _forward(
+        self, data: bytes, whole: bool, messages: list, complete: bytes | None = None
+    ) -> None:
         """Judge and record ``messages``, hand the records to the kernel, then write what
-        passes to the peer: only while the grant is live (the gate), never unrecorded."""
+        passes to the peer: only while the grant is live (the gate), never unrecorded.
+        ``complete``: the upstream's whole messages, of which ``messages`` are the kept ones."""
         session = self.conn.session
         if not session.forwarding_allowed():
             return  # expired, revoked or killed: the session is ending and says why
         reader = self.reader
         t0 = _perf()
         first = session.recorder.event_count
-        out = self.judge(messages)
+        out = self.judge(messages) if complete is None else self.judge(messages, complete)
         session.recorder.write()  # raises RecorderError: nothing is forwarded
         if self.added is not None:
             self.added.observe(_perf() - t0)
         if not session.forwarding_allowed(recorded_since=first):
             return  # exp passed while judging: recorded as not forwarded
-        if out is None:  # unchanged: forward without copying when data was whole messages
+        if out is None and complete is not None:
+            out = complete
+        elif out is None:  # unchanged: forward without copying when data was whole messages
             out = data if whole and reader.buffered == 0 else b"".join([m.raw for m in messages])
         if out:
             self.out.write(out)

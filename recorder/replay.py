@@ -525,11 +525,17 @@ def _jsonable(v: Any) -> Any:
 COPY_PREVIEW = 4096
 
 
-def _function_text(ev: dict[str, Any]) -> str:
-    name = ev.get("name")
+def _function_text(ev: dict[str, Any], named: dict[str, Any] | None = None) -> str:
+    """``pg_catalog.int4pl(2, 40)``: the call's name (inline, or from the ``function_name``
+    event that follows a side lookup) and its arguments (decoded there when they could be)."""
+    named = named or {}
+    name = named.get("name", ev.get("name"))
+    args = named.get("args", ev.get("args"))
     if not isinstance(name, str):
-        return f"oid {ev.get('oid')}"
-    args = ev.get("args")
+        unknown = named.get("unknown")
+        name = f"function oid {ev.get('oid')}"
+        if isinstance(unknown, str):
+            name += f" ({unknown})"
     if isinstance(args, list):
         return f"{name}({', '.join(_param(a) for a in args)})"
     return f"{name}(...)"
@@ -540,6 +546,7 @@ def statement_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
     t0 = session_start(events)
     out: list[TimelineEntry] = []
     by_n: dict[int, TimelineEntry] = {}
+    calls: dict[int, dict[str, Any] | None] = {}  # n -> its function_call event
     copy_bytes: TimelineEntry | None = None
     copies: list[TimelineEntry] = []
 
@@ -568,6 +575,16 @@ def statement_timeline(events: list[dict[str, Any]]) -> list[TimelineEntry]:
             out.append(e)
             if e.n is not None:
                 by_n[e.n] = e
+                calls[e.n] = ev if kind == "function_call" else None
+        elif kind == "function_name":  # the name of an earlier FunctionCall, looked up
+            n = ev.get("n")
+            e = by_n.get(n) if isinstance(n, int) else None
+            if e is not None and e.what == "function_call" and calls.get(n) is not None:
+                e.text = _function_text(calls[n], ev)
+                if isinstance(ev.get("args"), list):
+                    e.params = ev["args"]
+                if isinstance(ev.get("arg_types"), list):
+                    e.param_types = ev["arg_types"]
         elif kind == "result":
             n = ev.get("n")
             e = by_n.get(n) if isinstance(n, int) else None

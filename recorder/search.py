@@ -146,6 +146,9 @@ def search_recording(
         elif kind == "function_call":  # FunctionCall: name and arguments (lowrite's data)
             w = "queries"
             texts = _text_fields(ev, ("name", "args"))
+        elif kind == "function_name":  # its name, looked up after the call (function_names.py)
+            w = "queries"
+            texts = _text_fields(ev, ("name", "signature", "args"))
         elif kind == "copy_data":  # COPY ... FROM STDIN rows, per CopyData message
             w = "queries"
             data = ev.get("data")

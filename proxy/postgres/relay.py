@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.postgres import codec
-from proxy.postgres.binary_values import FASTPATH_FUNCTIONS, decode_binary, type_name
+from proxy.postgres.binary_values import decode_binary, type_name
 from proxy.postgres.codec import Message, ProtocolError
+from proxy.postgres.function_names import call_args, large_object_function
 from recorder.format import encode_str
 
 #: Sent upstream in place of a denied statement: a syntax error, so nothing runs.
@@ -92,6 +93,10 @@ def rows_from_tag(tag: str) -> int | None:
 
 class Relay:
     """Judges and records one session's traffic. ``checker`` is a ``policy.sql_rules.SqlChecker``."""
+
+    #: Names functions called with FunctionCall (``function_names.FunctionNames``), set by
+    #: the server; None: only the large-object functions are named.
+    function_names: Any = None
 
     def __init__(
         self,
@@ -338,27 +343,20 @@ class Relay:
         fc = codec.decode_function_call(m.body)
         self.counter += 1
         if self.allow_everything:
-            name, arg_types = FASTPATH_FUNCTIONS.get(fc.oid, (None, ()))
+            names = self.function_names  # server.py: FunctionNames (the name follows if unknown)
+            info = names.known(fc.oid) if names is not None else large_object_function(fc.oid)
             fields: dict[str, Any] = {"n": self.counter, "oid": fc.oid}
-            if name is not None:
-                fields["name"] = f"pg_catalog.{name}"
+            if info is not None:
+                fields["name"] = info.name
+                if info.signature:
+                    fields["signature"] = info.signature
             if self.record_parameters:
-                fields["args"] = args = []
-                for i, v in enumerate(fc.args):
-                    if v is None:
-                        args.append(None)
-                    elif (
-                        fc.arg_formats[i]
-                        if len(fc.arg_formats) > 1
-                        else (fc.arg_formats[0] if fc.arg_formats else 0)
-                    ) == 0:
-                        args.append(v.decode("utf-8", "replace"))
-                    else:
-                        decoded = decode_binary(arg_types[i], v) if i < len(arg_types) else None
-                        args.append(v if decoded is None else decoded)
+                fields["args"] = call_args(fc, info.arg_types if info is not None else ())
             else:
                 fields["args"] = f"{len(fc.args)} not recorded"
             self.recorder.event("function_call", **fields)
+            if info is None and names is not None:
+                names.resolve(self.counter, fc, self.record_parameters)
             self.pending.append(
                 Pending("F", self.counter, f"function call oid {fc.oid}", time.monotonic())
             )

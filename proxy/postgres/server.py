@@ -33,6 +33,7 @@ from proxy.postgres.codec import (
     StartupMessage,
     StartupReader,
 )
+from proxy.postgres.function_names import FunctionNames
 from proxy.postgres.relay import BOOKKEEPING, Relay, SessionBroken
 from proxy.sessions import Session, SessionRefused, Termination
 from recorder.format import RecorderError
@@ -344,6 +345,8 @@ class PgConnection:
             on_statement=self._count_statement,
             parameter_problem=self._parameter_problem,
         )
+        if rules.mode == "all":  # FunctionCall passes: name each function it calls
+            self.relay.function_names = FunctionNames(target, gt.db_user, session.recorder)
         self.rules = rules
         try:
             params = await asyncio.wait_for(
@@ -591,6 +594,8 @@ class PgConnection:
             with contextlib.suppress(Exception):
                 self.up_writer.write(codec.encode_terminate())
         self._abort()
+        if self.relay is not None and self.relay.function_names is not None:
+            await self.relay.function_names.settle()  # names of the last calls, if still due
         if self.relay is not None and self.session is not None:
             with contextlib.suppress(Exception):  # a dead recorder already ended the session
                 self.relay.finish()  # portals left suspended: the rows they fetched

@@ -240,6 +240,7 @@ async def test_the_call_is_not_delayed_by_its_lookup(gw, pg_server, monkeypatch)
     from proxy.postgres import function_names
 
     monkeypatch.setattr(function_names, "LOOKUP_TIMEOUT", 60.0)  # a loaded machine
+    monkeypatch.setattr(function_names, "MAX_WAITING", 2)  # calls waiting for a name
     admin = await asyncpg.connect(**pg_server.connect_kwargs())
     c, sid = await session(gw)
     try:
@@ -259,6 +260,13 @@ async def test_the_call_is_not_delayed_by_its_lookup(gw, pg_server, monkeypatch)
                 if waiting:
                     break
             assert waiting == 1
+            # the same function again: waits on the same lookup; a third call is over the
+            # limit of calls waiting for a name and says so at once
+            for divisor in (3, 7):
+                assert (
+                    int.from_bytes(await call(c, int(oid), [i4(84), i4(divisor)], 1), "big")
+                    == 84 // divisor
+                )
             assert await query(c, "select 'not waiting'") == ["not waiting"]
         finally:
             await tr.rollback()
@@ -266,8 +274,16 @@ async def test_the_call_is_not_delayed_by_its_lookup(gw, pg_server, monkeypatch)
         c.close()
         await admin.close()
     _, events = recording(gw, sid)
-    [fc] = [e for e in events if e["kind"] == "function_call"]
+    fc, fc2, fc3 = [e for e in events if e["kind"] == "function_call"]
     [res] = [e for e in events if e["kind"] == "result" and e["n"] == fc["n"]]
-    [fn] = [e for e in events if e["kind"] == "function_name"]
+    names = {e["n"]: e for e in events if e["kind"] == "function_name"}
+    fn = names[fc["n"]]
     assert fn["name"] == "pg_catalog.int4div" and fn["args"] == ["84", "2"]
     assert fc["seq"] < res["seq"] < fn["seq"]
+    assert names[fc2["n"]]["name"] == "pg_catalog.int4div" and names[fc2["n"]]["args"] == [
+        "84",
+        "3",
+    ]
+    over = names[fc3["n"]]
+    assert over["unknown"] == "name unknown: too many lookups running in this session"
+    assert over["seq"] < fn["seq"]  # recorded at once, not after the lookup

@@ -287,3 +287,36 @@ async def test_the_call_is_not_delayed_by_its_lookup(gw, pg_server, monkeypatch)
     over = names[fc3["n"]]
     assert over["unknown"] == "name unknown: too many lookups running in this session"
     assert over["seq"] < fn["seq"]  # recorded at once, not after the lookup
+
+
+@pytest.mark.parametrize("failure", ["down", "wrong-password", "no-credentials"])
+async def test_lookup_failures_give_a_reason_without_secrets(pg_server, failure, monkeypatch):
+    """The side lookup itself against a real server: a target that is down, a password the
+    server rejects, a db_user without credentials. Each is a reason, never a secret."""
+    from proxy.config import PostgresTarget
+    from proxy.postgres.function_names import LookupFailed, lookup_function
+    from proxy.throwaway import free_port
+
+    secret = "not-the-password-" + secrets.token_hex(8)
+    monkeypatch.setenv("BG_TEST_FN_PASSWORD", secret)
+    target = PostgresTarget(
+        name="shop",
+        host=pg_server.host,
+        port=free_port() if failure == "down" else pg_server.port,
+        database=pg_server.database,
+        users={} if failure == "no-credentials" else {"app_rw": ("env", "BG_TEST_FN_PASSWORD")},
+    )
+    with pytest.raises(LookupFailed) as e:
+        await lookup_function(target, "app_rw", INT4PL)
+    reason = str(e.value)
+    assert secret not in reason
+    assert {
+        "down": "cannot reach target shop",
+        "wrong-password": "login to target shop failed",
+        "no-credentials": "no credentials for app_rw on target shop",
+    }[failure] in reason, reason
+    # and the right password finds the name
+    monkeypatch.setenv("BG_TEST_FN_PASSWORD", pg_server.passwords["app_rw"])
+    if failure == "wrong-password":
+        info = await lookup_function(target, "app_rw", INT4PL)
+        assert (info.name, info.arg_types) == ("pg_catalog.int4pl", (23, 23))

@@ -203,7 +203,10 @@ async def lookup_function(target: PostgresTarget, db_user: str, oid: int) -> Fun
                     await writer.drain()
             elif t == b"E":
                 fields = codec.decode_error_fields(msg.body)
-                raise LookupFailed(f"{fields.get('C', '')} {fields.get('M', 'error')}".strip())
+                error = f"{fields.get('C', '')} {fields.get('M', 'error')}".strip()
+                if not logged_in:
+                    raise LookupFailed(f"login to target {target.name} failed: {error}")
+                raise LookupFailed(error)
             elif t == b"Z" and not logged_in:
                 if not auth.complete:
                     raise LookupFailed("upstream ready before authentication completed")

@@ -87,8 +87,9 @@ async def _dispatch(registry: SessionRegistry, on_cancel: Any, line: bytes) -> d
         s = registry.sessions.get(sid) if isinstance(sid, str) else None
         if s is None:
             return {"ok": False, "error": f"no live session {sid}"}
-        if s.on_notice is not None:
-            s.on_notice(f"breakglass: {actor} is watching this session (read-only)")
+        from proxy.watch_relay import tell_engineer
+
+        tell_engineer(s, actor)
         return {"ok": True, "recording": s.info().get("recording")}
     if op == "alerts":  # the latest alerts and their delivery counts (used by drills)
         from proxy import alerts

@@ -380,6 +380,9 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     gw.servers.append(asyncio.ensure_future(_revocation_watch(gw)))
     if cfg.state_url:  # shared PostgreSQL state: several gateways (SQLite: the admin socket)
         gw.servers.append(asyncio.ensure_future(watch_live(gw)))
+        from proxy import watch_relay  # `breakglass watch` from another gateway / the console
+
+        gw.servers.append(asyncio.ensure_future(watch_relay.serve(gw)))
     gw.worker, gw.workers = worker, workers
     gw.servers.append(await start_admin_server(gw.admin_socket, registry, gw.cancel_local))
     if alerter.enabled:

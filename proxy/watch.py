@@ -5,14 +5,22 @@ following the recording shows what the engineer sees as it happens. The watcher 
 gateway (admin socket op ``watch``) to tell the engineer, which it does with a terminal line
 (SSH) or a NOTICE (PostgreSQL), recorded like the gateway's other messages; the watch is an
 audit event. Nothing the watcher types reaches the session: stdin is not read.
+
+A session that runs on another gateway sharing this config's PostgreSQL state is watched
+through that state (:mod:`proxy.watch_relay`): the owning gateway tells the engineer and
+copies the recording, which is followed from a private local copy in the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +43,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_watch)
 
 
-async def _live(cfg: Any, ref: str) -> tuple[str, dict[str, Any], Path]:
-    from proxy.admin import admin_request, admin_sockets
+async def _live(cfg: Any, ref: str) -> tuple[str, dict[str, Any], Path | None]:
+    """(session id, its info, the admin socket of the gateway on this host running it) — or
+    no socket when it runs on another gateway sharing this config's PostgreSQL state."""
+    from proxy.admin import admin_request, admin_sockets, match_session
 
-    matches: list[tuple[Path, dict[str, Any]]] = []
+    local: dict[str, tuple[Path, dict[str, Any]]] = {}
     for sock in admin_sockets(cfg.admin_socket):
         try:
             reply = await admin_request(sock, {"op": "sessions"}, timeout=3.0)
         except (OSError, TimeoutError, ValueError):
             continue
         for s in reply.get("sessions") or []:
-            if s.get("id") == ref or str(s.get("id", "")).endswith(ref):
-                matches.append((sock, s))
-    if not matches:
-        raise CliError(f"no live session {ref} on this gateway (see `breakglass sessions --live`)")
-    if len(matches) > 1:
-        raise CliError(f"{ref} matches {len(matches)} live sessions; give more of the id")
-    sock, info = matches[0]
-    return info["id"], info, sock
+            if isinstance(s.get("id"), str):
+                local[s["id"]] = (sock, s)
+    if local:
+        with contextlib.suppress(LookupError):
+            sid = match_session(ref, local)
+            return sid, local[sid][1], local[sid][0]
+    remote = {s["id"]: s for s in await _shared_live(cfg) if isinstance(s.get("id"), str)}
+    try:
+        sid = match_session(ref, {**remote, **{k: v for k, (_, v) in local.items()}})
+    except LookupError as e:
+        where = "on this gateway" if not cfg.state_url else "on any gateway sharing the state"
+        raise CliError(f"{e} {where} (see `breakglass sessions --live`)") from None
+    if sid in local:
+        return sid, local[sid][1], local[sid][0]
+    return sid, remote[sid], None
+
+
+async def _shared_live(cfg: Any) -> list[dict[str, Any]]:
+    from proxy.context import open_state
+    from proxy.gateway import LIVE_STALE
+
+    if not cfg.state_url:
+        return []
+    state = open_state(cfg)
+    try:
+        return await state.live_sessions(time.time() - LIVE_STALE)
+    except Exception as e:
+        raise CliError(f"cannot read the live sessions from the state database: {e}") from None
+    finally:
+        await state.close()
 
 
 def _statement_line(ev: dict[str, Any], pending: dict[int, str]) -> str | None:
@@ -86,34 +118,92 @@ def _statement_line(ev: dict[str, Any], pending: dict[int, str]) -> str | None:
 def cmd_watch(args: argparse.Namespace) -> int:
     from proxy.admin import admin_request
     from proxy.cli.review_cmds import _audit_access, os_user
+
+    cfg = load_config(args.config)
+    sid, info, sock = asyncio.run(_live(cfg, args.session))
+    actor = os_user()
+    where = "" if sock is not None else f" on {info.get('gateway_instance') or 'another gateway'}"
+    _audit_access(
+        cfg,
+        "session.watched",
+        sid,
+        user=info.get("user"),
+        target=info.get("target"),
+        gateway=info.get("gateway_instance") if sock is None else None,
+    )
+    try:
+        if sock is not None:
+            path = Path(str(info.get("recording") or ""))
+            if not path.is_file():
+                raise CliError(f"session {sid}: its recording {path} is not readable here")
+            reply = asyncio.run(
+                admin_request(sock, {"op": "watch", "session": sid, "actor": actor})
+            )
+            if not reply.get("ok"):
+                raise CliError(f"session {sid}: {reply.get('error')}")
+            reason = asyncio.run(_follow(path, sid, info, where, args.raw))
+        else:
+            reason = asyncio.run(_follow_remote(cfg, sid, info, actor, where, args.raw))
+    except KeyboardInterrupt:
+        return 0
+    if reason is not None:
+        print(f"session {sid} ended: {reason}", file=sys.stderr)
+    return 0
+
+
+async def _follow_remote(
+    cfg: Any, sid: str, info: dict[str, Any], actor: str, where: str, raw: bool
+) -> str | None:
+    """A session on another gateway: its recording copied through the shared state."""
+    from proxy.context import open_state
+    from proxy.watch_relay import RemoteWatch, WatchFailed
+
+    state = open_state(cfg)
+    tmp = Path(tempfile.mkdtemp(prefix="breakglass-watch-"))  # 0700: the copy is private
+    try:
+        rw = RemoteWatch(await state.pool(), sid, actor, "cli", tmp / f"{sid}.rec")
+        try:
+            await rw.start()
+        except WatchFailed as e:
+            raise CliError(str(e)) from None
+        try:
+            return await _follow(rw.path, sid, info, where, raw, pull=rw.pull)
+        finally:
+            await rw.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        await state.close()
+
+
+async def _follow(
+    path: Path,
+    sid: str,
+    info: dict[str, Any],
+    where: str,
+    raw: bool,
+    pull: Callable[[], Awaitable[int]] | None = None,
+) -> str | None:
+    """Print the session as it is recorded (what came before the watch first); the end
+    reason, or None if the watch was stopped."""
     from recorder.replay import END_RESET
     from recorder.tail import Tail
     from recorder.term_filter import TerminalFilter
 
-    cfg = load_config(args.config)
-    sid, info, sock = asyncio.run(_live(cfg, args.session))
-    path = Path(str(info.get("recording") or ""))
-    if not path.is_file():
-        raise CliError(f"session {sid}: its recording {path} is not readable here")
-    actor = os_user()
-    _audit_access(cfg, "session.watched", sid, user=info.get("user"), target=info.get("target"))
-    reply = asyncio.run(admin_request(sock, {"op": "watch", "session": sid, "actor": actor}))
-    if not reply.get("ok"):
-        raise CliError(f"session {sid}: {reply.get('error')}")
     protocol = info.get("protocol")
     print(
-        f"watching session {sid}: {info.get('user')} on {protocol}:{info.get('target')} "
+        f"watching session {sid}{where}: {info.get('user')} on {protocol}:{info.get('target')} "
         "(read-only; the engineer has been told; Ctrl-C stops)",
         file=sys.stderr,
     )
     out = sys.stdout.buffer
-    screen = None if args.raw else TerminalFilter()
+    screen = None if raw else TerminalFilter()
     pending: dict[int, str] = {}
     tail = Tail(path)
     reason = None
     try:
-        # what happened before the watch started, then live
         while True:
+            if pull is not None:
+                await pull()
             for ev in tail.poll():
                 kind = ev.get("kind")
                 if kind == "end":
@@ -128,14 +218,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
             out.flush()
             if tail.finished:
                 break
-            time.sleep(POLL)
-    except KeyboardInterrupt:
-        pass
+            await asyncio.sleep(POLL)
     finally:
         tail.close()
         if protocol != "postgres":
             out.write(END_RESET)
         out.flush()
-    if reason is not None:
-        print(f"session {sid} ended: {reason}", file=sys.stderr)
-    return 0
+    return reason

@@ -33,7 +33,7 @@ def gw(pg_server, ssh_server, tmp_path_factory):
 class Watcher:
     """``breakglass watch SID`` in a subprocess; its stdout collected as it arrives."""
 
-    def __init__(self, gw: GatewayThread, sid: str) -> None:
+    def __init__(self, gw: GatewayThread, sid: str, stdin: bool = False) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -46,7 +46,7 @@ class Watcher:
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             env=os.environ.copy(),
         )
         self.out = b""

@@ -178,7 +178,9 @@ def _meta(s: Any) -> str:
     )
 
 
-def session_page(s: Any, result: Any, warning: str | None, events: list[Any], force: bool) -> str:
+def session_page(
+    s: Any, result: Any, warning: str | None, events: list[Any], force: bool, live: bool = False
+) -> str:
     from recorder.replay import statement_timeline
 
     sid = quote(s.session_id)
@@ -200,9 +202,10 @@ def session_page(s: Any, result: Any, warning: str | None, events: list[Any], fo
     body = banner + _meta(s)
     if not events:
         return body
-    if s.protocol == "postgres":
-        return body + timeline_html(statement_timeline(events))
     f = "?force=1" if force else ""
+    if s.protocol == "postgres":
+        url = f"{PREFIX}api/sessions/{sid}/timeline{f}" if live else None
+        return body + timeline_html(statement_timeline(events), url)
     return body + (
         f"<section id='player' data-cast='{PREFIX}api/sessions/{sid}/cast{f}'>"
         "<div class='controls'><button id='play' type='button'>Play</button>"
@@ -215,34 +218,72 @@ def session_page(s: Any, result: Any, warning: str | None, events: list[Any], fo
     )
 
 
-def timeline_html(entries: list[Any]) -> str:
+def timeline_row(x: Any, live: bool = False) -> dict[str, Any]:
+    """One timeline entry as plain text fields (the page escapes them; the live view's script
+    puts them in the page as text, never HTML)."""
     from recorder.replay import _params_text
 
+    err = ""
+    if x.error:
+        err = f"{x.error.get('sqlstate', '')} {x.error.get('message', '')}"
+    if x.what == "denied":
+        err = f"rule {x.rule}: {x.message or ''}"
+    text = x.text if x.what != "gateway" else x.message
+    params = _params_text(x.params) if x.params not in (None, [], "") else ""
+    cls = {"denied": "denied", "gateway": "gateway"}.get(x.what, "")
+    if x.error:
+        cls = "error"
+    pending = x.outcome == "no result"  # in a live session: still running
+    return {
+        "t": f"{x.offset:.3f}",
+        "outcome": "running" if pending and live else str(x.outcome),
+        "text": "" if text is None else str(text),
+        "params": params,
+        "rows": "" if x.rows is None else str(x.rows),
+        "duration": "" if x.duration_ms is None else f"{x.duration_ms:.1f} ms",
+        "error": err,
+        "cls": cls,
+        "search": " ".join(str(v) for v in (text, params, err, x.outcome)).lower(),
+        "pending": pending,
+    }
+
+
+TIMELINE_CELLS = ("t", "outcome", "text", "params", "rows", "duration", "error")
+
+
+def timeline_html(entries: list[Any], live_url: str | None = None) -> str:
     trs = []
     for x in entries:
-        err = ""
-        if x.error:
-            err = f"{x.error.get('sqlstate', '')} {x.error.get('message', '')}"
-        if x.what == "denied":
-            err = f"rule {x.rule}: {x.message or ''}"
-        text = x.text if x.what != "gateway" else x.message
-        params = _params_text(x.params) if x.params not in (None, [], "") else ""
-        rows = "" if x.rows is None else str(x.rows)
-        dur = "" if x.duration_ms is None else f"{x.duration_ms:.1f} ms"
-        cls = {"denied": "denied", "gateway": "gateway"}.get(x.what, "")
-        if x.error:
-            cls = "error"
-        search = " ".join(str(v) for v in (text, params, err, x.outcome)).lower()
-        trs.append(
-            f"<tr class='stmt {cls}' data-search='{e(search)}'><td>{x.offset:.3f}</td>"
-            f"<td>{e(x.outcome)}</td><td><pre>{e(text)}</pre></td><td>{e(params)}</td>"
-            f"<td>{e(rows)}</td><td>{e(dur)}</td><td>{e(err)}</td></tr>"
+        r = timeline_row(x, live_url is not None)
+        cells = "".join(
+            f"<td><pre>{e(r[k])}</pre></td>" if k == "text" else f"<td>{e(r[k])}</td>"
+            for k in TIMELINE_CELLS
         )
+        trs.append(f"<tr class='stmt {r['cls']}' data-search='{e(r['search'])}'>{cells}</tr>")
+    live = ""
+    if live_url is not None:  # the live view's script follows it (see console.js)
+        live = (
+            f" data-live='{e(live_url)}' data-next='{len(entries)}'"
+            f" data-pending='{first_pending(entries)}'"
+        )
+    status = "<p id='timeline-status' class='live'>LIVE</p>" if live_url is not None else ""
     return (
-        "<label>Search statements <input id='timeline-search' type='search'></label>"
-        "<table id='timeline'><tr><th>s</th><th>outcome</th><th>statement</th><th>parameters</th>"
-        "<th>rows</th><th>duration</th><th>error / denial</th></tr>" + "".join(trs) + "</table>"
+        f"{status}<label>Search statements <input id='timeline-search' type='search'></label>"
+        f"<table id='timeline'{live}><tr><th>s</th><th>outcome</th><th>statement</th>"
+        "<th>parameters</th><th>rows</th><th>duration</th><th>error / denial</th></tr>"
+        + "".join(trs)
+        + "</table>"
     )
+
+
+def first_pending(entries: list[Any], window: int = 100) -> int:
+    """The first of the last ``window`` entries still waiting for its result (or the count):
+    a live view asks again from there."""
+    start = max(0, len(entries) - window)
+    for i in range(start, len(entries)):
+        if timeline_row(entries[i])["pending"]:
+            return i
+    return len(entries)
 
 
 # ------------------------------------------------------------------------------ review

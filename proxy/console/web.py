@@ -6,7 +6,10 @@ import asyncio
 import base64
 import hmac
 import secrets
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 MAX_FRAMES_BYTES = 64 * 1024 * 1024  # larger recordings: replay them with the CLI
+REMOTE_IDLE = 30.0  # a remote watch nobody has polled for this long is stopped
 
 
 class Forbidden(Exception):
@@ -66,6 +70,10 @@ class Console:
         self.service = service
         self.cfg = service.cfg
         self.reviewers = console_reviewers(service.cfg, tuple(service.settings.admins))
+        #: live sessions on other gateways being watched: (session, reviewer) -> RemoteWatch
+        self.remote: dict[tuple[str, str], Any] = {}
+        self._remote_lock = asyncio.Lock()
+        self._tmp: Path | None = None
 
     # -- identity, cookies, CSRF ----------------------------------------------------
 
@@ -318,14 +326,48 @@ class Console:
             return s, e.result, str(e), []
         return s, result, warning, load_events(Path(s.path))
 
+    async def _load_any(
+        self, sid: str, who: Identity, force: bool
+    ) -> tuple[Any, Any, str | None, list[dict[str, Any]], bool]:
+        """:meth:`_load`, or for a session live on another gateway sharing the state, the same
+        from the local copy its watch keeps current; the last item says which."""
+        self._sweep()
+        rw = self.remote.get((sid, who.user))
+        if rw is None:
+            try:
+                return (*await asyncio.to_thread(self._load, sid, force), False)
+            except web.HTTPNotFound:
+                rw = await self._remote_watch(sid, who.user)
+                if rw is None:
+                    raise
+        else:
+            await rw.pull()
+        return (*await asyncio.to_thread(self._load_path, rw.path, force), True)
+
+    def _load_path(
+        self, path: Path, force: bool
+    ) -> tuple[Any, Any, str | None, list[dict[str, Any]]]:
+        from proxy.context import trusted_recorder_keys
+        from recorder.index import summarize_recording
+        from recorder.replay import IntegrityRefused, check_integrity, load_events
+
+        keys = trusted_recorder_keys(self.cfg)
+        s = summarize_recording(path, keys)
+        try:
+            result, warning = check_integrity(path, keys, force=force)
+        except IntegrityRefused as e:
+            return s, e.result, str(e), []
+        return s, result, warning, load_events(path)
+
     async def session(self, request: web.Request) -> web.Response:
         who = self.reviewer(request)
         sid = request.match_info["sid"]
         force = request.query.get("force") == "1"
-        s, result, warning, events = await asyncio.to_thread(self._load, sid, force)
-        if result.live and events and events[-1].get("kind") != "end":
+        s, result, warning, events, remote = await self._load_any(sid, who, force)
+        live = bool(result.live) and bool(events) and events[-1].get("kind") != "end"
+        if live and not remote:
             await self._watching(s.session_id, who.user)
-        else:
+        elif not live:
             self.audit(
                 "recording.replayed",
                 session=s.session_id,
@@ -334,8 +376,56 @@ class Console:
                 integrity=result.problem or "ok",
                 forced=force,
             )
-        body = pages.session_page(s, result, warning, events, force)
+        body = pages.session_page(s, result, warning, events, force, live=live)
         return await self.page(request, f"Session {s.session_id}", body)
+
+    async def _remote_watch(self, sid: str, user: str) -> Any:
+        """A watch of ``sid`` if it is live on another gateway sharing this config's
+        PostgreSQL state (the owning gateway tells the engineer; audited here), else None."""
+        from proxy.admin import admin_request, admin_sockets
+        from proxy.gateway import LIVE_STALE
+        from proxy.watch_relay import RemoteWatch, WatchFailed
+
+        if not self.cfg.state_url or not hasattr(self.service.state, "pool"):
+            return None
+        for sock in admin_sockets(self.cfg.admin_socket):  # on this host: the local path
+            try:
+                reply = await admin_request(sock, {"op": "sessions"}, timeout=3.0)
+            except (OSError, TimeoutError, ValueError):
+                continue
+            if any(x.get("id") == sid for x in reply.get("sessions") or []):
+                return None
+        live = {x.get("id"): x for x in await self.service.state.live_sessions(
+            time.time() - LIVE_STALE)}  # fmt: skip
+        info = live.get(sid)
+        if info is None:
+            return None
+        async with self._remote_lock:
+            self._sweep()
+            rw = self.remote.get((sid, user))
+            if rw is not None:
+                return rw
+            if self._tmp is None:
+                self._tmp = Path(tempfile.mkdtemp(prefix="breakglass-console-"))  # 0700
+                weakref.finalize(self, shutil.rmtree, self._tmp, True)
+            d = Path(tempfile.mkdtemp(dir=self._tmp))
+            rw = RemoteWatch(
+                await self.service.state.pool(), sid, user, "console", d / f"{sid}.rec"
+            )
+            self.audit(
+                "session.watched",
+                session=sid,
+                actor=user,
+                via="console",
+                gateway=info.get("gateway_instance"),
+            )
+            try:
+                await rw.start()
+            except WatchFailed as e:
+                shutil.rmtree(d, ignore_errors=True)
+                raise web.HTTPServiceUnavailable(reason=str(e)) from None
+            self.remote[(sid, user)] = rw
+            return rw
 
     async def _watching(self, sid: str, user: str) -> None:
         """A live session opened in the console: tell the engineer (through the gateway that
@@ -353,18 +443,27 @@ class Console:
             if reply.get("ok"):
                 return
 
+    def _sweep(self) -> None:
+        """Stop remote watches nobody has polled for :data:`REMOTE_IDLE` s."""
+        now = time.monotonic()
+        for key, rw in list(self.remote.items()):
+            if now - rw.last_used > REMOTE_IDLE:
+                del self.remote[key]
+                asyncio.ensure_future(rw.stop())
+                shutil.rmtree(rw.path.parent, ignore_errors=True)
+
     async def cast(self, request: web.Request) -> web.Response:
         """The terminal frames of an SSH session, filtered, base64 (never HTML)."""
         from recorder.replay import ssh_timeline, terminal_frames
 
-        self.reviewer(request)
+        who = self.reviewer(request)
         sid = request.match_info["sid"]
         force = request.query.get("force") == "1"
         try:
             after = int(request.query.get("after", "-1"))
         except ValueError:
             after = -1
-        s, result, refusal, events = await asyncio.to_thread(self._load, sid, force)
+        s, result, refusal, events, _ = await self._load_any(sid, who, force)
         if not events:
             return web.json_response({"error": refusal or "no events"}, status=409)
         live = bool(result.live) and events[-1].get("kind") != "end"
@@ -395,6 +494,36 @@ class Console:
                 "markers": markers,
                 "live": live,  # still being written: poll with ?after=last_seq
                 "last_seq": max((int(e.get("seq", -1)) for e in events), default=-1),
+            }
+
+        return web.json_response(await asyncio.to_thread(build))
+
+    async def timeline(self, request: web.Request) -> web.Response:
+        """The statement timeline of a PostgreSQL session as text fields (never HTML), from
+        entry ``from`` on: a live view asks again from the first statement still running."""
+        from recorder.replay import statement_timeline
+
+        who = self.reviewer(request)
+        sid = request.match_info["sid"]
+        force = request.query.get("force") == "1"
+        try:
+            start = max(0, int(request.query.get("from", "0")))
+        except ValueError:
+            start = 0
+        s, result, refusal, events, _ = await self._load_any(sid, who, force)
+        if not events:
+            return web.json_response({"error": refusal or "no events"}, status=409)
+        live = bool(result.live) and events[-1].get("kind") != "end"
+
+        def build() -> dict[str, Any]:
+            entries = statement_timeline(events)
+            return {
+                "session": s.session_id,
+                "from": min(start, len(entries)),
+                "entries": [pages.timeline_row(x, live) for x in entries[start:]],
+                "next": len(entries),
+                "pending": pages.first_pending(entries),
+                "live": live,
             }
 
         return web.json_response(await asyncio.to_thread(build))
@@ -476,6 +605,7 @@ def setup_console(app: web.Application, service: Any) -> Console:
     sub.router.add_get("/sessions", c.sessions)
     sub.router.add_get("/sessions/{sid}", c.session)
     sub.router.add_get("/api/sessions/{sid}/cast", c.cast)
+    sub.router.add_get("/api/sessions/{sid}/timeline", c.timeline)
     sub.router.add_get("/review", c.review_queue)
     sub.router.add_post("/review/{sid}", c.review)
     sub.router.add_get("/static/{name:(vendor/)?[a-z.]+}", c.static)

@@ -1,4 +1,4 @@
-// breakglass console: the SSH player (xterm.js) and the statement timeline search.
+// breakglass console: the SSH player (xterm.js), the statement timeline search and its live view.
 // Recorded bytes are only ever written to the terminal emulator, never to the DOM as HTML.
 "use strict";
 
@@ -144,14 +144,74 @@
       });
   }
 
+  function applySearch() {
+    const input = document.getElementById("timeline-search");
+    const q = input ? input.value.toLowerCase() : "";
+    for (const r of document.querySelectorAll("#timeline tr.stmt")) {
+      r.hidden = q !== "" && !(r.getAttribute("data-search") || "").includes(q);
+    }
+  }
+
   function startSearch(input) {
-    const rows = Array.from(document.querySelectorAll("#timeline tr.stmt"));
-    input.addEventListener("input", () => {
-      const q = input.value.toLowerCase();
-      for (const r of rows) {
-        r.hidden = q !== "" && !(r.getAttribute("data-search") || "").includes(q);
+    input.addEventListener("input", applySearch);
+  }
+
+  const CELLS = ["t", "outcome", "text", "params", "rows", "duration", "error"];
+
+  // One statement row, built from text fields: recorded content is never parsed as HTML.
+  function timelineRow(r) {
+    const tr = document.createElement("tr");
+    tr.className = "stmt " + r.cls;
+    tr.setAttribute("data-search", r.search);
+    for (const k of CELLS) {
+      const td = document.createElement("td");
+      if (k === "text") {
+        const pre = document.createElement("pre");
+        pre.textContent = r[k];
+        td.appendChild(pre);
+      } else {
+        td.textContent = r[k];
       }
-    });
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  // A live PostgreSQL session: new statements, and results of running ones, as they are
+  // recorded (asks again from the first statement still running).
+  function followTimeline(table) {
+    const url = table.getAttribute("data-live");
+    const status = document.getElementById("timeline-status");
+    const sep = url.includes("?") ? "&" : "?";
+    let from = parseInt(table.getAttribute("data-pending") || "0", 10);
+    table.setAttribute("data-state", "live");
+    const poll = () => {
+      fetch(url + sep + "from=" + from, { credentials: "same-origin" })
+        .then((r) => r.json())
+        .then((more) => {
+          if (more.error) {
+            status.textContent = more.error;
+            table.setAttribute("data-state", "error");
+            return;
+          }
+          const rows = table.querySelectorAll("tr.stmt");
+          for (let i = more.from; i < rows.length; i++) rows[i].remove();
+          const body = table.tBodies[0] || table;
+          for (const r of more.entries) body.appendChild(timelineRow(r));
+          from = more.pending;
+          table.setAttribute("data-next", String(more.next));
+          applySearch();
+          if (more.live) {
+            setTimeout(poll, 300);
+          } else {
+            status.textContent = "session ended";
+            status.className = "";
+            table.setAttribute("data-state", "ended");
+          }
+        })
+        .catch(() => setTimeout(poll, 1000));
+    };
+    setTimeout(poll, 300);
   }
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -159,5 +219,7 @@
     if (player) startPlayer(player);
     const search = document.getElementById("timeline-search");
     if (search) startSearch(search);
+    const timeline = document.getElementById("timeline");
+    if (timeline && timeline.getAttribute("data-live")) followTimeline(timeline);
   });
 })();

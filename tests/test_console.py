@@ -417,3 +417,37 @@ def test_watch_a_live_ssh_session_in_the_browser(env):
     svc.call(asyncio.to_thread(svc.service.audit.flush))
     watched = read_audit(gw.cfg.audit_dir, type="session.watched")
     assert any(e.get("actor") == REVIEWER and e.get("via") == "console" for e in watched)
+
+
+def test_player_follows_recorded_resizes(env):
+    """A session that starts at 100x30 and is enlarged to 120x35 inside a full-screen program:
+    the player starts at the recorded size and resizes where the engineer did, so the last
+    commands and the logout are on screen; seeking back restores the first size."""
+    from selenium.webdriver.common.by import By
+
+    from tests.test_replay_fixes import write_fullscreen_then_resize
+
+    d, svc, gw = env["driver"], env["svc"], env["gw"]
+    sid = write_fullscreen_then_resize(Recorder.for_config(gw.cfg)).stem
+    as_reviewer(env)
+    d.get(svc.url + f"/console/sessions/{sid}")
+    assert "VERIFIED" in d.find_element(By.ID, "verify").text
+    player = wait(d, lambda d: d.find_element(By.ID, "player"))
+    wait(d, lambda d: player.get_attribute("data-ready") == "1")
+    assert player.get_attribute("data-size") == "100x30"
+    rows = "return document.querySelectorAll('#terminal .xterm-rows > div').length"
+    assert d.execute_script(rows) == 30
+    d.execute_script(
+        "const s=document.getElementById('seek'); s.value=s.max;"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    text = screen_has(d, "$ logout")
+    wait(d, lambda d: player.get_attribute("data-size") == "120x35")
+    assert d.execute_script(rows) == 35
+    for i in range(3, 12):  # the last commands, one per line, none piled on the bottom row
+        assert f"after-{i}" in text.split("\n"), text
+    d.execute_script(
+        "const s=document.getElementById('seek'); s.value=0; s.dispatchEvent(new Event('input'));"
+    )
+    wait(d, lambda d: player.get_attribute("data-size") == "100x30")
+    wait(d, lambda d: d.execute_script(rows) == 30)

@@ -476,6 +476,16 @@ class Console:
             if total > MAX_FRAMES_BYTES:
                 raise web.HTTPRequestEntityTooLarge(MAX_FRAMES_BYTES, total)
             cols, rows = recorded_size(events) or (80, 24)
+            # a recorded resize: the player resizes its terminal there (its "r" frame)
+            sizes = {
+                e.get("seq"): (e["cols"], e["rows"])
+                for e in events
+                if e.get("kind") == "resize"
+                and isinstance(e.get("cols"), int)
+                and isinstance(e.get("rows"), int)
+                and 0 < e["cols"] <= 1000
+                and 0 < e["rows"] <= 1000
+            }
             markers = [
                 {"t": round(e.offset, 3), "kind": e.what, "label": pages.marker_label(e)}
                 for e in ssh_timeline(events)
@@ -488,6 +498,7 @@ class Console:
                 "duration": round(frames[-1].offset, 3) if frames else 0.0,
                 "frames": [
                     [round(f.offset, 3), f.kind, base64.b64encode(f.data).decode("ascii")]
+                    + (list(sizes[f.seq]) if f.kind == "r" and f.seq in sizes else [])
                     for f in frames
                     if f.seq > after
                 ],

@@ -37,14 +37,24 @@
         });
         term.open(document.getElementById("terminal"));
         // hyperlinks in recordings are not followed
-        const frames = cast.frames.map((f) => ({ t: f[0], k: f[1], d: decode(f[2]) }));
+        const frame = (f) => ({ t: f[0], k: f[1], d: decode(f[2]), cols: f[3], rows: f[4] });
+        const frames = cast.frames.map(frame);
         const duration = cast.duration;
         seek.max = String(duration);
         let pos = 0, now = 0, playing = false, timer = null, baseWall = 0, baseT = 0;
         let speed = 1;
 
+        // the terminal has the recorded size, and follows the recorded resizes (in order
+        // with the output: xterm.js writes asynchronously)
+        function resize(cols, rows) {
+          term.write(new Uint8Array(0), () => {
+            term.resize(cols, rows);
+            section.setAttribute("data-size", cols + "x" + rows);
+          });
+        }
         function show(f) {
           if (f.k === "i" && !showInput.checked) return;
+          if (f.k === "r" && f.cols) resize(f.cols, f.rows);
           term.write(f.d);
         }
         function update() {
@@ -59,6 +69,7 @@
         }
         function seekTo(t) {
           term.reset();
+          resize(cast.cols, cast.rows);
           pos = 0;
           advanceTo(t);
           if (playing) { baseWall = performance.now(); baseT = now; }
@@ -104,6 +115,7 @@
           li.appendChild(b);
           markersEl.appendChild(li);
         }
+        section.setAttribute("data-size", cast.cols + "x" + cast.rows);
         section.setAttribute("data-ready", "1");
         update();
         if (cast.live) follow(cast.last_seq);
@@ -120,7 +132,7 @@
               .then((more) => {
                 if (more.error) return;
                 for (const f of more.frames) {
-                  const fr = { t: f[0], k: f[1], d: decode(f[2]) };
+                  const fr = frame(f);
                   frames.push(fr);
                   show(fr);
                 }

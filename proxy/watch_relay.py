@@ -221,7 +221,7 @@ class RemoteWatch:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._out = os.fdopen(fd, "wb")
 
-    async def start(self, timeout: float = 5.0) -> None:
+    async def start(self, timeout: float = 10.0) -> None:
         """Ask; return once the owning gateway has told the engineer and sent the recording
         so far (bounded)."""
         await ensure_schema(self.pool)

@@ -35,6 +35,7 @@ from tests.test_service_support import (
     drop_state_db,
     fresh_state_db,
 )
+from tests.test_watch_across_gateways import published
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,6 +140,7 @@ def test_live_postgres_timeline_in_the_browser(env, where):
         try:
             assert await conn.fetchval(f"select 'before-{where}'") == f"before-{where}"
             sid = await asyncio.to_thread(live_sid, gw, user)
+            await asyncio.to_thread(published, g1, sid)
             await asyncio.to_thread(d.get, svc.url + f"/console/sessions/{sid}")
             await asyncio.to_thread(
                 wait, d, lambda d: d.find_element("id", "timeline").get_attribute("data-state")
@@ -227,6 +229,7 @@ def test_live_ssh_session_on_another_gateway_in_the_browser(env):
             proc.stdin.write(b"echo remote-before-$((1+1))\n")
             await until(b"remote-before-2")
             sid = await asyncio.to_thread(live_sid, g2, "carol")
+            await asyncio.to_thread(published, g1, sid)
             assert not [s for s in g1.sessions() if s["id"] == sid]
             await asyncio.to_thread(d.get, svc.url + f"/console/sessions/{sid}")
             await until(b"rita is watching this session (read-only)")

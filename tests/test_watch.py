@@ -64,8 +64,8 @@ class Watcher:
             assert self.cond.wait_for(lambda: needle in self.out, timeout), self.out[-2000:]
         return time.monotonic()
 
-    def finish(self) -> tuple[int, str]:
-        rc = self.proc.wait(15)
+    def finish(self, timeout: float = 15) -> tuple[int, str]:
+        rc = self.proc.wait(timeout)
         return rc, self.proc.stderr.read().decode()
 
 

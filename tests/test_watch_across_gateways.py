@@ -21,7 +21,8 @@ from tests.pg_client import client_tls
 from tests.test_service_support import drop_state_db, fresh_state_db
 from tests.test_watch import Watcher, live_session
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)
+STARTUP = 40.0  # a Python CLI's start-up, on a loaded 2-core CI machine
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,17 @@ def cluster(pg_server, ssh_server, tmp_path_factory):
     g2.stop()
     g1.stop()
     asyncio.run(drop_state_db(pg_server, dsn))
+
+
+def published(gw: GatewayThread, sid: str) -> None:
+    """Bounded wait until the owning gateway has published ``sid`` to the shared state (within
+    its LIVE_POLL): what `breakglass sessions --live` and a watch from elsewhere see."""
+    from proxy.cli.admin_cmds import shared_live
+
+    deadline = time.monotonic() + 10
+    while not any(s["id"] == sid for s in shared_live(gw.cfg)):
+        assert time.monotonic() < deadline, f"{sid} not published"
+        time.sleep(0.05)
 
 
 def audited(gw: GatewayThread, kind: str, sid: str) -> list[dict]:
@@ -64,18 +76,20 @@ async def test_watch_ssh_session_on_another_gateway(cluster):
         proc = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding=None)
         seen = b""
 
-        async def until(marker: bytes) -> float:
+        async def until(marker: bytes, timeout: float = 10) -> float:
             nonlocal seen
             while marker not in seen:
-                seen += await asyncio.wait_for(proc.stdout.read(4096), 10)
+                seen += await asyncio.wait_for(proc.stdout.read(4096), timeout)
             return time.monotonic()
 
         proc.stdin.write(b"echo before-remote-$((3*3))\n")
         await until(b"before-remote-9")
         sid = await asyncio.to_thread(live_session, g2, "ssh")
+        await asyncio.to_thread(published, g1, sid)
         assert not [s for s in g1.sessions()]  # the session is not on gateway A
         w = Watcher(g1, sid, stdin=True)  # with gateway A's config
-        await until(b"is watching this session (read-only)")  # told on B before anything shows
+        # told on B before anything shows (the bound covers the CLI's start on a busy machine)
+        await until(b"is watching this session (read-only)", STARTUP)
         await asyncio.to_thread(w.wait_for, b"before-remote-9")  # what came before, too
         # the watcher's keyboard goes nowhere
         w.proc.stdin.write(b"echo injected-$((5*5))\n")
@@ -117,9 +131,11 @@ async def test_watch_postgres_session_on_another_gateway(cluster):
     try:
         assert await conn.fetchval("select 'before-the-watch'") == "before-the-watch"
         sid = await asyncio.to_thread(live_session, g2, "postgres")
+        await asyncio.to_thread(published, g1, sid)
         w = Watcher(g1, sid)
         sleeper = asyncio.ensure_future(conn.fetchval("select pg_sleep(0.5)"))
-        await asyncio.wait_for(told.wait(), 10)  # the NOTICE, while a query runs
+        # the NOTICE, while a query runs (the bound covers the CLI's start on a busy machine)
+        await asyncio.wait_for(told.wait(), STARTUP)
         await sleeper
         await asyncio.to_thread(w.wait_for, b"> select 'before-the-watch'")
         assert await conn.execute("select 'remote-pg-marker'") == "SELECT 1"
@@ -135,6 +151,6 @@ async def test_watch_postgres_session_on_another_gateway(cluster):
 async def test_watch_refuses_unknown_and_says_where_it_looked(cluster):
     g1, _ = cluster
     w = Watcher(g1, "20991231T000000Z-0000000000")
-    rc, err = await asyncio.to_thread(w.finish)
+    rc, err = await asyncio.to_thread(w.finish, STARTUP)
     assert rc != 0 and "no live session" in err and "sharing the state" in err
     assert "Traceback" not in err

@@ -111,13 +111,16 @@ class _Copy:
 
 async def serve(gw: Any) -> None:
     """Run on each gateway with a PostgreSQL state: answer watch requests for its sessions."""
-    pool = await gw.state.pool()
-    await ensure_schema(pool)
     copies: dict[str, _Copy] = {}
     last_cleanup = 0.0
+    pool = None
     try:
         while True:
             try:
+                if pool is None:  # retried until the state database answers
+                    p = await gw.state.pool()
+                    await ensure_schema(p)
+                    pool = p
                 await _step(gw, pool, copies)
                 if time.time() - last_cleanup > 60:
                     last_cleanup = time.time()

@@ -20,10 +20,9 @@ from recorder.replay import load_events
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_service_support import drop_state_db, fresh_state_db
-from tests.test_watch import Watcher, live_session
+from tests.test_watch import STARTUP, Watcher, live_session
 
 pytestmark = pytest.mark.timeout(120)
-STARTUP = 40.0  # a Python CLI's start-up, on a loaded 2-core CI machine
 
 
 @contextlib.contextmanager

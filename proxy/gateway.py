@@ -265,10 +265,14 @@ class Gateway:
 
 
 def instance_name(cfg: Config) -> str:
+    """This gateway among those sharing the state: name, host and process, and which config
+    it runs (two gateways in one process, as in tests, must not publish as one)."""
+    import hashlib
     import os
     import socket
 
-    return f"{cfg.gateway_name}@{socket.gethostname()}:{os.getpid()}"
+    where = hashlib.sha256(str(getattr(cfg, "path", "")).encode()).hexdigest()[:6]
+    return f"{cfg.gateway_name}@{socket.gethostname()}:{os.getpid()}:{where}"
 
 
 async def watch_live(gw: Gateway) -> None:

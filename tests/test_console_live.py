@@ -35,7 +35,7 @@ from tests.test_service_support import (
     drop_state_db,
     fresh_state_db,
 )
-from tests.test_watch_across_gateways import distinct_instances, published
+from tests.test_watch_across_gateways import published
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,11 +47,6 @@ HOSTILE_SQL = (
 
 @pytest.fixture(scope="module")
 def env(pg_server, ssh_server, tmp_path_factory):
-    with distinct_instances():
-        yield from _env(pg_server, ssh_server, tmp_path_factory)
-
-
-def _env(pg_server, ssh_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("console-live")
     dsn = fresh_state_db(pg_server, "bgconsole")
     shared = lambda text: text.replace('database = "state.db"', f'url = "{dsn}"', 1)  # noqa: E731

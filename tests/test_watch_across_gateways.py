@@ -7,7 +7,6 @@ session."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import time
 
@@ -25,28 +24,8 @@ from tests.test_watch import STARTUP, Watcher, live_session
 pytestmark = pytest.mark.timeout(120)
 
 
-@contextlib.contextmanager
-def distinct_instances():
-    """Two gateways in one test process share a name and a pid, so they would publish their
-    live sessions as one instance, each one's list replacing the other's (separate processes
-    never do): tell them apart by their directory."""
-    import proxy.gateway
-
-    real = proxy.gateway.instance_name
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(
-            proxy.gateway, "instance_name", lambda cfg: f"{real(cfg)}/{cfg.path.parent.name}"
-        )
-        yield
-
-
 @pytest.fixture(scope="module")
 def cluster(pg_server, ssh_server, tmp_path_factory):
-    with distinct_instances():
-        yield from _cluster(pg_server, ssh_server, tmp_path_factory)
-
-
-def _cluster(pg_server, ssh_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("watchgw")
     dsn = fresh_state_db(pg_server, "bgwatch")
     shared = lambda text: text.replace('database = "state.db"', f'url = "{dsn}"', 1)  # noqa: E731

@@ -113,6 +113,8 @@ class Config:
     #: unauthenticated connections per source address / in total (both listeners)
     preauth_per_source: int = 32
     preauth_total: int = 1024
+    #: listen(2) backlog of the SSH and PostgreSQL listeners (the kernel caps it at somaxconn)
+    listen_backlog: int = 4096
     banner_timeout: int = 10  # seconds an SSH client has to send its version line
     #: kid -> the issuer (``iss``) that key vouches for; kids not listed vouch for issuer_name.
     trusted_key_issuers: dict[str, str] = field(default_factory=dict)
@@ -607,6 +609,10 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
         preauth_total=r.integer(
             gw, "preauth_total", "gateway.preauth_total", 1024, lo=1, hi=1_000_000
         ),
+        listen_backlog=r.integer(
+            gw, "listen_backlog", "gateway.listen_backlog", 4096, lo=1, hi=1_000_000
+        )
+        or 4096,
         banner_timeout=r.duration(gw, "banner_timeout", "gateway.banner_timeout", "10s") or 10,
         issuer_name=r.string(iss, "name", "issuer.name", "breakglass"),
         issuer_key_id=r.string(iss, "key_id", "issuer.key_id", None),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -400,6 +402,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
 
         gw.servers.append(await start_ssh_listener(gw))
         log.info("ssh.listening", address=str(cfg.ssh_listen))
+    size_listen_backlog(gw.servers, cfg.listen_backlog)
     gw.listening = True
     if cfg.metrics_listen:
         from proxy.metrics import start_metrics_server
@@ -410,6 +413,38 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     except RecorderError as e:  # serve anyway: sessions are refused until the log recovers
         log.error("audit.lost", type="gateway.start", error=str(e))
     return gw
+
+
+def somaxconn() -> int | None:
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def size_listen_backlog(servers: list[Any], backlog: int) -> int:
+    """Set the listen(2) backlog of every listening TCP socket in ``servers`` (a burst of
+    logins beyond the default 100-128 would otherwise overflow the accept queue). Calling
+    listen() again on a listening socket only changes its backlog. Returns the backlog in
+    effect: the kernel silently caps it at net.core.somaxconn, which is logged."""
+    cap = somaxconn()
+    effective = min(backlog, cap) if cap else backlog
+    for server in servers:
+        for s in getattr(server, "sockets", None) or ():
+            if s.type != socket.SOCK_STREAM or s.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            with socket.socket(
+                fileno=os.dup(s.fileno())
+            ) as dup:  # asyncio's wrapper has no listen()
+                dup.listen(backlog)
+    if cap and cap < backlog:
+        log.warning(
+            "gateway.listen_backlog_capped",
+            configured=backlog,
+            somaxconn=cap,
+            hint="raise net.core.somaxconn for bursts of logins",
+        )
+    return effective
 
 
 async def stop_gateway(gw: Gateway) -> None:

@@ -25,8 +25,8 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def process_usage(pid: int) -> tuple[float, int]:
-    """(CPU seconds, RSS bytes) of process ``pid`` and its direct children (worker
+def process_tree_usage(pid: int) -> dict[int, tuple[float, int, float]]:
+    """pid -> (CPU seconds, RSS bytes, of which kernel CPU seconds) for process ``pid`` and its direct children (worker
     processes), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
     page = os.sysconf("SC_PAGE_SIZE")
@@ -38,21 +38,51 @@ def process_usage(pid: int) -> tuple[float, int]:
                     pids.append(int(p.name))
             except (OSError, ValueError, IndexError):
                 pass
-    cpu, rss = 0.0, 0
+    out = {}
     for q in pids:
         try:
             f = (Path("/proc") / str(q) / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        cpu += (int(f[11]) + int(f[12])) / tick
-        rss += int(f[21]) * page
-    return cpu, rss
+        out[q] = ((int(f[11]) + int(f[12])) / tick, int(f[21]) * page, int(f[12]) / tick)
+    return out
+
+
+def process_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of process ``pid`` and its direct children, summed."""
+    usage = process_tree_usage(pid).values()
+    return sum(u[0] for u in usage), sum(u[1] for u in usage)
+
+
+def listeners(port: int) -> int:
+    """How many sockets listen on TCP ``port`` (one per worker with SO_REUSEPORT)."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+    return len([line for line in out.stdout.splitlines() if line.strip()])
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TCP counters for this network namespace (shared with anything else
+    running on the machine): TcpExt ListenOverflows/ListenDrops (accept queue full), Tcp
+    OutRsts/EstabResets."""
+    out: dict[str, int] = {}
+    for name, prefixes in (("/proc/net/netstat", ("TcpExt:",)), ("/proc/net/snmp", ("Tcp:",))):
+        try:
+            lines = Path(name).read_text().splitlines()
+        except OSError:
+            continue
+        for head, values in zip(lines[::2], lines[1::2], strict=False):
+            if head.startswith(prefixes) and values.startswith(prefixes):
+                for k, v in zip(head.split()[1:], values.split()[1:], strict=False):
+                    if k in ("ListenOverflows", "ListenDrops", "OutRsts", "EstabResets"):
+                        out[k] = int(v)
+    return out
 
 
 def start_gateway_process(
     config: Path, port: int, workers: int | None = None, root: Path | None = None
 ) -> subprocess.Popen:
-    """``breakglass gateway`` from the source tree ``root`` (default: this one)."""
+    """``breakglass gateway`` from the source tree ``root`` (default: this one); its log goes
+    to gateway.log beside the config (a pipe nobody reads would stall it once full)."""
     cmd = [
         sys.executable,
         "-m",
@@ -68,10 +98,12 @@ def start_gateway_process(
         env["BREAKGLASS_WORKERS"] = str(workers)
     root = root or ROOT
     env["PYTHONPATH"] = str(root)
-    proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    with open(config.parent / "gateway.log", "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log)
     wait_port(port)
+    deadline = time.monotonic() + 30
+    while (workers or 1) > 1 and listeners(port) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)  # bounded: every worker listens before the bench connects
     return proc
 
 

@@ -60,6 +60,39 @@ def listeners(port: int) -> int:
     return len([line for line in out.stdout.splitlines() if line.strip()])
 
 
+class AcceptQueueWatch:
+    """Polls the accept queues of the sockets listening on ``port`` (ss: Recv-Q is the queue's
+    length, Send-Q its backlog) from a thread, until stopped: the peak tells how close a burst
+    came to overflowing them, for these sockets only (the kernel's counters are per namespace)."""
+
+    def __init__(self, port: int, every: float = 0.02) -> None:
+        import threading
+
+        self.port, self.every = port, every
+        self.peak, self.backlog = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            out = subprocess.run(
+                ["ss", "-Hltn", f"sport = :{self.port}"], capture_output=True, text=True
+            ).stdout
+            for line in out.splitlines():
+                f = line.split()
+                if len(f) >= 3:
+                    self.peak = max(self.peak, int(f[1]))
+                    self.backlog = int(f[2])
+            self._stop.wait(self.every)
+
+    def stop(self) -> tuple[int, int]:
+        """(peak queue length seen on one socket, its backlog)."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak, self.backlog
+
+
 def tcp_counters() -> dict[str, int]:
     """The kernel's TCP counters for this network namespace (shared with anything else
     running on the machine): TcpExt ListenOverflows/ListenDrops (accept queue full), Tcp

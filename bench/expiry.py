@@ -156,7 +156,7 @@ async def direct_anchor(args: argparse.Namespace, pg: PostgresServer) -> dict:
     conns = await asyncio.gather(*(s.connect() for _ in range(args.sessions)))
     t0 = time.time()
     await asyncio.gather(*(s.run(c, float("inf"), t0 + args.hold) for c in conns))
-    lat = s.latencies(t0 + 1)
+    lat = s.latencies(t0 + 1, t0 + args.hold)
     return {
         "setup": s.setup,
         "lat": lat,
@@ -236,8 +236,8 @@ async def gateway_run(
     for line in (work / f"gw{workers}/gateway.log").read_text(errors="replace").splitlines():
         try:
             e = json.loads(line)
-        except ValueError:
-            logged[line[:80]] += 1
+        except ValueError:  # two workers' lines interleaved
+            logged["(unparsed line)"] += 1
             continue
         detail = e.get("error") or e.get("reason") or ""
         logged[f"{e.get('event')}" + (f" ({str(detail)[:60]})" if detail else "")] += 1
@@ -307,6 +307,11 @@ async def gateway_run(
     }
 
 
+def offered(r: dict) -> float:
+    """Statements per second the connected sessions ask for (back to back: what was served)."""
+    return r["connected"] / ARGS.interval if ARGS.interval else r["rate"]
+
+
 def report(r: dict, direct: dict | None) -> bool:
     w = r["workers"]
     print(f"\n== workers {w}: {args_text()}")
@@ -331,7 +336,7 @@ def report(r: dict, direct: dict | None) -> bool:
         )
     )
     print(
-        f"  statement latency, steady state ({r['span']:.0f}s, {r['rate']:.0f}/s): p50 {_ms(percentile(r['steady'], 50))} ms,"
+        f"  statement latency, steady state ({r['span']:.0f}s, {r['rate']:.0f} of {offered(r):.0f} statements/s offered): p50 {_ms(percentile(r['steady'], 50))} ms,"
         f" p99 {_ms(percentile(r['steady'], 99))} ms; whole run p50 {_ms(percentile(r['all'], 50))},"
         f" p99 {_ms(percentile(r['all'], 99))} ms"
         + (
@@ -365,8 +370,11 @@ def report(r: dict, direct: dict | None) -> bool:
         f" p100 {max(ends, default=float('nan')):.3f}s over {len(ends)} recordings; load average {r['load']:.1f}"
     )
     failures = sum(r["connect_failures"].values()) + sum(r["stmt_failures"].values())
+    if r["rate"] < 0.9 * offered(r):
+        print(f"  the gateway did not keep up: {r['rate']:.0f} of {offered(r):.0f} statements/s")
     return bool(
-        not r["late"]
+        r["rate"] >= 0.9 * offered(r)
+        and not r["late"]
         and not r["late_q"]
         and ends
         and len(ends) == r["connected"]
@@ -413,6 +421,7 @@ def table(runs: list[dict], direct: dict | None) -> None:
             )
         ),
     )
+    row("statements/s served / offered (steady)", lambda r: f"{r['rate']:.0f} / {offered(r):.0f}")
     row(
         "gateway CPU per session-second / per statement / % of a core",
         lambda r: (
@@ -435,7 +444,7 @@ def table(runs: list[dict], direct: dict | None) -> None:
     row("late statements (answered / recorded)", lambda r: f"{len(r['late'])} / {r['late_q']}")
     row("load average during the run", lambda r: f"{r['load']:.1f}")
     print(
-        f"medians over runs are not taken: one run per column (median of statement p50s: "
+        f"one run per column (median of statement p50s: "
         f"{median([percentile(r['steady'], 50) for r in runs]) * 1000:.1f} ms)"
     )
 
@@ -462,6 +471,11 @@ async def run(args: argparse.Namespace) -> int:
             f"somaxconn {Path('/proc/sys/net/core/somaxconn').read_text().strip()}"
         )
         direct = await direct_anchor(args, pg) if args.direct else None
+        if direct:
+            print(
+                f"direct: {args.sessions - sum(direct['failures'].values())} sessions,"
+                f" failures {dict(direct['failures']) or 0}"
+            )
         runs = [await gateway_run(args, pg, work, w) for w in args.workers]
     finally:
         pg.stop()

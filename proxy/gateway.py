@@ -433,9 +433,8 @@ def size_listen_backlog(servers: list[Any], backlog: int) -> int:
         for s in getattr(server, "sockets", None) or ():
             if s.type != socket.SOCK_STREAM or s.family not in (socket.AF_INET, socket.AF_INET6):
                 continue
-            with socket.socket(
-                fileno=os.dup(s.fileno())
-            ) as dup:  # asyncio's wrapper has no listen()
+            # asyncio's socket wrapper has no listen(): a duplicate descriptor does
+            with socket.socket(fileno=os.dup(s.fileno())) as dup:
                 dup.listen(backlog)
     if cap and cap < backlog:
         log.warning(

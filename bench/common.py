@@ -133,7 +133,11 @@ def start_gateway_process(
     env["PYTHONPATH"] = str(root)
     with open(config.parent / "gateway.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    wait_port(port, 60)  # a loaded machine takes a while to import and start a worker
+    try:
+        wait_port(port, 60)  # a loaded machine takes a while to import and start a worker
+    except RuntimeError:
+        stop(proc)  # not left running behind a failed bench
+        raise
     deadline = time.monotonic() + 30
     while (workers or 1) > 1 and listeners(port) < workers and time.monotonic() < deadline:
         time.sleep(0.1)  # bounded: every worker listens before the bench connects

@@ -92,3 +92,38 @@ def test_burst_of_simultaneous_logins_all_succeed(pg_server, tmp_path):
         assert results == [1] * n, [r for r in results if r != 1][:3]
     finally:
         gw.stop()
+
+
+def test_burst_logins_queue_for_a_few_upstream_connects(pg_server, tmp_path, monkeypatch):
+    """A burst does not ask the target for every backend at once (1,000 together time out on
+    a small server): logins queue for UPSTREAM_CONNECTS connects per target, and all get in."""
+    import proxy.postgres.server as pg_server_module
+
+    monkeypatch.setattr(pg_server_module, "UPSTREAM_CONNECTS", 3)
+    n = 30
+    gw = GatewayThread(
+        tmp_path / "gw",
+        pg=pg_server,
+        edit_config=with_gateway_settings(preauth_per_source=n + 10),
+    )
+    gw.start()
+    try:
+        tokens = [gw.grant() for _ in range(n)]
+
+        async def burst():
+            async def one(token):
+                c = await gw.connect_pg(token, timeout=60)
+                try:
+                    return await c.fetchval("select 1")
+                finally:
+                    await c.close()
+
+            return await asyncio.gather(*(one(t) for t in tokens), return_exceptions=True)
+
+        results = asyncio.run(burst())
+        assert results == [1] * n, [r for r in results if r != 1][:3]
+        listener = gw.gw.postgres
+        assert 1 <= listener.peak_connecting <= 3
+        assert listener.connecting == 0
+    finally:
+        gw.stop()

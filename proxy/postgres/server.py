@@ -46,6 +46,11 @@ MAX_UNAUTHENTICATED_PER_SOURCE = 32  # the default of gateway.preauth_per_source
 #: Query/Parse messages larger than this are judged on a worker thread (parsing costs ~1 µs/byte).
 LARGE_STATEMENT = 4 * 1024
 UPSTREAM_TIMEOUT = 10.0
+#: Logins connecting to one target at once (the rest queue): a burst of 1,000 logins would
+#: otherwise ask the server for 1,000 backends together and most would time out at once.
+UPSTREAM_CONNECTS = 32
+#: How long a login waits for a free upstream connect before it is refused.
+UPSTREAM_QUEUE_TIMEOUT = 60.0
 AUTH_MAX_MESSAGE = 32 * 1024
 READ_SIZE = 256 * 1024
 ADMIN_SHUTDOWN = "57P01"
@@ -348,7 +353,19 @@ class PgConnection:
         if rules.mode == "all":  # FunctionCall passes: name each function it calls
             self.relay.function_names = FunctionNames(target, gt.db_user, session.recorder)
         self.rules = rules
+        slots = self.listener.upstream_slots(target.name)
         try:
+            async with asyncio.timeout(UPSTREAM_QUEUE_TIMEOUT):
+                await slots.acquire()
+        except TimeoutError:
+            raise Refused(
+                f"target {target.name} is busy: too many logins at once, try again", "53300"
+            ) from None
+        try:
+            self.listener.connecting += 1
+            self.listener.peak_connecting = max(
+                self.listener.peak_connecting, self.listener.connecting
+            )
             params = await asyncio.wait_for(
                 self._connect_upstream(startup, gt.db_user), UPSTREAM_TIMEOUT
             )
@@ -363,6 +380,9 @@ class PgConnection:
             raise Refused(
                 f"the gateway could not log in to target {target.name}: {e}", "08006"
             ) from None
+        finally:
+            self.listener.connecting -= 1
+            slots.release()
         self.login_params = dict(params)
         self.our_pid, key = self.listener.cancel_keys.issue(
             self, codec.cancel_key_length(self.protocol)
@@ -737,6 +757,16 @@ class PostgresListener:
         #: source address -> connections not yet authenticated (slow-loris protection)
         self.unauthenticated: Counter[str] = Counter()
         self.server: _Acceptor | None = None
+        self._upstream_slots: dict[str, asyncio.Semaphore] = {}
+        self.connecting = 0  # logins connecting upstream now (all targets), and the peak
+        self.peak_connecting = 0
+
+    def upstream_slots(self, target: str) -> asyncio.Semaphore:
+        """The upstream connects a target may have in flight at once (``UPSTREAM_CONNECTS``)."""
+        slots = self._upstream_slots.get(target)
+        if slots is None:
+            slots = self._upstream_slots[target] = asyncio.Semaphore(UPSTREAM_CONNECTS)
+        return slots
 
     def checker_for(self, rules: Any, factory: Any) -> Any:
         """One verdict cache per distinct rule set, shared by its sessions."""

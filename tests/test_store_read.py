@@ -15,6 +15,29 @@ from tests.test_store import _acli, _connect, _gateway_config, _objects, _segmen
 pytestmark = pytest.mark.timeout(120)
 
 
+async def _recorded_session(s3, pg, tmp_path, prefix: str, needle: str):
+    """A psql session through a real gateway streaming to the store, all of it uploaded;
+    the gateway stopped. Returns (gateway, session id, local recording)."""
+    gw = GatewayThread(tmp_path / "gw", pg=pg, edit_config=_gateway_config(s3, prefix))
+    gw.start()
+    try:
+        conn = await _connect(gw.cfg, gw.grant(ttl=600))
+        sid = gw.sessions()[0]["id"]
+        assert await conn.fetchval(f"select count(*) /* {needle} */ from orders") >= 0
+        await conn.close()
+        gw.wait_idle()
+        rec = gw.cfg.recordings_dir / f"{sid}.rec"
+        size = rec.stat().st_size
+        await _wait(
+            lambda: (_segment_ends(s3, prefix, f"{sid}.rec") or [0])[-1] == size,
+            timeout=30,
+            what="the recording up to its trailer in the store",
+        )
+    finally:
+        gw.stop()
+    return gw, sid, rec
+
+
 async def test_reading_commands_read_the_store(s3_server, pg_server, tmp_path):
     """A session recorded through a real gateway streaming to the store; the local spool is
     deleted. `sessions --store`, `search --store`, `index --store`, `export s3://.../SESSION`
@@ -23,25 +46,7 @@ async def test_reading_commands_read_the_store(s3_server, pg_server, tmp_path):
     object written over a locked one in the store is reported by every command, and replay
     and export refuse the recording unless --force."""
     prefix = "rd1"
-    gw = GatewayThread(
-        tmp_path / "gw", pg=pg_server, edit_config=_gateway_config(s3_server, prefix)
-    )
-    gw.start()
-    try:
-        conn = await _connect(gw.cfg, gw.grant(ttl=600))
-        sid = gw.sessions()[0]["id"]
-        assert await conn.fetchval("select count(*) /* needle-rd1 */ from orders") >= 0
-        await conn.close()
-        gw.wait_idle()
-        rec = gw.cfg.recordings_dir / f"{sid}.rec"
-        size = rec.stat().st_size
-        await _wait(
-            lambda: (_segment_ends(s3_server, prefix, f"{sid}.rec") or [0])[-1] == size,
-            timeout=30,
-            what="the recording up to its trailer in the store",
-        )
-    finally:
-        gw.stop()
+    gw, sid, rec = await _recorded_session(s3_server, pg_server, tmp_path, prefix, "needle-rd1")
     original = rec.read_bytes()
     rec.unlink()  # the local spool is gone: only the store has the recording
     cfg_path = gw.dir / "config.toml"
@@ -119,3 +124,43 @@ async def test_store_option_needs_a_store(pg_server, tmp_path):
     assert r.returncode == 1 and "--store needs s3://BUCKET/PREFIX" in r.stderr, r.stderr
     r = await _acli(cfg, "replay", "s3://some-bucket")
     assert r.returncode == 1 and "name a session" in r.stderr, r.stderr
+
+
+async def test_rewritten_recording_in_the_store_fails_against_the_anchors(
+    s3_server, pg_server, tmp_path
+):
+    """Someone with the gateway's S3 credentials and its recorder key rewrites a recording
+    (a statement replaced), signs it again and uploads it as one longer segment (a new object
+    name, so no later version gives it away): its own chain and signatures verify, but its
+    heads do not match the anchors written while the session ran, so `sessions --store`
+    lists it as tampered and `replay` refuses it."""
+    from proxy.context import recorder_key
+    from tests.test_store import _resign
+
+    prefix = "rd2"
+    gw, sid, rec = await _recorded_session(s3_server, pg_server, tmp_path, prefix, "needle-rd2")
+    key = recorder_key(gw.cfg)
+    forged = tmp_path / "forged.rec"
+
+    def edit(obj):
+        if obj.get("kind") == "query":
+            obj["text"] = obj["text"].replace("needle-rd2", "an innocent comment, longer")
+        return obj
+
+    _resign(rec, forged, key, gw.cfg.recorder_key_id, edit)
+    data = forged.read_bytes()
+    assert len(data) > rec.stat().st_size  # longer than the original: its segment wins
+    key_name = f"{prefix}/recordings/{sid}.rec/{0:016d}-{len(data):016d}"
+    s3_server.client("gateway").put_object(Bucket=s3_server.bucket, Key=key_name, Body=data)
+    cfg_path = gw.dir / "config.toml"
+    env = {**s3_server.env("reader"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    r = await _acli(cfg_path, "sessions", "--store", "--json", env=env)
+    [row] = [x for x in json.loads(r.stdout) if x["session_id"] == sid]
+    assert row["integrity"] == "tampered", row
+    assert "anchored off-host" in row["problem_message"], row
+    r = await _acli(cfg_path, "replay", sid, "--store", env=env)
+    assert r.returncode == 3 and "anchored off-host" in r.stderr, r.stdout + r.stderr
+    assert "innocent" not in r.stdout
+    r = await _acli(cfg_path, "verify", f"s3://{s3_server.bucket}/{prefix}/{sid}", env=env)
+    assert r.returncode == 1 and "anchored off-host" in r.stdout, r.stdout  # as verify says

@@ -15,7 +15,7 @@ from tests.test_store import _acli, _connect, _gateway_config, _objects, _segmen
 pytestmark = pytest.mark.timeout(120)
 
 
-async def _recorded_session(s3, pg, tmp_path, prefix: str, needle: str):
+async def _recorded_session(s3, pg, tmp_path, prefix: str, needle: str, live_check=False):
     """A psql session through a real gateway streaming to the store, all of it uploaded;
     the gateway stopped. Returns (gateway, session id, local recording)."""
     gw = GatewayThread(tmp_path / "gw", pg=pg, edit_config=_gateway_config(s3, prefix))
@@ -24,6 +24,14 @@ async def _recorded_session(s3, pg, tmp_path, prefix: str, needle: str):
         conn = await _connect(gw.cfg, gw.grant(ttl=600))
         sid = gw.sessions()[0]["id"]
         assert await conn.fetchval(f"select count(*) /* {needle} */ from orders") >= 0
+        if live_check:  # the store while the session runs: listed, live, not called ok
+            await _wait(lambda: _segment_ends(s3, prefix, f"{sid}.rec"), what="a first segment")
+            env = {**s3.env("reader"), "XDG_CACHE_HOME": str(tmp_path / "cache-live")}
+            r = await _acli(gw.dir / "config.toml", "sessions", "--store", "--json", env=env)
+            assert r.returncode == 0, r.stdout + r.stderr
+            [row] = [x for x in json.loads(r.stdout) if x["session_id"] == sid]
+            assert row["integrity"] == "live" and row["live"], row
+            assert "in the store through its last checkpoint" in row["problem_message"], row
         await conn.close()
         gw.wait_idle()
         rec = gw.cfg.recordings_dir / f"{sid}.rec"
@@ -46,7 +54,9 @@ async def test_reading_commands_read_the_store(s3_server, pg_server, tmp_path):
     object written over a locked one in the store is reported by every command, and replay
     and export refuse the recording unless --force."""
     prefix = "rd1"
-    gw, sid, rec = await _recorded_session(s3_server, pg_server, tmp_path, prefix, "needle-rd1")
+    gw, sid, rec = await _recorded_session(
+        s3_server, pg_server, tmp_path, prefix, "needle-rd1", live_check=True
+    )
     original = rec.read_bytes()
     rec.unlink()  # the local spool is gone: only the store has the recording
     cfg_path = gw.dir / "config.toml"

@@ -253,18 +253,14 @@ def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=Tr
     from recorder.session_check import load_audit_facts
 
     keys = trusted_recorder_keys(cfg)
+    facts = load_audit_facts(cfg.audit_dir, keys) if with_audit else None
     report = refresh(
-        index,
-        cfg.recordings_dir,
-        keys,
-        rebuild=rebuild,
-        reverify=reverify,
-        facts=load_audit_facts(cfg.audit_dir, keys) if with_audit else None,
+        index, cfg.recordings_dir, keys, rebuild=rebuild, reverify=reverify, facts=facts
     )
     if view is not None:
         from proxy.cli.store_cmds import apply_verdicts
 
-        apply_verdicts(index, view, report.failed)
+        apply_verdicts(index, view, report.failed, facts)
     if report.failed:
         _alert_failures(cfg, index, report.failed)
     return report
@@ -443,7 +439,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
         for s in report.failed or []:
             print(f"FAIL  {s.session_id}  {s.integrity}: {s.problem_message}")
-    return 1 if report.failed or (view is not None and view.problems) else 0
+    tampered = view is not None and any(not v.store_ok for v in view.problems)
+    return 1 if report.failed or tampered else 0
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:

@@ -204,19 +204,48 @@ def store_source(cfg: Config, url: str | None) -> tuple[Config, StoreView, str |
     return rcfg, view, only
 
 
-def apply_verdicts(index, view: StoreView, failed: list) -> None:
+def apply_verdicts(index, view: StoreView, failed: list, facts=None) -> None:
     """Add the store's verdicts to the index rows of ``view``'s copy: a recording the store
     holds with a tampering attempt, a gap, or heads that do not match their anchors is not
     shown as fine, whatever its own chain says. (Rows that are not ok are re-checked on every
-    refresh, so this is applied again each time.)"""
+    refresh, so this is applied again each time.)
+
+    A recording the store holds up to a checkpoint, without its trailer, whose session the
+    store's audit log (``facts``) does not say ended, is a session still running (or whose
+    gateway was lost): listed as live, as the local file of a running session is; ``sessions``
+    then asks the gateway, which makes it ``unfinalized`` if it does not know it."""
+    from recorder.anchor_verify import LOST
     from recorder.index import LIVE, OK
+    from recorder.verify import TRUNCATED
 
     by_id = {s.session_id: s for s in index.all()}
     for sid, v in view.recordings.items():
         s = by_id.get(sid)
-        if s is None or v.store_ok:
+        if s is None:
             continue
         text = "; ".join(v.messages)
+        sf = facts.sessions.get(sid) if facts is not None else None
+        if (
+            s.integrity == TRUNCATED
+            and s.problem_message.startswith("truncated after checkpoint")
+            and "not covered by a signature" not in s.problem_message
+            and v.problem in (None, LOST)
+            and facts is not None
+            and sf is not None
+            and sf.start is not None
+            and sf.end is None
+        ):
+            s.integrity, s.live = LIVE, True
+            s.problem_message = (
+                f"in the store through its last checkpoint ({s.problem_message.split(' after ')[1]}): "
+                "the session is running, or its gateway stopped before uploading the rest"
+                + (f"; {text}" if text else "")
+            )
+            index.upsert(s)
+            failed[:] = [f for f in failed if f.session_id != sid]
+            continue
+        if v.store_ok:
+            continue
         if s.integrity in (OK, LIVE):
             s.integrity, s.live = v.problem or "tampered", False
             s.problem_message = f"in the store: {text}"

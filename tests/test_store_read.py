@@ -32,6 +32,11 @@ async def _recorded_session(s3, pg, tmp_path, prefix: str, needle: str, live_che
             [row] = [x for x in json.loads(r.stdout) if x["session_id"] == sid]
             assert row["integrity"] == "live" and row["live"], row
             assert "in the store through its last checkpoint" in row["problem_message"], row
+            r = await _acli(
+                gw.dir / "config.toml", "export", sid, "--store", "--format", "jsonl", env=env
+            )
+            assert r.returncode == 0 and needle in r.stdout, r.stdout + r.stderr
+            assert "NOTE: in the store through its last checkpoint" in r.stderr
         await conn.close()
         gw.wait_idle()
         rec = gw.cfg.recordings_dir / f"{sid}.rec"

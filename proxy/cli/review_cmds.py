@@ -393,17 +393,24 @@ def _verified_recording(cfg: Config, ref: str, force: bool, store: str | None = 
     """Find SESSION, verify it (refused with exit 3 unless --force, then a loud warning),
     and return (session id, verify result, events). From the store, its verdict (tampering
     attempts, gaps, off-host anchors) counts as much as the recording's own chain."""
+    from recorder.index import LIVE
     from recorder.replay import IntegrityRefused, check_integrity, load_events
+    from recorder.verify import TRUNCATED
 
     summary, path, view = _locate(cfg, ref, store)
+    # a session still running, as the store holds it: up to a recent checkpoint (see
+    # proxy.cli.store_cmds.apply_verdicts); shown like a local live recording
+    running = view is not None and summary is not None and summary.integrity == LIVE
     try:
         result, warning = check_integrity(path, trusted_recorder_keys(cfg), force=force)
     except IntegrityRefused as e:
-        raise CliError(str(e), code=3) from None
+        if not (running and e.result.problem == TRUNCATED):
+            raise CliError(str(e), code=3) from None
+        result, warning = e.result, f"NOTE: {summary.problem_message}"
     if warning:
         print(warning, file=sys.stderr)
     verdict = view.verdict(path.stem) if view is not None else None
-    if verdict is not None and not verdict.store_ok:
+    if verdict is not None and not verdict.store_ok and not running:
         text = "; ".join(verdict.messages)
         if not force:
             raise CliError(

@@ -167,12 +167,14 @@ async def test_rewritten_recording_in_the_store_fails_against_the_anchors(
     assert len(data) > rec.stat().st_size  # longer than the original: its segment wins
     key_name = f"{prefix}/recordings/{sid}.rec/{0:016d}-{len(data):016d}"
     s3_server.client("gateway").put_object(Bucket=s3_server.bucket, Key=key_name, Body=data)
+    await _wait(lambda: key_name in _objects(s3_server, prefix), what="the forged object listed")
     cfg_path = gw.dir / "config.toml"
     env = {**s3_server.env("reader"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
 
     r = await _acli(cfg_path, "sessions", "--store", "--json", env=env)
     [row] = [x for x in json.loads(r.stdout) if x["session_id"] == sid]
-    assert row["integrity"] == "tampered", row
+    listing = sorted(k for k in _objects(s3_server, prefix) if f"/{sid}.rec/" in k)
+    assert row["integrity"] == "tampered", (row, listing, r.stderr)
     assert "anchored off-host" in row["problem_message"], row
     r = await _acli(cfg_path, "replay", sid, "--store", env=env)
     assert r.returncode == 3 and "anchored off-host" in r.stderr, r.stdout + r.stderr

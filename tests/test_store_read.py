@@ -139,6 +139,12 @@ async def test_store_option_needs_a_store(pg_server, tmp_path):
     assert r.returncode == 1 and "--store needs s3://BUCKET/PREFIX" in r.stderr, r.stderr
     r = await _acli(cfg, "replay", "s3://some-bucket")
     assert r.returncode == 1 and "name a session" in r.stderr, r.stderr
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    r = await _acli(
+        cfg, "sessions", "--store", "s3://some-bucket/p", env={"XDG_CACHE_HOME": str(blocked)}
+    )
+    assert r.returncode == 1 and "cannot create the store cache" in r.stderr, r.stderr
 
 
 async def test_rewritten_recording_in_the_store_fails_against_the_anchors(

@@ -184,7 +184,13 @@ def store_source(cfg: Config, url: str | None) -> tuple[Config, StoreView, str |
             raise CliError("--store needs s3://BUCKET/PREFIX (no [recorder.store] in the config)")
         url = cfg.store.url
     store, only = store_for(url, cfg)
-    cache = cache_dir(store)
+    try:
+        cache = cache_dir(store)
+    except OSError as e:
+        raise CliError(
+            f"cannot create the store cache ({e.strerror}: {e.filename}); set XDG_CACHE_HOME "
+            "to a directory of yours"
+        ) from None
     try:
         view = asyncio.run(open_view(store, cache, trusted_recorder_keys(cfg)))
     except StoreError as e:

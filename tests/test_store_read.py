@@ -40,6 +40,8 @@ async def _recorded_session(s3, pg, tmp_path, prefix: str, needle: str, live_che
         await conn.close()
         gw.wait_idle()
         rec = gw.cfg.recordings_dir / f"{sid}.rec"
+        # finalized (trailer written, made read-only) before its size is the one to wait for
+        await _wait(lambda: not rec.stat().st_mode & 0o222, what="the recording finalized")
         size = rec.stat().st_size
         await _wait(
             lambda: (_segment_ends(s3, prefix, f"{sid}.rec") or [0])[-1] == size,
@@ -180,7 +182,11 @@ async def test_rewritten_recording_in_the_store_fails_against_the_anchors(
     r = await _acli(cfg_path, "sessions", "--store", "--json", env=env)
     [row] = [x for x in json.loads(r.stdout) if x["session_id"] == sid]
     listing = sorted(k for k in _objects(s3_server, prefix) if f"/{sid}.rec/" in k)
-    assert row["integrity"] == "tampered", (row, listing, r.stderr)
+    copies = [
+        (p.name, b"innocent" in p.read_bytes())  # which one the reader rebuilt
+        for p in (tmp_path / "cache").glob(f"breakglass/store/*/recordings/{sid}.rec")
+    ]
+    assert row["integrity"] == "tampered", (row, listing, copies, r.stderr)
     assert "anchored off-host" in row["problem_message"], row
     r = await _acli(cfg_path, "replay", sid, "--store", env=env)
     assert r.returncode == 3 and "anchored off-host" in r.stderr, r.stdout + r.stderr

@@ -245,10 +245,8 @@ async def _rebuild(sf: StoreFile, items: list, dest: Path, fetch: Any) -> None:
         pass
     tmp = path.with_name(path.name + ".part")
     cur = 0
-    with open(tmp, "wb") as out:
+    with open(tmp, "w+b") as out:
         for start, end, first, _ in items:
-            if end <= cur:
-                continue  # covered by a longer segment already
             if start > cur:
                 sf.problems.append(
                     f"bytes {cur}..{start - 1} are missing from the store (no segment holds them)"
@@ -258,6 +256,20 @@ async def _rebuild(sf: StoreFile, items: list, dest: Path, fetch: Any) -> None:
             if len(data) != end - start:
                 sf.problems.append(f"segment {start}-{end} holds {len(data)} bytes")
                 break
+            if start < cur:
+                # Segments that overlap (an upload resumed after a restart) must agree on the
+                # bytes they share: one that does not is a second story of the same bytes,
+                # whichever of the two is used.
+                upto = min(end, cur)
+                out.seek(start)
+                if out.read(upto - start) != data[: upto - start]:
+                    sf.problems.append(
+                        f"tampering attempt: segment {start}-{end} disagrees with the segments "
+                        f"before it on bytes {start}..{upto - 1}"
+                    )
+                out.seek(cur)
+            if end <= cur:
+                continue  # covered by a longer segment already
             out.write(data[cur - start :])
             sf.segments += 1
             cur = end

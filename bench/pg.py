@@ -1,7 +1,7 @@
 """pgbench -S: direct vs PgBouncer (session mode) vs a bare uvloop TLS relay vs the breakglass
 gateway, in one run.
 
-    python bench/pg.py [--seconds 5] [--repeat 3]
+    python bench/pg.py [--seconds 5] [--repeat 3] [--store]
 
 Prints median TPS, ratios to direct, and added p50/p99 latency at 1 and 8
 clients. The last line reads ``gateway/direct TPS ratio at 8 clients: R``.
@@ -173,6 +173,12 @@ def main() -> None:
         "commit) as 'baseline', in the same run",
     )
     ap.add_argument(
+        "--store",
+        action="store_true",
+        help="also run a gateway streaming its recordings to a throwaway SeaweedFS "
+        "([recorder.store]) as 'store', in the same run: store/gateway is the cost of the store",
+    )
+    ap.add_argument(
         "--setups",
         default="direct,pgbouncer,bare,gateway",
         help="comma-separated subset (direct is needed for ratios)",
@@ -190,6 +196,7 @@ def main() -> None:
     os.chmod(tmp, 0o755)
     pg = PostgresServer(log_connections=False).start()
     procs = []
+    s3 = None
     try:
         cfg = build_local_workdir(tmp / "gw", pg=pg, ssh=None, name="bench")
         cfg_path = tmp / "gw" / "config.toml"
@@ -217,6 +224,17 @@ def main() -> None:
             base_proc = start_gateway_process(base_cfg, base_port, root=args.baseline)
             procs.append(base_proc)
             cpu_pid["baseline"] = base_proc.pid
+        if args.store:
+            from store import S3Server, store_gateway_config
+
+            s3 = S3Server().start()
+            store_port, store_metrics_port = free_port(), free_port()
+            store_cfg = store_gateway_config(
+                cfg_path, s3, "bench-pg", cfg.postgres_listen.port, store_port, store_metrics_port
+            )
+            store_proc = start_gateway_process(store_cfg, store_port)
+            procs.append(store_proc)
+            cpu_pid["store"] = store_proc.pid
         bouncer_dir = tmp / "bouncer"
         bouncer_dir.mkdir()
         bouncer, bouncer_port = pgbouncer(pg, bouncer_dir, cfg.tls_cert, cfg.tls_key)
@@ -266,8 +284,13 @@ def main() -> None:
         }
         if args.baseline:
             setups["baseline"] = (setups["gateway"][0], base_port, "erin")
+        if args.store:
+            setups["store"] = (setups["gateway"][0], store_port, "erin")
         wanted = (
-            set(args.setups.split(",")) | {"direct"} | ({"baseline"} if args.baseline else set())
+            set(args.setups.split(","))
+            | {"direct"}
+            | ({"baseline"} if args.baseline else set())
+            | ({"store"} if args.store else set())
         )
         setups = {k: v for k, v in setups.items() if k in wanted}
         modes = args.modes.split(",")
@@ -331,15 +354,29 @@ def main() -> None:
                         f"gateway/baseline at {c} clients: TPS {g[0] / b[0]:.2f}, "
                         f"CPU per transaction {g[3]:.0f} us vs {b[3]:.0f} us"
                     )
+            if "store" in setups and "gateway" in setups:
+                for c in clients:
+                    g, st = results[("gateway", c, mode)], results[("store", c, mode)]
+                    print(
+                        f"store/local TPS ratio at {c} clients (-M {mode}): {st[0] / g[0]:.2f}; "
+                        f"p99 {st[2]:.3f} ms vs {g[2]:.3f} ms; CPU per transaction {st[3]:.0f} us "
+                        f"vs {g[3]:.0f} us"
+                    )
             if "gateway" in setups:
                 for c in clients:
                     print(
                         f"gateway/direct TPS ratio at {c} clients (-M {mode}): "
                         f"{results[('gateway', c, mode)][0] / results[('direct', c, mode)][0]:.2f}"
                     )
+        if args.store:
+            from store import store_summary
+
+            print(store_summary(store_metrics_port))
     finally:
         for p in procs:
             stop(p)
+        if s3 is not None:
+            s3.stop()
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,7 +1,7 @@
 """SSH gateway benchmark (not a test): one run, one throwaway sshd, the gateway in its own
 process (uvloop), every gateway session recorded.
 
-    python bench/ssh.py [--size-mb 512] [--sessions 500] [--echo 2000]
+    python bench/ssh.py [--size-mb 512] [--sessions 500] [--echo 2000] [--store]
 
 Measures, all against the same sshd and file:
   * bulk ``cat`` of a SIZE file: direct OpenSSH, through the gateway, and through an OpenSSH
@@ -10,6 +10,8 @@ Measures, all against the same sshd and file:
   * keystroke echo round trip (1 byte to ``cat`` and back, asyncssh client) p50/p99;
   * SESSIONS concurrent recorded sessions: gateway memory per session, and how long after
     the grant's ``exp`` each one was closed.
+With ``--store`` the bulk runs also go through a second gateway streaming its recordings to a
+throwaway SeaweedFS ([recorder.store]): ``store/local bulk throughput ratio: R``.
 The last line reads ``gateway/direct bulk throughput ratio: R``.
 """
 
@@ -164,6 +166,11 @@ def main() -> None:
     ap.add_argument("--echo", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip", action="append", default=[], help="bulk|scp|echo|sessions")
+    ap.add_argument(
+        "--store",
+        action="store_true",
+        help="bulk: also through a gateway streaming to a throwaway SeaweedFS (same run)",
+    )
     a = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -174,7 +181,20 @@ def main() -> None:
         size = big.stat().st_size
         h = GatewayHarness(sshd, auth_limit=10000)
         gw = start_gateway_process(h.dir / "config.toml", h.port)
+        s3 = store_gw = None
         try:
+            if a.store:
+                from bench.store import S3Server, store_gateway_config, store_summary
+                from proxy.throwaway import free_port
+
+                s3 = S3Server().start()
+                store_port, metrics_port = free_port(), free_port()
+                cfg = store_gateway_config(
+                    h.dir / "config.toml", s3, "bench-ssh", h.port, store_port, metrics_port
+                )
+                store_gw = start_gateway_process(cfg, store_port)
+                with open(h.known_hosts, "a") as f:  # the same host key on the second port
+                    f.write(f"[127.0.0.1]:{store_port} {h.host_key_line}\n")
             token = h.token(commands=[f"cat {big}", "cat", "sleep *", f"scp -f {big}"], ttl=7200)
             gf = h.grant_file(token)
             genv = h.client_env(gf)
@@ -195,13 +215,14 @@ def main() -> None:
                 ]
                 timed(direct)  # warm the page cache
                 runs: dict[str, list[float]] = {"direct": [], "gateway": [], "jump": []}
+                todo = [("direct", direct, None), ("gateway", via_gw, genv), ("jump", jump, None)]
+                if store_gw is not None:
+                    i = via_gw.index(str(h.port))
+                    todo.append(("store", [*via_gw[:i], str(store_port), *via_gw[i + 1 :]], genv))
+                    runs["store"] = []
                 gw_cpu: list[float] = []
-                for _ in range(a.rounds):  # interleaved, so a noisy neighbour hits all three
-                    for name, argv, env in (
-                        ("direct", direct, None),
-                        ("gateway", via_gw, genv),
-                        ("jump", jump, None),
-                    ):
+                for _ in range(a.rounds):  # interleaved, so a noisy neighbour hits all of them
+                    for name, argv, env in todo:
                         c0 = cpu_seconds(gw.pid)
                         runs[name].append(timed(argv, env))
                         if name == "gateway":
@@ -277,12 +298,21 @@ def main() -> None:
                     f"p50 {r['close_after_exp_p50_ms']:.0f} ms, p99 {r['close_after_exp_p99_ms']:.0f} ms, "
                     f"max {r['close_after_exp_max_ms']:.0f} ms, before exp: {r['closed_before_exp']}"
                 )
+            if "bulk" not in a.skip and store_gw is not None:
+                print(store_summary(metrics_port))
+                print(
+                    f"store/local bulk throughput ratio: {results['store'] / results['gateway']:.2f}"
+                )
             if "bulk" not in a.skip:
                 print(
                     f"gateway/direct bulk throughput ratio: {results['gateway'] / results['direct']:.2f}"
                 )
         finally:
             stop(gw)
+            if store_gw is not None:
+                stop(store_gw)
+            if s3 is not None:
+                s3.stop()
             h.stop()
             big.unlink(missing_ok=True)
 

@@ -50,6 +50,64 @@ def store_cfg(s3: S3Server, prefix: str, lag: float) -> StoreConfig:
     )
 
 
+def store_gateway_config(
+    config: Path, s3: S3Server, prefix: str, port: int, new_port: int, metrics_port: int
+) -> Path:
+    """For ``bench/ssh.py --store`` and ``bench/pg.py --store``: a copy of a gateway's config
+    (``config-store.toml`` next to it) listening on ``new_port`` instead of ``port``, with its
+    own recordings, audit log and admin socket, streaming them to ``s3`` under ``prefix``
+    (COMPLIANCE, 1 day), and its metrics on ``metrics_port`` (the upload lag)."""
+    a, s = s3.keys["gateway"]
+    cred = config.parent / "s3-bench-credentials"
+    cred.write_text(f"[default]\naws_access_key_id = {a}\naws_secret_access_key = {s}\n")
+    cred.chmod(0o600)
+    text = (
+        config.read_text()
+        .replace(f"127.0.0.1:{port}", f"127.0.0.1:{new_port}")
+        .replace('admin_socket = "run/admin.sock"', 'admin_socket = "run/admin-store.sock"')
+        .replace('directory = "recordings"', 'directory = "recordings-store"', 1)
+        .replace('audit_directory = "audit"', 'audit_directory = "audit-store"', 1)
+        .replace("\n[gateway]\n", f'\n[gateway]\nmetrics_listen = "127.0.0.1:{metrics_port}"\n', 1)
+    )
+    text += (
+        f'\n[recorder.store]\nurl = "s3://{s3.bucket}/{prefix}"\n'
+        f'endpoint_url = "{s3.endpoint_url}"\nregion = "{s3.region}"\n'
+        f'credentials_file = "{cred}"\nretention = "compliance:1d"\n'
+    )
+    out = config.with_name("config-store.toml")
+    out.write_text(text)
+    return out
+
+
+def store_metrics(metrics_port: int) -> dict[str, float]:
+    """``breakglass_store_*`` of a gateway's /metrics (names without the prefix)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("breakglass_store_"):
+            name, value = line.rsplit(" ", 1)
+            out[name.removeprefix("breakglass_store_")] = float(value)
+    return out
+
+
+def store_summary(metrics_port: int, timeout: float = 60.0) -> str:
+    """Wait (bounded) for the store gateway's backlog to drain; one line about its uploads."""
+    deadline = time.monotonic() + timeout
+    m = store_metrics(metrics_port)
+    while m["pending_bytes"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        m = store_metrics(metrics_port)
+    return (
+        f"store: {m['uploads_total']:.0f} segments, {m['uploaded_bytes_total'] / 1e6:.0f} MB "
+        f"uploaded, longest upload lag {m['upload_lag_max_seconds']:.1f} s, "
+        f"{m['upload_failures_total']:.0f} failed attempts, {m['pending_bytes']:.0f} bytes "
+        "still pending"
+    )
+
+
 async def write(directory: Path, name: str, size: int, rate: float | None) -> tuple[float, float]:
     """Append ``size`` bytes of output; returns (seconds, time the trailer was written)."""
     key = Ed25519PrivateKey.generate()

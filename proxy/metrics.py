@@ -82,6 +82,10 @@ class GatewayMetrics:
         r.register(_RecorderCollector())
         self.pg_added = self.added.labels("postgres")
 
+    def watch_store(self, uploader: Any) -> None:
+        """Expose the upload lag to ``[recorder.store]`` (recorder.uploader.Uploader)."""
+        self.registry.register(_StoreCollector(uploader))
+
     def session_started(
         self, protocol: str, target: str, breakglass: bool, drill: bool = False
     ) -> None:
@@ -121,6 +125,43 @@ class _RecorderCollector:
         for name, text, family, read in self.METRICS:
             m = family(f"breakglass_recorder_{name}", text)
             m.add_metric([], read(RECORDER_STATS))
+            yield m
+
+
+class _StoreCollector:
+    """How far the object store trails the local spool (read off the uploader at scrape time)."""
+
+    METRICS = (
+        ("upload_lag_seconds", "Seconds the oldest byte not yet in the store has waited",
+         GaugeMetricFamily, "lag"),
+        ("pending_bytes", "Bytes of recordings and audit segments not yet in the store",
+         GaugeMetricFamily, "pending_bytes"),
+        ("pending_files", "Recordings and audit segments with bytes not yet in the store",
+         GaugeMetricFamily, "pending_files"),
+        ("broken_files", "Files the uploader stopped following (unreadable, cut below uploaded)",
+         GaugeMetricFamily, "broken_files"),
+        ("spool_full", "1 while the spool is past spool_limit (new sessions refused)",
+         GaugeMetricFamily, "spool_full"),
+        ("uploads", "Segment objects written", CounterMetricFamily, "uploads"),
+        ("uploaded_bytes", "Bytes written in segment objects", CounterMetricFamily,
+         "uploaded_bytes"),
+        ("anchors", "Anchor objects written", CounterMetricFamily, "anchors"),
+        ("upload_failures", "Upload attempts that failed (store down, refusing, timing out)",
+         CounterMetricFamily, "failures"),
+        ("upload_lag_max_seconds", "Longest wait of uploaded data so far", GaugeMetricFamily,
+         "max_lag"),
+        ("last_upload_timestamp_seconds", "When the last object was written (0: none yet)",
+         GaugeMetricFamily, "last_upload"),
+    )  # fmt: skip
+
+    def __init__(self, uploader: Any) -> None:
+        self.uploader = uploader
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        stats = self.uploader.stats()
+        for name, text, family, key in self.METRICS:
+            m = family(f"breakglass_store_{name}", text)
+            m.add_metric([], stats[key])
             yield m
 
 

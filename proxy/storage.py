@@ -42,5 +42,7 @@ async def start_store(gw: Any) -> Any:
         await uploader.close(timeout=1)
         raise ConfigError([f"recorder.store: {e}"], cfg.path) from None
     gw.registry.make_recorder = uploader.guard(gw.registry.make_recorder)
+    if getattr(gw, "metrics", None) is not None:
+        gw.metrics.watch_store(uploader)  # breakglass_store_* on [gateway] metrics_listen
     log.info("store.started", url=cfg.store.url, upload_lag=cfg.store.upload_lag)
     return uploader

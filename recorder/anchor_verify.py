@@ -24,7 +24,16 @@ from .store_read import PullResult, StoreFile, pull
 from .uploader import _Scan, scan_file
 from .verify import VerifyResult, verify_recording
 
-__all__ = ["AnchorCheck", "StoreVerdict", "check_anchors", "verify_store", "TAMPERED", "LOST"]
+__all__ = [
+    "AnchorCheck",
+    "StoreVerdict",
+    "StoreView",
+    "check_anchors",
+    "open_view",
+    "verify_store",
+    "TAMPERED",
+    "LOST",
+]
 
 TAMPERED = "tampered"
 LOST = "lost"
@@ -118,6 +127,7 @@ class StoreVerdict:
     problem: str | None = None
     result: VerifyResult | None = None
     anchors: AnchorCheck | None = None
+    store_ok: bool = True  # no tampering attempt, gap or anchor mismatch in the store itself
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,7 +145,7 @@ class StoreVerdict:
 def _verdict(sf: StoreFile, r: VerifyResult | None) -> StoreVerdict:
     v = StoreVerdict(sf.area, sf.name, ok=True, result=r)
     if sf.path is None:
-        v.ok, v.problem = False, LOST
+        v.ok, v.problem, v.store_ok = False, LOST, False
         v.messages.append("no data in the store for this file (only anchors or markers)")
     elif r is not None:
         v.messages.append(r.message)
@@ -147,7 +157,7 @@ def _verdict(sf: StoreFile, r: VerifyResult | None) -> StoreVerdict:
                     "still running, or a gateway that stopped without closing it)"
                 )
     for p in sf.problems:
-        v.ok = False
+        v.ok = v.store_ok = False
         v.problem = v.problem or TAMPERED
         v.messages.append(p)
     if sf.path is not None and sf.anchors:
@@ -156,11 +166,11 @@ def _verdict(sf: StoreFile, r: VerifyResult | None) -> StoreVerdict:
         if a.ok:
             v.messages.append(a.message)
         else:
-            v.ok = False
+            v.ok = v.store_ok = False
             v.problem = TAMPERED if a.problem == TAMPERED else v.problem or a.problem
             v.messages.append(a.message)
     elif sf.path is not None and sf.area != AUDIT:
-        v.ok = False
+        v.ok = v.store_ok = False
         v.problem = v.problem or TAMPERED
         v.messages.append("no off-host anchor for this recording: it was not made by a gateway")
     return v
@@ -180,6 +190,13 @@ async def verify_store(
     for sf in pulled.recordings():
         r = verify_recording(sf.path, trusted_keys) if sf.path is not None else None
         verdicts.append(_verdict(sf, r))
+    return pulled, verdicts + _audit_and_foreign(pulled, dest, trusted_keys)
+
+
+def _audit_and_foreign(
+    pulled: PullResult, dest: Path, trusted_keys: dict[str, Ed25519PublicKey]
+) -> list[StoreVerdict]:
+    verdicts: list[StoreVerdict] = []
     audit_files = pulled.audit()
     if audit_files:
         by_name = {}
@@ -189,7 +206,9 @@ async def verify_store(
             verdicts.append(_verdict(sf, by_name.get(sf.name)))
         for name, r in by_name.items():
             if name not in {sf.name for sf in audit_files}:  # a removed predecessor
-                verdicts.append(StoreVerdict(AUDIT, name, False, [r.message], r.problem, r))
+                verdicts.append(
+                    StoreVerdict(AUDIT, name, False, [r.message], r.problem, r, store_ok=False)
+                )
     for key in pulled.foreign:
         verdicts.append(
             StoreVerdict(
@@ -198,9 +217,52 @@ async def verify_store(
                 False,
                 [f"tampering attempt: {key} is not a name a gateway writes; it was ignored"],
                 TAMPERED,
+                store_ok=False,
             )
         )
-    return pulled, verdicts
+    return verdicts
+
+
+@dataclass
+class StoreView:
+    """The store as reading commands see it: its files rebuilt under ``directory``
+    (``recordings/``, ``audit/``), and what the store itself says about them.
+
+    ``recordings``: session id -> the store's verdict on that recording *apart from* its own
+    chain and signatures (which the reading commands verify as they do for local files):
+    tampering attempts in the bucket, bytes missing from the store, the off-host anchors.
+    ``problems``: failing verdicts of everything else (audit segments, foreign objects,
+    recordings of which the store holds anchors but no data)."""
+
+    url: str
+    directory: Path
+    recordings: dict[str, StoreVerdict] = field(default_factory=dict)
+    problems: list[StoreVerdict] = field(default_factory=list)
+
+    def verdict(self, session_id: str) -> StoreVerdict | None:
+        return self.recordings.get(session_id)
+
+
+async def open_view(
+    cfg: StoreConfig, dest: Path, trusted_keys: dict[str, Ed25519PublicKey]
+) -> StoreView:
+    """Pull everything under ``cfg``'s prefix into ``dest`` (incrementally: a file whose
+    segments did not change and still match their ETags is not fetched again) and check it
+    against the bucket's history and the anchors (:class:`StoreView`)."""
+    pulled = await pull(cfg, dest)
+    view = StoreView(cfg.url, Path(dest))
+    for sf in pulled.recordings():
+        v = _verdict(sf, None)  # the store's own checks; the chain is verified by the reader
+        if sf.path is None:
+            view.problems.append(v)
+        else:
+            view.recordings[sf.name.removesuffix(".rec")] = v
+    view.problems += [
+        v
+        for v in _audit_and_foreign(pulled, dest, trusted_keys)
+        if not v.store_ok or v.result is None or not v.result.good
+    ]
+    return view
 
 
 def check_local(

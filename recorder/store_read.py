@@ -11,6 +11,7 @@ cached by version id, so pulling again fetches only what is new.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any
 
 from .store import ANCHORS, AUDIT, GATEWAYS, RECORDINGS, StoreConfig, StoreError, open_client
 
-__all__ = ["StoreFile", "PullResult", "pull", "pull_sync"]
+__all__ = ["StoreFile", "PullResult", "pull", "pull_sync", "cache_dir"]
 
 _AREAS = (RECORDINGS, AUDIT)
 #: What a file name in the store may look like: it becomes a local file name when pulled, so
@@ -170,7 +171,7 @@ async def pull(
         if anchors:
             for (area, name), vs in sorted(anchor_keys.items()):
                 sf = result.files.setdefault((area, name), StoreFile(area, name))
-                bodies = await asyncio.gather(*(fetch(v) for v in vs))
+                bodies = await asyncio.gather(*(_cached(v, dest, base, fetch) for v in vs))
                 for v, body in zip(vs, bodies, strict=True):
                     try:
                         doc = json.loads(body)
@@ -184,6 +185,37 @@ async def pull(
                     key=lambda d: d.get("seq", -1) if isinstance(d.get("seq"), int) else -1
                 )
     return result
+
+
+def _md5_etag(etag: str) -> str | None:
+    """The MD5 an ETag stands for (a single-part upload), or None (multipart, other)."""
+    e = etag.strip('"').lower()
+    return e if re.fullmatch(r"[0-9a-f]{32}", e) else None
+
+
+def _same_as_listed(data: bytes, v: _Version) -> bool:
+    """A cached body is reused only while it still hashes to the ETag the store lists for
+    that version (when the ETag is an MD5): a cache edited on disk is fetched again."""
+    md5 = _md5_etag(v.etag)
+    return md5 is None or hashlib.md5(data, usedforsecurity=False).hexdigest() == md5
+
+
+async def _cached(v: _Version, dest: Path, base: str, fetch: Any) -> bytes:
+    """An anchor body, from ``dest/.pulled/objects`` when that version was fetched before."""
+    name = hashlib.sha256(f"{v.key[len(base) :]}\0{v.version_id}".encode()).hexdigest()
+    path = dest / ".pulled" / "objects" / name
+    try:
+        data = path.read_bytes()
+        if _same_as_listed(data, v):
+            return data
+    except OSError:
+        pass
+    data = await fetch(v)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return data
 
 
 def _matches(name: str, only: str) -> bool:
@@ -206,17 +238,15 @@ async def _rebuild(sf: StoreFile, items: list, dest: Path, fetch: Any) -> None:
     cache = dest / ".pulled" / sf.area / f"{sf.name}.json"
     manifest = [[s, e, v.version_id] for s, e, v, _ in items]
     try:
-        if json.loads(cache.read_text()) == manifest and path.exists():
+        if json.loads(cache.read_text()) == manifest and _intact(path, items):
             sf.path, sf.size, sf.segments = path, path.stat().st_size, len(items)
             return
     except (OSError, ValueError):
         pass
     tmp = path.with_name(path.name + ".part")
     cur = 0
-    with open(tmp, "wb") as out:
+    with open(tmp, "w+b") as out:
         for start, end, first, _ in items:
-            if end <= cur:
-                continue  # covered by a longer segment already
             if start > cur:
                 sf.problems.append(
                     f"bytes {cur}..{start - 1} are missing from the store (no segment holds them)"
@@ -226,6 +256,20 @@ async def _rebuild(sf: StoreFile, items: list, dest: Path, fetch: Any) -> None:
             if len(data) != end - start:
                 sf.problems.append(f"segment {start}-{end} holds {len(data)} bytes")
                 break
+            if start < cur:
+                # Segments that overlap (an upload resumed after a restart) must agree on the
+                # bytes they share: one that does not is a second story of the same bytes,
+                # whichever of the two is used.
+                upto = min(end, cur)
+                out.seek(start)
+                if out.read(upto - start) != data[: upto - start]:
+                    sf.problems.append(
+                        f"tampering attempt: segment {start}-{end} disagrees with the segments "
+                        f"before it on bytes {start}..{upto - 1}"
+                    )
+                out.seek(cur)
+            if end <= cur:
+                continue  # covered by a longer segment already
             out.write(data[cur - start :])
             sf.segments += 1
             cur = end
@@ -235,6 +279,28 @@ async def _rebuild(sf: StoreFile, items: list, dest: Path, fetch: Any) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     if not sf.problems:
         cache.write_text(json.dumps(manifest))
+
+
+def _intact(path: Path, items: list) -> bool:
+    """The cached rebuild still holds, segment by segment, what the store lists (its MD5
+    ETags): a copy altered on disk since the last pull is rebuilt from the store."""
+    with open(path, "rb") as f:
+        for start, end, first, _ in items:
+            f.seek(start)
+            if not _same_as_listed(f.read(end - start), first):
+                return False
+        return f.seek(0, 2) == max(end for _, end, _, _ in items)
+
+
+def cache_dir(cfg: StoreConfig) -> Path:
+    """Where reading commands keep their copy of ``cfg``'s store (per user, mode 0700):
+    ``$XDG_CACHE_HOME/breakglass/store/BUCKET-HASH`` (the hash names endpoint and prefix)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    tag = hashlib.sha256(f"{cfg.endpoint_url}|{cfg.bucket}|{cfg.prefix}".encode()).hexdigest()
+    path = root / "breakglass" / "store" / f"{cfg.bucket}-{tag[:16]}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
 
 
 def pull_sync(cfg: StoreConfig, dest: Path, **kw: Any) -> PullResult:

@@ -214,7 +214,11 @@ class Uploader:
         self._task: asyncio.Task | None = None
         self._client: Any = None
         self._sem = asyncio.Semaphore(8)
-        self.uploads = 0  # segment objects written (for tests and benchmarks)
+        self.uploads = 0  # segment objects written (for tests, benchmarks and metrics)
+        self.uploaded_bytes = 0
+        self.anchors = 0  # anchor objects written
+        self.failures = 0  # upload attempts that failed (store down, refusing, timing out)
+        self.last_upload: float | None = None  # wall clock of the last object written
         self.max_lag = 0.0  # longest wait of data for its upload, seconds
         self.lags: collections.deque[float] = collections.deque(maxlen=10_000)
 
@@ -274,6 +278,27 @@ class Uploader:
             log.warning("store.unreachable", url=self.cfg.url, error=str(e) or type(e).__name__)
             return False
         return True
+
+    def stats(self) -> dict[str, float]:
+        """What the gateway's metrics show: how far the store trails the spool."""
+        now = time.monotonic()
+        waiting = [f for f in list(self.files.values()) if f.size > f.uploaded]
+        oldest = min(
+            (f.pending_since for f in waiting if f.pending_since is not None), default=None
+        )
+        return {
+            "lag": 0.0 if oldest is None else max(0.0, now - oldest),
+            "pending_bytes": sum(f.size - f.uploaded for f in waiting),
+            "pending_files": len(waiting),
+            "broken_files": sum(1 for f in list(self.files.values()) if f.broken is not None),
+            "spool_full": 1.0 if self._full else 0.0,
+            "uploads": self.uploads,
+            "uploaded_bytes": self.uploaded_bytes,
+            "anchors": self.anchors,
+            "failures": self.failures,
+            "max_lag": self.max_lag,
+            "last_upload": self.last_upload or 0.0,
+        }
 
     def kick(self) -> None:
         """Run a pass now (tests, shutdown)."""
@@ -434,6 +459,7 @@ class Uploader:
                 f.failures = 0
             except Exception as e:  # noqa: BLE001 - the store is down or refusing: retry
                 f.failures += 1
+                self.failures += 1
                 f.retry_at = time.monotonic() + min(10.0, 0.5 * 2**f.failures)
                 code = error_code(e) or type(e).__name__
                 log.warning("store.upload_failed", file=f.name, error=code, attempt=f.failures)
@@ -472,6 +498,7 @@ class Uploader:
         body = json.dumps(head.anchor(f.name, f.area, f.scan.recording_id)).encode()
         key = self.cfg.key(ANCHORS, f.area, f.name, f"{head.seq:012d}")
         await self._put(key, body, "application/json")
+        self.anchors += 1
         f.anchored = head.seq
         f.last_anchor = now
 
@@ -500,6 +527,8 @@ class Uploader:
             self.max_lag = max(self.max_lag, lag)
             self.lags.append(lag)
         self.uploads += 1
+        self.uploaded_bytes += len(data)
+        self.last_upload = time.time()
         f.uploaded, f.uploaded_seq = cut.end, cut.seq + 1
         f.heads = [h for h in f.heads if h.end > cut.end]
         f.pending_since = now if (f.heads or f.scan.offset > f.uploaded) else None
@@ -518,16 +547,19 @@ class Uploader:
 
     async def _put(self, key: str, body: bytes, content_type: str) -> None:
         until = dt.datetime.now(dt.UTC) + dt.timedelta(days=self.cfg.retention_days)
+        put = self._client.put_object(
+            Bucket=self.cfg.bucket,
+            Key=key,
+            Body=body,
+            ContentType=content_type,
+            IfNoneMatch="*",
+            ObjectLockMode=self.cfg.retention_mode,
+            ObjectLockRetainUntilDate=until,
+        )
         try:
-            await self._client.put_object(
-                Bucket=self.cfg.bucket,
-                Key=key,
-                Body=body,
-                ContentType=content_type,
-                IfNoneMatch="*",
-                ObjectLockMode=self.cfg.retention_mode,
-                ObjectLockRetainUntilDate=until,
-            )
+            # A deadline of our own: the client's timeouts do not cover a server that accepts
+            # the connection and then stops answering (it waits for "100 Continue" forever).
+            await asyncio.wait_for(put, 2 * self.cfg.timeout + len(body) / (1 << 20))
         except Exception as e:
             if error_code(e) == "PreconditionFailed":
                 return  # written before a restart lost our progress note: it is there

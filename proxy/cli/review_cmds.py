@@ -82,8 +82,21 @@ def _where(text: str) -> list[str]:
 # ---------------------------------------------------------------------------------- registration
 
 
+def add_store_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="s3://BUCKET/PREFIX",
+        help="read the recordings and audit log from the object store (default URL: the "
+        "config's [recorder.store]); what is read is checked against the off-host anchors",
+    )
+
+
 def add_sessions_options(p: argparse.ArgumentParser) -> None:
     """Options of ``breakglass sessions`` (the parser is created by admin_cmds)."""
+    add_store_option(p)
     p.add_argument("--user", help="only sessions of this user")
     p.add_argument("--target", help="only sessions on this target")
     p.add_argument("--since", type=parse_when, help="started since: 1d, 3h, or a date/time")
@@ -108,6 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rebuild", action="store_true", help="start from an empty index")
     p.add_argument("--reverify", action="store_true", help="re-verify every recording")
+    add_store_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_index)
 
@@ -119,7 +133,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the statement timeline of a PostgreSQL session. A recording that fails verification "
         "is refused unless --force.",
     )
-    p.add_argument("session", metavar="SESSION", help="session id (or unique part), or a .rec file")
+    p.add_argument(
+        "session",
+        metavar="SESSION",
+        help="session id (or unique part), a .rec file, or s3://BUCKET/PREFIX/SESSION",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1)")
     p.add_argument("--from", dest="start", type=parse_seconds, default=0.0, help="start at 1m30s")
     p.add_argument(
@@ -135,6 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeline", action="store_true", help="print the timeline, do not play")
     p.add_argument("--force", action="store_true", help="replay even if verification fails")
     p.add_argument("--json", action="store_true", help="timeline as JSON (with --timeline)")
+    add_store_option(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(
@@ -154,6 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "drawing are replaced by markers, since asciinema plays them on a terminal)",
     )
     p.add_argument("--force", action="store_true")
+    add_store_option(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -176,6 +196,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target")
     p.add_argument("-i", "--ignore-case", action="store_true")
     p.add_argument("--max", type=int, default=20, help="hits per session (default 20)")
+    add_store_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
@@ -212,22 +233,34 @@ def _open_index(cfg: Config):
     return SqliteIndex(index_path(cfg))
 
 
-def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=True):
+def _source(cfg: Config, url: str | None):
+    """(config to read with, store view or None): the config itself, or with ``--store`` /
+    an ``s3://`` URL the store's copy (see :func:`proxy.cli.store_cmds.store_source`)."""
+    if url is None:
+        return cfg, None
+    from proxy.cli.store_cmds import store_source
+
+    rcfg, view, _only = store_source(cfg, url)
+    return rcfg, view
+
+
+def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=True, view=None):
     """Update the index, cross-checked with the audit log (which also supplies each session's
     facts, and notices recordings that were deleted); alert (once per session and problem) on
-    recordings that fail."""
+    recordings that fail. ``view``: ``cfg`` reads the store's copy; its verdicts (tampering
+    attempts, anchors) are added to the rows."""
     from recorder.index import refresh
     from recorder.session_check import load_audit_facts
 
     keys = trusted_recorder_keys(cfg)
+    facts = load_audit_facts(cfg.audit_dir, keys) if with_audit else None
     report = refresh(
-        index,
-        cfg.recordings_dir,
-        keys,
-        rebuild=rebuild,
-        reverify=reverify,
-        facts=load_audit_facts(cfg.audit_dir, keys) if with_audit else None,
+        index, cfg.recordings_dir, keys, rebuild=rebuild, reverify=reverify, facts=facts
     )
+    if view is not None:
+        from proxy.cli.store_cmds import apply_verdicts
+
+        apply_verdicts(index, view, report.failed, facts)
     if report.failed:
         _alert_failures(cfg, index, report.failed)
     return report
@@ -279,14 +312,14 @@ def fetch_live(cfg: Config) -> list[dict[str, Any]] | None:
     return sessions
 
 
-def _resolve(cfg: Config, index, ref: str):
+def _resolve(cfg: Config, index, ref: str, view=None):
     """(summary or None, path) for a session id / unique part, or a recording file."""
     from recorder.index import SessionNotFound, summarize_recording
 
     p = Path(ref)
-    if ref.endswith(".rec") and p.is_file():
+    if view is None and ref.endswith(".rec") and p.is_file():
         return summarize_recording(p, trusted_recorder_keys(cfg)), p
-    _refresh(cfg, index)
+    _refresh(cfg, index, view=view)
     try:
         s = index.resolve(ref)
     except SessionNotFound as e:
@@ -324,37 +357,97 @@ def _integrity_text(s) -> str:
 # ------------------------------------------------------------------------------------ commands
 
 
-def _verified_recording(cfg: Config, ref: str, force: bool):
-    """Find SESSION, verify it (refused with exit 3 unless --force, then a loud warning),
-    and return (session id, verify result, events)."""
-    from recorder.replay import IntegrityRefused, check_integrity, load_events
+def _locate(cfg: Config, ref: str, store: str | None):
+    """(summary or None, path, store view or None) for SESSION: in the local spool, or in the
+    store (``--store``, an ``s3://.../SESSION`` reference, or ``[recorder.store]`` when the
+    local spool does not hold that recording, e.g. it was deleted after its upload)."""
+    if ref.startswith("s3://"):
+        from proxy.cli.store_cmds import store_for, store_source
 
-    with _open_index(cfg) as index:
-        summary, path = _resolve(cfg, index, ref)
+        if store_for(ref, cfg)[1] is None:
+            raise CliError(f"{ref}: name a session: s3://BUCKET/PREFIX/SESSION")
+        rcfg, view, only = store_source(cfg, ref)
+        with _open_index(rcfg) as index:
+            return (*_resolve(rcfg, index, only, view), view)
+    if store is None:
+        try:
+            with _open_index(cfg) as index:
+                summary, path = _resolve(cfg, index, ref)
+            if cfg.store is None or path.is_file():
+                return summary, path, None
+        except CliError:
+            if cfg.store is None:
+                raise
+        store = cfg.store.url
+        print(
+            f"breakglass: {ref}: not in the local spool ({cfg.recordings_dir}); reading it "
+            f"from {store}",
+            file=sys.stderr,
+        )
+    rcfg, view = _source(cfg, store)
+    with _open_index(rcfg) as index:
+        return (*_resolve(rcfg, index, ref, view), view)
+
+
+def _verified_recording(cfg: Config, ref: str, force: bool, store: str | None = None):
+    """Find SESSION, verify it (refused with exit 3 unless --force, then a loud warning),
+    and return (session id, verify result, events). From the store, its verdict (tampering
+    attempts, gaps, off-host anchors) counts as much as the recording's own chain."""
+    from recorder.index import LIVE
+    from recorder.replay import IntegrityRefused, check_integrity, load_events
+    from recorder.verify import TRUNCATED
+
+    summary, path, view = _locate(cfg, ref, store)
+    # a session still running, as the store holds it: up to a recent checkpoint (see
+    # proxy.cli.store_cmds.apply_verdicts); shown like a local live recording
+    running = view is not None and summary is not None and summary.integrity == LIVE
     try:
         result, warning = check_integrity(path, trusted_recorder_keys(cfg), force=force)
     except IntegrityRefused as e:
-        raise CliError(str(e), code=3) from None
+        if not (running and e.result.problem == TRUNCATED):
+            raise CliError(str(e), code=3) from None
+        result, warning = e.result, f"NOTE: {summary.problem_message}"
     if warning:
         print(warning, file=sys.stderr)
+    verdict = view.verdict(path.stem) if view is not None else None
+    if verdict is not None and not verdict.store_ok and not running:
+        text = "; ".join(verdict.messages)
+        if not force:
+            raise CliError(
+                f"recording {path.stem} in {view.url} FAILED verification against the store "
+                f"({verdict.problem}): {text}. Refusing to use it; pass --force to override "
+                "(the content may be forged).",
+                code=3,
+            )
+        bar = "!" * 78
+        print(
+            f"{bar}\n!! WARNING: THIS RECORDING FAILED VERIFICATION AGAINST THE STORE "
+            f"({verdict.problem}).\n!! {text}\n!! Shown because of --force.\n{bar}",
+            file=sys.stderr,
+        )
+        if result.ok:
+            result.problem = verdict.problem
     return (summary.session_id if summary else path.stem), result, load_events(path)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg, view = _source(load_config(args.config), args.store)
     with _open_index(cfg) as index:
-        report = _refresh(cfg, index, rebuild=args.rebuild, reverify=args.reverify, with_audit=True)
+        report = _refresh(
+            cfg, index, rebuild=args.rebuild, reverify=args.reverify, with_audit=True, view=view
+        )
         total = len(index.all())
     if args.json:
         emit_json({**report.to_dict(), "sessions": total})
     else:
         print(
             f"{total} sessions indexed ({report.verified} verified now, {report.scanned} "
-            f"recordings on disk, {report.missing} missing)"
+            f"recordings {'in ' + view.url if view else 'on disk'}, {report.missing} missing)"
         )
         for s in report.failed or []:
             print(f"FAIL  {s.session_id}  {s.integrity}: {s.problem_message}")
-    return 1 if report.failed else 0
+    tampered = view is not None and any(not v.store_ok for v in view.problems)
+    return 1 if report.failed or tampered else 0
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -362,6 +455,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from recorder.index import SessionFilter, merge_live
 
     cfg = load_config(args.config)
+    rcfg, view = _source(cfg, getattr(args, "store", None))
     flt = SessionFilter(
         user=args.user,
         target=args.target,
@@ -373,8 +467,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         breakglass=args.breakglass,
         live=False,  # liveness is decided after asking the gateway
     )
-    with _open_index(cfg) as index:
-        _refresh(cfg, index, with_audit=True)
+    with _open_index(rcfg) as index:
+        _refresh(rcfg, index, with_audit=True, view=view)
         rows = index.query(flt)
     live = fetch_live(cfg)
     flt.live = args.live
@@ -447,7 +541,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         raise CliError("--speed must be positive")
     cfg = load_config(args.config)
-    sid, result, events = _verified_recording(cfg, args.session, args.force)
+    sid, result, events = _verified_recording(cfg, args.session, args.force, args.store)
     _audit_access(cfg, "recording.replayed", sid, integrity=result.problem or "ok")
     header = events[0] if events else {}
     protocol = header.get("protocol")
@@ -540,7 +634,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from recorder.export import asciicast_lines, jsonl_lines
 
     cfg = load_config(args.config)
-    sid, result, events = _verified_recording(cfg, args.session, args.force)
+    sid, result, events = _verified_recording(cfg, args.session, args.force, args.store)
     lines = (
         asciicast_lines(events, include_input=args.include_input, raw=args.raw)
         if args.format == "asciicast"
@@ -569,8 +663,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.text:
         raise CliError("nothing to search for")
     cfg = load_config(args.config)
-    with _open_index(cfg) as index:
-        _refresh(cfg, index)
+    rcfg, view = _source(cfg, args.store)
+    with _open_index(rcfg) as index:
+        _refresh(rcfg, index, view=view)
         rows = index.query(
             SessionFilter(user=args.user, target=args.target, since=args.since, until=args.until)
         )
@@ -596,6 +691,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         cfg,
         "recording.searched",
         None,
+        **({"store": view.url} if view is not None else {}),
         text_sha256=hashlib.sha256(args.text.encode("utf-8", "surrogateescape")).hexdigest(),
         where=",".join(args.where),
         matched=[s.session_id for s, _ in results][:100],
@@ -723,8 +819,7 @@ def _review_one(args: argparse.Namespace) -> int:
     done = as_service_user("recording the review", "POST", path, body, local_if=(404,))
     if done is None:
         cfg = load_config(args.config)
-        with _open_index(cfg) as index:
-            summary, _path = _resolve(cfg, index, args.session)
+        summary, _path, _view = _locate(cfg, args.session, None)  # local spool, else the store
         reviewer = os_actor()
         if summary is not None and summary.integrity not in ("ok", "live"):
             with _open_index(cfg) as index:  # the reviewer found it: alert (once)

@@ -6,13 +6,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy.cli.output import CliError, emit_json
 from proxy.config import Config, load_config
 from proxy.context import trusted_recorder_keys
 from recorder.store import StoreConfig, StoreError, parse_url
+
+if TYPE_CHECKING:
+    from recorder.anchor_verify import StoreView
 
 _SESSION = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+(\.rec)?\Z|.+\.(rec|audit)\Z")
 
@@ -157,3 +162,103 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"{'OK  ' if r['ok'] else 'FAIL'}  {r['path']}  {r['message']}")
         print(f"{len(rows) - len(failed)} ok, {len(failed)} failed")
     return 1 if failed else 0
+
+
+# ------------------------------------------------------------ reading commands on the store
+
+
+def store_source(cfg: Config, url: str | None) -> tuple[Config, StoreView, str | None]:
+    """Read ``url`` (default: ``[recorder.store] url``) as reading commands read a directory:
+    pull it into this user's cache (:func:`recorder.store_read.cache_dir`, only what changed
+    is fetched), check it against the bucket's history and the off-host anchors, and return
+    a config whose recordings, audit log and session index are that copy, the store's
+    verdicts, and the session the URL names (if any). Store-level problems that belong to no
+    recording (audit segments, foreign objects) are printed as warnings."""
+    import dataclasses
+
+    from recorder.anchor_verify import open_view
+    from recorder.store_read import cache_dir
+
+    if not url:
+        if cfg.store is None:
+            raise CliError("--store needs s3://BUCKET/PREFIX (no [recorder.store] in the config)")
+        url = cfg.store.url
+    store, only = store_for(url, cfg)
+    try:
+        cache = cache_dir(store)
+    except OSError as e:
+        raise CliError(
+            f"cannot create the store cache ({e.strerror}: {e.filename}); set XDG_CACHE_HOME "
+            "to a directory of yours"
+        ) from None
+    try:
+        view = asyncio.run(open_view(store, cache, trusted_recorder_keys(cfg)))
+    except StoreError as e:
+        raise CliError(str(e)) from None
+    for v in view.problems:
+        print(
+            f"breakglass: warning: store {store.url}: {v.area}/{v.name}: "
+            f"{v.problem or 'failed'}: {'; '.join(v.messages)}",
+            file=sys.stderr,
+        )
+    rcfg = dataclasses.replace(
+        cfg,
+        recordings_dir=cache / "recordings",
+        audit_dir=cache / "audit",
+        raw={**cfg.raw, "index": {"database": str(cache / "index.db")}},
+    )
+    return rcfg, view, only
+
+
+def apply_verdicts(index, view: StoreView, failed: list, facts=None) -> None:
+    """Add the store's verdicts to the index rows of ``view``'s copy: a recording the store
+    holds with a tampering attempt, a gap, or heads that do not match their anchors is not
+    shown as fine, whatever its own chain says. (Rows that are not ok are re-checked on every
+    refresh, so this is applied again each time.)
+
+    A recording the store holds up to a checkpoint, without its trailer, whose session the
+    store's audit log (``facts``) does not say ended, is a session still running (or whose
+    gateway was lost): listed as live, as the local file of a running session is; ``sessions``
+    then asks the gateway, which makes it ``unfinalized`` if it does not know it."""
+    from recorder.anchor_verify import LOST
+    from recorder.index import LIVE, OK
+    from recorder.verify import TRUNCATED
+
+    by_id = {s.session_id: s for s in index.all()}
+    for sid, v in view.recordings.items():
+        s = by_id.get(sid)
+        if s is None:
+            continue
+        text = "; ".join(v.messages)
+        sf = facts.sessions.get(sid) if facts is not None else None
+        if (
+            s.integrity == TRUNCATED
+            and s.problem_message.startswith("truncated after checkpoint")
+            and "not covered by a signature" not in s.problem_message
+            and v.problem in (None, LOST)
+            and facts is not None
+            and sf is not None
+            and sf.start is not None
+            and sf.end is None
+        ):
+            s.integrity, s.live = LIVE, True
+            s.problem_message = (
+                f"in the store through its last checkpoint ({s.problem_message.split(' after ')[1]}): "
+                "the session is running, or its gateway stopped before uploading the rest"
+                + (f"; {text}" if text else "")
+            )
+            index.upsert(s)
+            failed[:] = [f for f in failed if f.session_id != sid]
+            continue
+        if v.store_ok:
+            continue
+        if s.integrity in (OK, LIVE):
+            s.integrity, s.live = v.problem or "tampered", False
+            s.problem_message = f"in the store: {text}"
+        elif text not in s.problem_message:
+            s.problem_message = f"{s.problem_message}; in the store: {text}"
+        else:
+            continue
+        index.upsert(s)
+        if all(f.session_id != sid for f in failed):
+            failed.append(s)

@@ -49,9 +49,9 @@ from common import (
     tcp_counters,
 )
 
-from proxy.demo_setup import build_local_workdir, issue_local_grant
-from proxy.throwaway import PostgresServer
 from recorder.reader import read_events
+from throwaway.servers import PostgresServer
+from throwaway.workdir import build_local_workdir, issue_local_grant
 
 STATEMENT = "select extract(epoch from clock_timestamp())"
 

@@ -21,9 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from proxy.config import Config
-from proxy.demo_setup import build_local_workdir, issue_local_grant
 from proxy.gateway import run_async, run_gateway
-from proxy.throwaway import PostgresServer, ServerStartError, SshServer, free_port
+from throwaway.servers import PostgresServer, ServerStartError, SshServer, free_port
+from throwaway.workdir import build_local_workdir, issue_local_grant
 
 DEMO_REVIEWER = "rita"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import Config, load_config
-from proxy.demo_setup import build_local_workdir, issue_local_grant
 from proxy.gateway import Gateway, start_gateway, stop_gateway
+from throwaway.workdir import build_local_workdir, issue_local_grant
 
 
 class GatewayThread:

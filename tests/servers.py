@@ -1,4 +1,4 @@
-"""Test servers live in ``proxy.throwaway`` (the demo uses them too); re-exported here."""
+"""Test servers live in ``throwaway.servers`` (the demo uses them too); re-exported here."""
 
-from proxy.throwaway import *  # noqa: F403
-from proxy.throwaway import PostgresServer, ServerStartError, SshServer, free_port  # noqa: F401
+from throwaway.servers import *  # noqa: F403
+from throwaway.servers import PostgresServer, ServerStartError, SshServer, free_port  # noqa: F401

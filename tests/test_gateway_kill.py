@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.demo_setup import build_local_workdir, issue_local_grant
 from recorder.reader import read_events
 from recorder.verify import verify_recording
 from tests.harness import ssh_client_command
+from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(120)
 

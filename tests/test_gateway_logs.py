@@ -16,8 +16,8 @@ import time
 import pytest
 
 from policy.state import SqliteState
-from proxy.demo_setup import build_local_workdir
 from tests.pg_client import RawClient, error_of
+from throwaway.workdir import build_local_workdir
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -13,9 +13,9 @@ import sys
 import pytest
 
 from proxy.context import open_state
-from proxy.demo_setup import build_local_workdir
 from recorder.audit import read_audit
 from tests.storage import abort_ext4, ext4, fill, remount_fresh, tmpfs
+from throwaway.workdir import build_local_workdir
 
 pytestmark = pytest.mark.timeout(120)
 

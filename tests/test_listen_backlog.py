@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from proxy.gateway import somaxconn
-from proxy.throwaway import free_port
 from tests.harness import GatewayThread
+from throwaway.servers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

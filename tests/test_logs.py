@@ -26,11 +26,11 @@ import pyotp
 import pytest
 
 from policy.identity import add_local_user
-from proxy.demo_setup import build_local_workdir, issue_local_grant
-from proxy.throwaway import free_port
 from tests.test_metrics import _value
 from tests.test_service_metrics import _http
 from tests.test_service_support import PASSWORDS, add_service_config
+from throwaway.servers import free_port
+from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(120)
 

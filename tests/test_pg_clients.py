@@ -25,9 +25,9 @@ from sqlalchemy import ForeignKey, Numeric
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from proxy.throwaway import find_pg_client
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
+from throwaway.servers import find_pg_client
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -295,7 +295,7 @@ async def test_lookup_failures_give_a_reason_without_secrets(pg_server, failure,
     server rejects, a db_user without credentials. Each is a reason, never a secret."""
     from proxy.config import PostgresTarget
     from proxy.postgres.function_names import LookupFailed, lookup_function
-    from proxy.throwaway import free_port
+    from throwaway.servers import free_port
 
     secret = "not-the-password-" + secrets.token_hex(8)
     monkeypatch.setenv("BG_TEST_FN_PASSWORD", secret)

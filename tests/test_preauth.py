@@ -20,9 +20,9 @@ import asyncssh
 import pytest
 
 from proxy.admin import admin_request
-from proxy.demo_setup import build_local_workdir, issue_local_grant
 from proxy.preauth import PreAuthLimiter
 from tests.pg_client import RawClient, error_of
+from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(120)
 

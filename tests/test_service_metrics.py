@@ -230,7 +230,7 @@ def test_metrics_port_in_use_is_a_clear_error(pg_server, tmp_path):
     import socket
 
     from proxy.config import ConfigError
-    from proxy.demo_setup import build_local_workdir
+    from throwaway.workdir import build_local_workdir
 
     build_local_workdir(tmp_path / "gw", pg=pg_server, ssh=None, name="test-gw")
     busy = socket.create_server(("127.0.0.1", 0))

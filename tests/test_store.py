@@ -19,7 +19,6 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from proxy.demo_setup import build_local_workdir, issue_local_grant
 from recorder import format as fmt
 from recorder.anchor_verify import check_local, verify_store
 from recorder.store import StoreConfig, error_code
@@ -28,6 +27,7 @@ from recorder.uploader import Uploader
 from recorder.writer import RecordingWriter
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
+from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(90)
 

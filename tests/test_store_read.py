@@ -133,7 +133,7 @@ async def test_reading_commands_read_the_store(s3_server, pg_server, tmp_path):
 async def test_store_option_needs_a_store(pg_server, tmp_path):
     """`--store` without a URL on a config with no [recorder.store]: a clear error, no
     traceback; an `s3://` reference to replay must name a session."""
-    from proxy.demo_setup import build_local_workdir
+    from throwaway.workdir import build_local_workdir
 
     build_local_workdir(tmp_path / "w", pg=pg_server, ssh=None)
     cfg = tmp_path / "w" / "config.toml"

@@ -13,8 +13,8 @@ import time
 import asyncpg
 import pytest
 
-from proxy.demo_setup import build_local_workdir, issue_local_grant
 from tests.pg_client import client_tls
+from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,6 +1,6 @@
 """A throwaway S3 server with Object Lock (SeaweedFS) on loopback, for tests and benchmarks.
 
-Like :mod:`proxy.throwaway` (PostgreSQL, OpenSSH) it has no pytest dependency::
+Like :mod:`throwaway.servers` (PostgreSQL, OpenSSH) it has no pytest dependency::
 
     with S3Server() as s3:
         print(s3.endpoint_url, s3.bucket)  # a bucket with Object Lock and versioning
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from proxy.throwaway import (
+from throwaway.servers import (
     LOOPBACK,
     ServerStartError,
     _die_with_parent,

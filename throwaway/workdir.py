@@ -12,7 +12,7 @@ from policy.issuance import AccessRequest, build_claims
 from policy.keys import load_private_key
 from proxy.config import Config, load_config
 from proxy.initdir import ISSUER_KID, init_workdir, render_config
-from proxy.throwaway import PostgresServer, SshServer, free_port
+from throwaway.servers import PostgresServer, SshServer, free_port
 
 
 def _secret_file(path: Path, value: str) -> None:

@@ -100,7 +100,7 @@ def add_service_and_console(d: Path, alert_url: str) -> tuple[str, str, str]:
     """The grant service (with the console) on a loopback port, a demo reviewer in the
     `security` group, and the alert sink as a webhook. Returns (service URL, reviewer's
     password, TOTP secret)."""
-    from policy.identity import add_local_user
+    from service.identity import add_local_user
 
     port = free_port()
     with open(d / "config.toml", "a") as f:
@@ -243,7 +243,7 @@ def instructions(d: Path, env: dict[str, str]) -> str:
 
 
 async def _gateway_and_service(cfg: Config, d: Path, ready) -> None:
-    from proxy.service import load_service_config, start_service
+    from service.api import load_service_config, start_service
 
     scfg, settings = load_service_config(d / "config.toml")
     service = await start_service(scfg, settings)

@@ -17,7 +17,7 @@ import asyncpg
 import pyotp
 import pytest
 
-from policy.identity import add_local_user
+from service.identity import add_local_user
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_service_support import ServiceThread, add_service_config, drop_state_db

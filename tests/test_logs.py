@@ -25,7 +25,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from policy.identity import add_local_user
+from service.identity import add_local_user
 from tests.test_metrics import _value
 from tests.test_service_metrics import _http
 from tests.test_service_support import PASSWORDS, add_service_config

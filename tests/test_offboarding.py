@@ -88,7 +88,7 @@ def test_group_changes_apply_to_live_sessions(env):
     cli.login("bob", svc.url)
     token = session_token(cli, "bob")
     assert whoami(svc, token)[1]["groups"] == ["approvers"]
-    from policy.identity import _read_users, _write_users
+    from service.identity import _read_users, _write_users
 
     path = gw.dir / "users.toml"
     users = _read_users(path)

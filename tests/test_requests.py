@@ -1,4 +1,4 @@
-"""The pure request/approval rules in policy.requests."""
+"""The pure request/approval rules in service.requests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import dataclasses
 
 import pytest
 
-from policy.requests import (
+from policy.templates import SqlAccess, TargetPattern, Template
+from service.requests import (
     APPROVED,
     DENIED,
     EXPIRED,
@@ -24,7 +25,6 @@ from policy.requests import (
     grant_claims,
     new_request,
 )
-from policy.templates import SqlAccess, TargetPattern, Template
 
 T0 = calendar.timegm((2026, 3, 2, 10, 0, 0))  # a Monday, 10:00 UTC
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ConfigError
-from proxy.service import parse_service_settings
+from service.api import parse_service_settings
 
 
 def problems(doc: dict) -> list[str]:

@@ -15,7 +15,7 @@ import urllib.request
 import pyotp
 import pytest
 
-from proxy.service_metrics import login_reason
+from service.metrics import login_reason
 from tests.harness import GatewayThread
 from tests.test_metrics import _value
 from tests.test_service_support import PASSWORDS, ServiceThread, add_service_config
@@ -214,7 +214,7 @@ def test_revocation_and_unbounded_reasons_stay_bounded(env):
 
 def test_metrics_listen_is_validated(tmp_path):
     from proxy.config import ConfigError
-    from proxy.service import parse_service_settings
+    from service.api import parse_service_settings
 
     (tmp_path / "users.toml").write_text("")
     doc = {"service": {"metrics_listen": "9465"}, "identity": {"users_file": "users.toml"}}

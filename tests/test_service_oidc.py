@@ -135,7 +135,7 @@ async def test_oidc_cannot_impersonate_a_local_approver(oidc_env):
 
 def test_config_refuses_a_name_two_sources_could_claim(tmp_path, pg_server):
     from proxy.config import ConfigError
-    from proxy.service import load_service_config
+    from service.api import load_service_config
 
     gw = GatewayThread(tmp_path / "gw", pg=pg_server)
     add_service_config(

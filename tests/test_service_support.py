@@ -38,7 +38,7 @@ from typing import Any  # noqa: E402
 
 import pyotp  # noqa: E402
 
-from policy.identity import add_local_user  # noqa: E402
+from service.identity import add_local_user  # noqa: E402
 
 SERVICE_TOML = """
 [service]
@@ -80,7 +80,7 @@ class ServiceThread:
     """The grant service on 127.0.0.1 in a background thread with its own event loop."""
 
     def __init__(self, config: Path, state=None) -> None:
-        from proxy.service import load_service_config
+        from service.api import load_service_config
 
         self.cfg, self.settings = load_service_config(config)
         self.state = state
@@ -89,7 +89,7 @@ class ServiceThread:
         self.running = None
 
     def start(self) -> ServiceThread:
-        from proxy.service import start_service
+        from service.api import start_service
 
         self._thread.start()
         self.running = self.call(start_service(self.cfg, self.settings, state=self.state, port=0))

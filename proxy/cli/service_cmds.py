@@ -182,7 +182,7 @@ def _loopback_url(url: str) -> bool:
 
 def _server_from_config(args) -> str | None:
     try:
-        from proxy.service import load_service_config
+        from service.api import load_service_config
 
         _, settings = load_service_config(args.config)
     except Exception:
@@ -389,7 +389,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from proxy.logs import configure_logging
-    from proxy.service import load_service_config, run_service
+    from service.api import load_service_config, run_service
 
     cfg, settings = load_service_config(args.config)
     configure_logging(args.log_format, args.log_level)
@@ -572,8 +572,8 @@ def cmd_grant_revoke(args: argparse.Namespace) -> int:
 def cmd_users_add(args: argparse.Namespace) -> int:
     import pyotp
 
-    from policy.identity import add_local_user
-    from proxy.service import load_service_config
+    from service.api import load_service_config
+    from service.identity import add_local_user
 
     _, settings = load_service_config(args.config)
     if settings.users_file is None:
@@ -603,7 +603,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def _users_file(args: argparse.Namespace):
-    from proxy.service import load_service_config
+    from service.api import load_service_config
 
     cfg, settings = load_service_config(args.config)
     if settings.users_file is None:
@@ -612,7 +612,7 @@ def _users_file(args: argparse.Namespace):
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    from policy.identity import LocalUsers
+    from service.identity import LocalUsers
 
     _, _, path = _users_file(args)
     try:
@@ -633,7 +633,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
 
 
 def cmd_users_enable(args: argparse.Namespace) -> int:
-    from policy.identity import set_user_disabled
+    from service.identity import set_user_disabled
 
     cfg, _, path = _users_file(args)
     try:
@@ -660,9 +660,9 @@ def _offboard(args: argparse.Namespace, what: str) -> int:
     import asyncio
     import time
 
-    from policy.identity import remove_local_user, set_user_disabled
     from proxy.context import current_actor
-    from proxy.service import open_service_state
+    from service.api import open_service_state
+    from service.identity import remove_local_user, set_user_disabled
 
     cfg, settings, path = _users_file(args)
     try:

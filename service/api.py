@@ -60,7 +60,13 @@ from aiohttp import web
 
 from policy.durations import DurationError, parse_duration
 from policy.grants import sign_grant
-from policy.identity import (
+from policy.state import SqliteState
+from policy.templates import is_member
+from proxy.config import Config, ConfigError, find_config_path, parse_config
+from proxy.context import audit_grant_issued, issuer_key, open_audit
+from proxy.gateway import LIVE_STALE
+from proxy.logs import log
+from service.identity import (
     AuthFailed,
     LocalUsers,
     OidcSettings,
@@ -69,7 +75,8 @@ from policy.identity import (
     UsersFile,
     oidc_namespace_problems,
 )
-from policy.requests import (
+from service.metrics import ServiceMetrics, login_reason, route_of
+from service.requests import (
     APPROVED,
     EXPIRED,
     PENDING,
@@ -86,14 +93,7 @@ from policy.requests import (
     grant_claims,
     new_request,
 )
-from policy.state import SqliteState
-from policy.templates import is_member
-from proxy.config import Config, ConfigError, find_config_path, parse_config
-from proxy.context import audit_grant_issued, issuer_key, open_audit
-from proxy.gateway import LIVE_STALE
-from proxy.logs import log
-from proxy.service_metrics import ServiceMetrics, login_reason, route_of
-from proxy.throttle import LoginThrottle
+from service.throttle import LoginThrottle
 
 MY_SECTIONS = ("service", "identity")
 MAX_BODY = 64 * 1024
@@ -1138,8 +1138,8 @@ class GrantService:
         """Console reviewers: record the post-incident review of a break-glass session, as the
         console's review form does, attributed to the caller's service identity (never one's
         own session; no "ok" for a recording that fails verification)."""
-        from proxy.console.web import console_reviewers
         from recorder.review import ReviewRefused, record_review
+        from service.console.web import console_reviewers
 
         who: Identity = request[IDENTITY]
         body = await _body(request)
@@ -1222,7 +1222,7 @@ def build_app(service: GrantService) -> web.Application:
         """The API caller, or the console's logged-in user (its session cookie)."""
         who = request.get(IDENTITY)
         if who is None and request.path.startswith("/console/"):
-            from proxy.console.web import SESSION_COOKIE
+            from service.console.web import SESSION_COOKIE
 
             with contextlib.suppress(Exception):  # the log line must never break a request
                 who = service.sessions.verify(request.cookies.get(SESSION_COOKIE, ""))
@@ -1297,7 +1297,7 @@ def build_app(service: GrantService) -> web.Application:
     app.router.add_get("/v1/sessions/live", s.live_sessions)
     app.router.add_post("/v1/sessions/{id}/kill", s.kill_session)
     app.router.add_post("/v1/sessions/{id}/review", s.review_session)
-    from proxy.console import setup_console  # the web console: its own cookie login
+    from service.console import setup_console  # the web console: its own cookie login
 
     setup_console(app, s)
     return app
@@ -1310,7 +1310,7 @@ class RunningService:
     url: str
     port: int
     tasks: list[asyncio.Task] = field(default_factory=list)
-    metrics_server: Any = None  # proxy.service_metrics.MetricsServer with metrics_listen
+    metrics_server: Any = None  # service.metrics.MetricsServer with metrics_listen
 
     @property
     def metrics_port(self) -> int | None:
@@ -1353,7 +1353,7 @@ async def start_service(
         await site.start()
         metrics_server = None
         if settings.metrics_host is not None:
-            from proxy.service_metrics import start_metrics_server
+            from service.metrics import start_metrics_server
 
             try:
                 metrics_server = await start_metrics_server(

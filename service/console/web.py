@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from policy.identity import AuthFailed, Identity
 from policy.templates import is_member
-from proxy.console import pages
 from proxy.logs import log
+from service.console import pages
+from service.identity import AuthFailed, Identity
 
 PREFIX = "/console/"
 STATIC = Path(__file__).resolve().parent / "static"

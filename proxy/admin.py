@@ -92,7 +92,7 @@ async def _dispatch(registry: SessionRegistry, on_cancel: Any, line: bytes) -> d
         tell_engineer(s, actor)
         return {"ok": True, "recording": s.info().get("recording")}
     if op == "alerts":  # the latest alerts and their delivery counts (used by drills)
-        from proxy import alerts
+        from recorder import alerts
 
         a = alerts.current()
         recent = [dict(r) for r in a.recent] if a is not None else []

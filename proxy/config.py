@@ -447,7 +447,7 @@ def _store(r: _Reader, doc: dict) -> Any:
 
 def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) -> Config:
     r = _Reader(base)
-    # service/identity: the grant service (service/api.py); review/alerts/index: proxy/alerts.py.
+    # service/identity: the grant service (service/api.py); review/alerts/index: recorder/alerts.py.
     # Those modules validate their own sections.
     known_top = {
         "gateway",

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policy.drill import DRILL_REASON_PREFIX, drill_ticket
 from proxy.cli.output import CliError, emit_json
 from proxy.config import Config, load_config
-from proxy.drill import DRILL_REASON_PREFIX, drill_ticket
 
 STEPS = ("grant", "connect", "command", "end", "verify", "alerts", "review")
 WAIT = 15.0  # seconds any one step may wait for the gateway
@@ -369,10 +369,10 @@ class Drill:
         self._done("alerts", name, started, f"breakglass.used [DRILL] delivered ({a['alert_id']})")
 
     async def _review(self, name: str, sid: str) -> None:
-        from proxy.alerts import review_settings
+        from policy.drill import is_drill
         from proxy.cli.review_cmds import _open_index, _refresh
         from proxy.context import trusted_recorder_keys
-        from proxy.drill import is_drill
+        from recorder.alerts import review_settings
         from recorder.index import SessionFilter
         from recorder.review import load_reviews, review_queue
 

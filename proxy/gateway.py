@@ -221,7 +221,7 @@ class Gateway:
         hears about every attempt, refused or, on SSH, merely seen)."""
         if rule not in TAKEOVER_RULES:
             return
-        from proxy import alerts
+        from recorder import alerts
 
         info = dict(
             session=session.id,
@@ -341,9 +341,9 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
 
     With ``workers`` > 1 several processes listen on the same ports (SO_REUSEPORT); each
     has its own admin socket, and a CancelRequest reaching the wrong one is forwarded."""
-    from proxy import alerts
     from proxy.audit_guard import GuardedAudit
     from proxy.context import trusted_recorder_keys
+    from recorder import alerts
 
     nofile = raise_nofile_limit()
     for w in cfg.warnings:  # README: risky command patterns are flagged when a config loads
@@ -462,7 +462,7 @@ async def stop_gateway(gw: Gateway) -> None:
                 await s
             elif hasattr(s, "wait_closed"):
                 await asyncio.wait_for(s.wait_closed(), 2)
-    from proxy import alerts
+    from recorder import alerts
 
     await asyncio.to_thread(alerts.shutdown, 5.0)
     if gw.cfg.state_url:

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from policy.drill import is_drill
 from policy.grants import Grant, GrantTarget, utc_text
-from proxy import alerts
-from proxy.drill import is_drill
 from proxy.logs import log
+from recorder import alerts
 from recorder.format import RecorderError
 from recorder.space import SpaceReserve, is_storage_error
 

@@ -574,7 +574,7 @@ class GrantService:
 
     def _alert(self, event: str, **fields: Any) -> None:
         try:
-            from proxy import alerts
+            from recorder import alerts
         except ImportError:
             return
         try:
@@ -1387,7 +1387,7 @@ async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None)
     """Run until SIGINT/SIGTERM."""
     alerter = None
     try:
-        from proxy import alerts
+        from recorder import alerts
 
         alerter = alerts.setup(cfg)
     except ImportError:
@@ -1406,7 +1406,7 @@ async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None)
         log.info("service.stopping", signal=signame)
         await running.stop()
         if alerter is not None:
-            from proxy import alerts
+            from recorder import alerts
 
             alerts.shutdown()
         log.info("service.stopped")

@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from proxy.drill import is_drill
+from policy.drill import is_drill
 from proxy.logs import log
 
 UNKNOWN = "unknown"

@@ -1,4 +1,4 @@
-"""``breakglass report access``: the access recertification report (see proxy/report.py)."""
+"""``breakglass report access``: the access recertification report (see recorder/report.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MAX_GRANTS = 1_000_000
 
 def register(sub: argparse._SubParsersAction) -> None:
     from proxy.cli.review_cmds import parse_when
-    from proxy.report import FORMATS
+    from recorder.report import FORMATS
 
     p = sub.add_parser(
         "report",
@@ -56,10 +56,10 @@ async def _state_inputs(cfg: Config, since: float):
 
 
 def build_access_report(cfg: Config, args: argparse.Namespace):
-    from proxy.alerts import review_settings
     from proxy.cli.review_cmds import _open_index, _refresh
-    from proxy.report import build_report
+    from recorder.alerts import review_settings
     from recorder.audit import read_audit
+    from recorder.report import build_report
     from recorder.review import load_reviews
 
     now = time.time()
@@ -115,7 +115,7 @@ def build_access_report(cfg: Config, args: argparse.Namespace):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from proxy.cli.review_cmds import _audit_access
-    from proxy.report import RENDERERS
+    from recorder.report import RENDERERS
 
     cfg = load_config(args.config)
     rep = build_access_report(cfg, args)

@@ -227,7 +227,7 @@ def os_user() -> str:
 
 
 def _open_index(cfg: Config):
-    from proxy.alerts import index_path
+    from recorder.alerts import index_path
     from recorder.index import SqliteIndex
 
     return SqliteIndex(index_path(cfg))
@@ -267,7 +267,7 @@ def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=Tr
 
 
 def _alert_failures(cfg: Config, index, failed) -> None:
-    from proxy import alerts
+    from recorder import alerts
 
     try:
         settings = alerts.alert_settings(cfg)
@@ -734,7 +734,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def _review_list(args: argparse.Namespace) -> int:
-    from proxy.alerts import review_settings
+    from recorder.alerts import review_settings
     from recorder.index import SessionFilter
     from recorder.review import load_reviews, review_queue
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from policy.drill import is_drill
 from policy.grants import utc_text
-from proxy.drill import is_drill
 
 CSRF_SLOT = "\x00csrf\x00"  # replaced by the CSRF token when the page is sent
 PREFIX = "/console/"

@@ -547,9 +547,9 @@ class Console:
         return await self.page(request, "Review queue", pages.review_page(items, request.query))
 
     def _queue(self, include_reviewed: bool) -> list[Any]:
-        from proxy.alerts import review_settings
         from proxy.cli.review_cmds import _open_index, _refresh
         from proxy.context import trusted_recorder_keys
+        from recorder.alerts import review_settings
         from recorder.index import SessionFilter
         from recorder.review import load_reviews, review_queue
 

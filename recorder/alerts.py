@@ -59,9 +59,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from policy.drill import is_drill
 from policy.durations import DurationError, parse_duration
 from proxy.config import Config, ConfigError
-from proxy.drill import is_drill
 from proxy.logs import log
 
 BREAKGLASS_USED = "breakglass.used"

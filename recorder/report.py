@@ -25,10 +25,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from policy.drill import is_drill
 from policy.grants import utc_text
 from policy.state import IssuedGrant, Revocation
 from policy.templates import Template
-from proxy.drill import is_drill
 from recorder.index import LIVE, OK, SessionSummary
 from recorder.review import ReviewSet
 

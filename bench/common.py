@@ -119,7 +119,7 @@ def start_gateway_process(
     cmd = [
         sys.executable,
         "-m",
-        "proxy.cli.main",
+        "cli.main",
         "-c",
         str(config),
         "gateway",

@@ -3,7 +3,7 @@
 A drill's grant carries ``ticket = "DRILL-<time>"`` and a reason starting with ``DRILL:``.
 Both travel with the grant into the state database, the audit log, every recording's header
 and the session index, so every view can tell a drill from a real emergency without a schema
-change. The drill runner itself is :mod:`proxy.drill_run`.
+change. The drill runner itself is :mod:`cli.drill_run`.
 """
 
 from __future__ import annotations

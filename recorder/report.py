@@ -372,7 +372,7 @@ def render_csv(rep: Report) -> str:
 
 
 def render_table(rep: Report) -> str:
-    from proxy.cli.output import table
+    from cli.output import table
 
     lines = [f"Access recertification report, {_period(rep)}  ({len(rep.rows)} grants)"]
     lines += [f"!! WARNING: {w}" for w in rep.warnings]

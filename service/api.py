@@ -1166,7 +1166,7 @@ class GrantService:
     def _reviewed_session(self, ref: str) -> Any:
         """The session ``ref`` names (whole id or unique part) from the index, refreshed and
         cross-checked with the audit log; one that fails verification is alerted (once)."""
-        from proxy.cli.review_cmds import _alert_failures, _open_index, _refresh
+        from cli.review_cmds import _alert_failures, _open_index, _refresh
         from recorder.index import SessionNotFound
 
         with _open_index(self.cfg) as index:

@@ -27,10 +27,10 @@ from typing import Any
 import asyncssh
 import pytest
 
+from cli.initdir import ISSUER_KID, init_workdir, render_config
 from policy.grants import new_jti, sign_grant
 from policy.keys import load_private_key
 from proxy.config import load_config
-from proxy.initdir import ISSUER_KID, init_workdir, render_config
 from recorder.reader import read_events
 from tests.servers import SshServer, free_port
 

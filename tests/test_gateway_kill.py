@@ -27,7 +27,7 @@ def gateway_process(directory: Path, cfg):
     """``breakglass gateway`` as its own process; yields it once both listeners accept."""
     log = open(directory / "gateway.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli.main", "-c", str(directory / "config.toml"), "gateway"],
+        [sys.executable, "-m", "cli.main", "-c", str(directory / "config.toml"), "gateway"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

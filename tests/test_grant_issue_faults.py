@@ -31,7 +31,7 @@ def issue(cfg, reason: str, *approval: str) -> subprocess.CompletedProcess:
     argv += ["--ttl", "10m", "--reason", reason, *(approval or ("--approved-by", "alice"))]
     env = {k: v for k, v in os.environ.items() if k != "BREAKGLASS_DEBUG"}
     return subprocess.run(
-        [sys.executable, "-m", "proxy.cli.main", "-c", str(cfg.path), *argv],
+        [sys.executable, "-m", "cli.main", "-c", str(cfg.path), *argv],
         capture_output=True,
         text=True,
         timeout=60,

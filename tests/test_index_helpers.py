@@ -170,20 +170,20 @@ def tamper(path: Path, old: bytes, new: bytes) -> None:
 
 def make_workdir(directory: Path):
     """``breakglass init`` in ``directory``; returns the loaded Config."""
+    from cli.initdir import init_workdir, render_config
     from proxy.config import load_config
-    from proxy.initdir import init_workdir, render_config
 
     init_workdir(Path(directory), render_config(gateway_name="test-gw"))
     return load_config(Path(directory) / "config.toml")
 
 
 def run_cli(argv: list[str]) -> int:
-    """Run ``breakglass`` with the review commands registered, as proxy.cli.main does (the
+    """Run ``breakglass`` with the review commands registered, as cli.main does (the
     commands are wired into main by its owner; this keeps the tests independent of that)."""
     import argparse
 
-    from proxy.cli import review_cmds
-    from proxy.cli.output import CliError
+    from cli import review_cmds
+    from cli.output import CliError
     from proxy.config import ConfigError
 
     parser = argparse.ArgumentParser(prog="breakglass")

@@ -45,7 +45,7 @@ def cluster(pg_server, tmp_path):
 
 def cli(gw, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "proxy.cli.main", "-c", str(gw.dir / "config.toml"), *argv],
+        [sys.executable, "-m", "cli.main", "-c", str(gw.dir / "config.toml"), *argv],
         capture_output=True,
         text=True,
         timeout=60,

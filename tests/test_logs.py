@@ -40,7 +40,7 @@ class LogProcess:
 
     def __init__(self, config: Path, *command: str) -> None:
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli.main", "-c", str(config), *command,
+            [sys.executable, "-m", "cli.main", "-c", str(config), *command,
              "--log-format", "json"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ),
         )  # fmt: skip

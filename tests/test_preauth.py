@@ -97,7 +97,7 @@ class GatewayProcess:
             resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli.main", "-c", str(path), "gateway"],
+            [sys.executable, "-m", "cli.main", "-c", str(path), "gateway"],
             preexec_fn=limit,
             stdout=subprocess.DEVNULL,
             stderr=open(directory / "gateway.log", "wb"),  # noqa: SIM115 - read on failure

@@ -14,7 +14,7 @@ import time
 import asyncpg
 import pytest
 
-from proxy.cli.main import main
+from cli.main import main
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_index_helpers import tamper

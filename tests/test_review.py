@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from proxy.cli.review_cmds import os_user
+from cli.review_cmds import os_user
 from recorder.audit import AuditLog, read_audit
 from recorder.index import SqliteIndex, refresh
 from recorder.review import ReviewRefused, load_reviews, record_review, review_queue

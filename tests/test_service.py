@@ -14,7 +14,7 @@ import jwt
 import pyotp
 import pytest
 
-from proxy.cli.service_cmds import find_stored_grant, grants_dir
+from cli.service_cmds import find_stored_grant, grants_dir
 from recorder.audit import read_audit
 from service.requests import Request
 from tests.harness import GatewayThread

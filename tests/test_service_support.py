@@ -120,14 +120,14 @@ class Cli:
 
     def __init__(self, home: Path, config: Path, secrets: dict[str, str], monkeypatch) -> None:
         self.home, self.config, self.secrets, self.mp = Path(home), config, secrets, monkeypatch
-        import proxy.cli.main as main
-        from proxy.cli import service_cmds
+        import cli.main as main
+        from cli import service_cmds
 
         if service_cmds not in main.MODULES:  # until the CLI registers the module itself
             monkeypatch.setattr(main, "MODULES", (*main.MODULES, service_cmds))
 
     def run(self, user: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-        from proxy.cli.main import main
+        from cli.main import main
 
         self.mp.setenv("XDG_CONFIG_HOME", str(self.home / user))
         out, err = io.StringIO(), io.StringIO()

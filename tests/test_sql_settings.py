@@ -175,8 +175,8 @@ def test_set_config_matches_set():
 
 def test_template_catalog_switch_reaches_the_rules(tmp_path):
     """``catalog = false`` in a template's sql table ends up in the grant's rules."""
+    from cli.initdir import init_workdir
     from proxy.config import load_config
-    from proxy.initdir import init_workdir
 
     init_workdir(tmp_path)
     path = tmp_path / "config.toml"

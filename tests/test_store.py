@@ -283,7 +283,7 @@ _cli_lock = threading.Lock()
 def _cli(config: Path, *args: str, env: dict | None = None) -> _Ran:
     """``breakglass -c CONFIG ARGS`` in this process (the interpreter start-up of a subprocess
     costs seconds here), with ``env`` set for its duration (e.g. read-only S3 credentials)."""
-    from proxy.cli.main import main
+    from cli.main import main
 
     with _cli_lock, contextlib.redirect_stdout(io.StringIO()) as out:
         with contextlib.redirect_stderr(io.StringIO()) as err:
@@ -471,7 +471,7 @@ async def test_kill_9_gateway_then_verify_names_the_gap(s3_server, pg_server, tm
             [
                 sys.executable,
                 "-m",
-                "proxy.cli.main",
+                "cli.main",
                 "-c",
                 str(path),
                 "gateway",

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from proxy.cli.main import main as cli_main
+from cli.main import main as cli_main
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_alerts import Receiver

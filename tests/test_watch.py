@@ -39,7 +39,7 @@ class Watcher:
             [
                 sys.executable,
                 "-m",
-                "proxy.cli.main",
+                "cli.main",
                 "-c",
                 str(gw.dir / "config.toml"),
                 "watch",

@@ -44,7 +44,7 @@ def cluster(pg_server, ssh_server, tmp_path_factory):
 def published(gw: GatewayThread, sid: str) -> None:
     """Bounded wait until the owning gateway has published ``sid`` to the shared state (within
     its LIVE_POLL): what `breakglass sessions --live` and a watch from elsewhere see."""
-    from proxy.cli.admin_cmds import shared_live
+    from cli.admin_cmds import shared_live
 
     deadline = time.monotonic() + 10
     while not any(s["id"] == sid for s in shared_live(gw.cfg)):

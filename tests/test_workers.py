@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def bg(config, *args):
     return subprocess.run(
-        [sys.executable, "-m", "proxy.cli.main", "-c", str(config), *args],
+        [sys.executable, "-m", "cli.main", "-c", str(config), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -44,7 +44,7 @@ def two_workers(pg_server, tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "proxy.cli.main",
+            "cli.main",
             "-c",
             str(path),
             "gateway",

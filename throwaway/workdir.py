@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli.initdir import ISSUER_KID, init_workdir, render_config
 from policy.grants import sign_grant
 from policy.issuance import AccessRequest, build_claims
 from policy.keys import load_private_key
 from proxy.config import Config, load_config
-from proxy.initdir import ISSUER_KID, init_workdir, render_config
 from throwaway.servers import PostgresServer, SshServer, free_port
 
 

@@ -118,7 +118,7 @@ def _read_grant(args: argparse.Namespace) -> tuple[str | None, Path | None]:
     token = os.environ.get("BREAKGLASS_GRANT", "").strip()
     if not token:
         try:
-            from proxy.cli.service_cmds import find_stored_grant
+            from cli.service_cmds import find_stored_grant
 
             token = find_stored_grant(args.target, "ssh") or ""
         except ImportError:

@@ -67,7 +67,7 @@ def message_page(title: str, text: str, back: str) -> str:
 
 
 def parse_filters(q: Mapping[str, str]) -> dict[str, Any]:
-    from proxy.cli.review_cmds import parse_when
+    from cli.review_cmds import parse_when
 
     out: dict[str, Any] = {}
     for k in ("user", "target"):

@@ -270,7 +270,7 @@ class Console:
         return await self.page(request, "Sessions", pages.sessions_page(rows, q))
 
     def _query(self, flt: dict[str, Any]) -> list[Any]:
-        from proxy.cli.review_cmds import _open_index, _refresh, fetch_live
+        from cli.review_cmds import _open_index, _refresh, fetch_live
         from recorder.index import OK, SessionFilter, merge_live
 
         sf = SessionFilter(
@@ -295,7 +295,7 @@ class Console:
         return rows[:500]
 
     def _resolve(self, sid: str) -> Any:
-        from proxy.cli.review_cmds import _open_index, _refresh
+        from cli.review_cmds import _open_index, _refresh
         from recorder.index import SessionNotFound, valid_session_id
 
         if not valid_session_id(sid):
@@ -547,7 +547,7 @@ class Console:
         return await self.page(request, "Review queue", pages.review_page(items, request.query))
 
     def _queue(self, include_reviewed: bool) -> list[Any]:
-        from proxy.cli.review_cmds import _open_index, _refresh
+        from cli.review_cmds import _open_index, _refresh
         from proxy.context import trusted_recorder_keys
         from recorder.alerts import review_settings
         from recorder.index import SessionFilter

@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+from cli.output import CliError, emit_json
 from policy.durations import parse_duration
 from policy.grants import utc_text
-from proxy.cli.output import CliError, emit_json
 from proxy.config import load_config
 from proxy.context import trusted_recorder_keys
 
@@ -172,7 +172,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from recorder.verify import STATUS_LIVE, STATUS_OPEN
 
     if args.anchors or any(p.startswith("s3://") for p in args.paths):
-        from proxy.cli import store_cmds  # the object store: segments and off-host anchors
+        from cli import store_cmds  # the object store: segments and off-host anchors
 
         return store_cmds.cmd_verify(args)
     cfg = load_config(args.config)

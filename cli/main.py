@@ -7,9 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from policy.durations import DurationError
-from policy.keys import KeyFileError
-from proxy.cli import (
+from cli import (
     admin_cmds,
     console_cmds,
     grant_cmds,
@@ -20,7 +18,9 @@ from proxy.cli import (
     setup_cmds,
     store_cmds,
 )
-from proxy.cli.output import CliError
+from cli.output import CliError
+from policy.durations import DurationError
+from policy.keys import KeyFileError
 from proxy.config import CONFIG_ENV, ConfigError
 
 # service_cmds adds `grant get` / `grant revoke` to the grant command: keep it after grant_cmds.

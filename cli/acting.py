@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from proxy.cli.output import CliError
+from cli.output import CliError
 
 OS_PREFIX = "os:"
 SERVICE_TIMEOUT = 20.0  # the service's kill waits up to 3 s for the owning gateway
@@ -41,7 +41,7 @@ def as_service_user(
     A refusal by the service (403, 409, ...) is raised as a :class:`CliError`: a logged-in
     user the service refuses does not quietly act under another name. ``local_if`` lists
     statuses that also mean "do it locally" (e.g. 404: the service cannot see the session)."""
-    from proxy.cli.service_cmds import Client, ServiceCallFailed, _load_session
+    from cli.service_cmds import Client, ServiceCallFailed, _load_session
 
     session = _load_session()
     token, server = session.get("token"), session.get("server")

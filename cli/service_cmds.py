@@ -23,9 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cli.output import CliError, emit_json, table
 from policy.durations import format_duration
 from policy.grants import utc_text
-from proxy.cli.output import CliError, emit_json, table
 
 SERVER_ENV = "BREAKGLASS_SERVER"
 CA_ENV = "BREAKGLASS_CA_FILE"

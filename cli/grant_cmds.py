@@ -10,10 +10,10 @@ from pathlib import Path
 
 import jwt
 
+from cli.output import CliError, emit_json
 from policy.durations import format_duration, parse_duration
 from policy.grants import Grant, Refusal, sign_grant, utc_text
 from policy.issuance import AccessRequest, IssuanceRefused, build_claims
-from proxy.cli.output import CliError, emit_json
 from proxy.config import load_config
 from proxy.context import (
     audit_grant_issued,

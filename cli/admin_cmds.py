@@ -9,9 +9,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from proxy.cli import review_cmds
-from proxy.cli.acting import as_service_user, os_actor
-from proxy.cli.output import CliError, emit_json
+from cli import review_cmds
+from cli.acting import as_service_user, os_actor
+from cli.output import CliError, emit_json
 from proxy.config import load_config
 
 
@@ -92,7 +92,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     elif cfg.workers > 1:
         from proxy.gateway import supervise_workers
 
-        argv = [sys.executable, "-m", "proxy.cli.main", "-c", str(cfg.path), "gateway"]
+        argv = [sys.executable, "-m", "cli.main", "-c", str(cfg.path), "gateway"]
         argv += ["--log-format", args.log_format, "--log-level", args.log_level]
         return supervise_workers(argv, cfg.workers)
 
@@ -243,7 +243,7 @@ def read_grant(
     else:
         token = os.environ.get(env_var, "").strip()
     if not token and target is not None:
-        from proxy.cli.service_cmds import find_stored_grant
+        from cli.service_cmds import find_stored_grant
 
         token = (find_stored_grant(target, target_type) or "").strip()
     if not token:

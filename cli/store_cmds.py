@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proxy.cli.output import CliError, emit_json
+from cli.output import CliError, emit_json
 from proxy.config import Config, load_config
 from proxy.context import trusted_recorder_keys
 from recorder.store import StoreConfig, StoreError, parse_url
@@ -104,7 +104,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``verify`` with s3:// URLs among the paths, or ``--anchors``."""
-    from proxy.cli.record_cmds import recording_files
+    from cli.record_cmds import recording_files
     from recorder.anchor_verify import check_local, verify_store
     from recorder.store_read import pull
 

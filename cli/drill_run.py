@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cli.output import CliError, emit_json
 from policy.drill import DRILL_REASON_PREFIX, drill_ticket
-from proxy.cli.output import CliError, emit_json
 from proxy.config import Config, load_config
 
 STEPS = ("grant", "connect", "command", "end", "verify", "alerts", "review")
@@ -369,8 +369,8 @@ class Drill:
         self._done("alerts", name, started, f"breakglass.used [DRILL] delivered ({a['alert_id']})")
 
     async def _review(self, name: str, sid: str) -> None:
+        from cli.review_cmds import _open_index, _refresh
         from policy.drill import is_drill
-        from proxy.cli.review_cmds import _open_index, _refresh
         from proxy.context import trusted_recorder_keys
         from recorder.alerts import review_settings
         from recorder.index import SessionFilter
@@ -404,7 +404,7 @@ def default_user(cfg: Config, template: Any) -> str:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    from proxy.cli.review_cmds import _audit_access
+    from cli.review_cmds import _audit_access
 
     cfg = load_config(args.config)
     template = _pick_template(cfg, args.template)

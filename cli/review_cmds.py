@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cli.output import CliError, emit_json, table
 from policy.durations import format_duration
 from policy.grants import utc_text
-from proxy.cli.output import CliError, emit_json, table
 from proxy.config import Config, load_config
 from proxy.context import trusted_recorder_keys
 
@@ -235,10 +235,10 @@ def _open_index(cfg: Config):
 
 def _source(cfg: Config, url: str | None):
     """(config to read with, store view or None): the config itself, or with ``--store`` /
-    an ``s3://`` URL the store's copy (see :func:`proxy.cli.store_cmds.store_source`)."""
+    an ``s3://`` URL the store's copy (see :func:`cli.store_cmds.store_source`)."""
     if url is None:
         return cfg, None
-    from proxy.cli.store_cmds import store_source
+    from cli.store_cmds import store_source
 
     rcfg, view, _only = store_source(cfg, url)
     return rcfg, view
@@ -258,7 +258,7 @@ def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=Tr
         index, cfg.recordings_dir, keys, rebuild=rebuild, reverify=reverify, facts=facts
     )
     if view is not None:
-        from proxy.cli.store_cmds import apply_verdicts
+        from cli.store_cmds import apply_verdicts
 
         apply_verdicts(index, view, report.failed, facts)
     if report.failed:
@@ -303,7 +303,7 @@ def fetch_live(cfg: Config) -> list[dict[str, Any]] | None:
             continue
         if reply.get("ok"):
             sessions = (sessions or []) + (reply.get("sessions") or [])
-    from proxy.cli.admin_cmds import shared_live  # other gateways sharing the state
+    from cli.admin_cmds import shared_live  # other gateways sharing the state
 
     remote = shared_live(cfg)
     if remote:
@@ -362,7 +362,7 @@ def _locate(cfg: Config, ref: str, store: str | None):
     store (``--store``, an ``s3://.../SESSION`` reference, or ``[recorder.store]`` when the
     local spool does not hold that recording, e.g. it was deleted after its upload)."""
     if ref.startswith("s3://"):
-        from proxy.cli.store_cmds import store_for, store_source
+        from cli.store_cmds import store_for, store_source
 
         if store_for(ref, cfg)[1] is None:
             raise CliError(f"{ref}: name a session: s3://BUCKET/PREFIX/SESSION")
@@ -399,7 +399,7 @@ def _verified_recording(cfg: Config, ref: str, force: bool, store: str | None = 
 
     summary, path, view = _locate(cfg, ref, store)
     # a session still running, as the store holds it: up to a recent checkpoint (see
-    # proxy.cli.store_cmds.apply_verdicts); shown like a local live recording
+    # cli.store_cmds.apply_verdicts); shown like a local live recording
     running = view is not None and summary is not None and summary.integrity == LIVE
     try:
         result, warning = check_integrity(path, trusted_recorder_keys(cfg), force=force)
@@ -806,7 +806,7 @@ def _review_one(args: argparse.Namespace) -> int:
     console reviewer). Otherwise recorded here, as the OS account (``os:NAME``)."""
     import urllib.parse
 
-    from proxy.cli.acting import as_service_user, os_actor
+    from cli.acting import as_service_user, os_actor
     from proxy.context import open_audit
     from recorder.review import ReviewRefused, check_review, record_review
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from proxy.cli.output import CliError
+from cli.output import CliError
 from proxy.config import load_config
 
 POLL = 0.1  # seconds between reads of the recording: well inside the 1 s promise
@@ -116,8 +116,8 @@ def _statement_line(ev: dict[str, Any], pending: dict[int, str]) -> str | None:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from cli.review_cmds import _audit_access, os_user
     from proxy.admin import admin_request
-    from proxy.cli.review_cmds import _audit_access, os_user
 
     cfg = load_config(args.config)
     sid, info, sock = asyncio.run(_live(cfg, args.session))

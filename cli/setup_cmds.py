@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from proxy.cli.output import CliError, emit_json
-from proxy.initdir import InitError, init_workdir, render_config
+from cli.initdir import InitError, init_workdir, render_config
+from cli.output import CliError, emit_json
 from proxy.tls_files import TlsFilesError, load_existing, self_signed
 
 
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.demo import DemoError, run_demo
+    from cli.demo import DemoError, run_demo
 
     try:
         return run_demo(args.dir, with_ssh=not args.no_ssh)

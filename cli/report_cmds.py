@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from proxy.cli.output import CliError
+from cli.output import CliError
 from proxy.config import Config, load_config
 from proxy.context import open_state, trusted_recorder_keys
 
@@ -17,7 +17,7 @@ MAX_GRANTS = 1_000_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from proxy.cli.review_cmds import parse_when
+    from cli.review_cmds import parse_when
     from recorder.report import FORMATS
 
     p = sub.add_parser(
@@ -56,7 +56,7 @@ async def _state_inputs(cfg: Config, since: float):
 
 
 def build_access_report(cfg: Config, args: argparse.Namespace):
-    from proxy.cli.review_cmds import _open_index, _refresh
+    from cli.review_cmds import _open_index, _refresh
     from recorder.alerts import review_settings
     from recorder.audit import read_audit
     from recorder.report import build_report
@@ -114,7 +114,7 @@ def build_access_report(cfg: Config, args: argparse.Namespace):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from proxy.cli.review_cmds import _audit_access
+    from cli.review_cmds import _audit_access
     from recorder.report import RENDERERS
 
     cfg = load_config(args.config)

@@ -111,26 +111,51 @@ def tcp_counters() -> dict[str, int]:
     return out
 
 
+#: Runs ``breakglass`` from another source tree (``--baseline``): its folders are mapped onto
+#: the breakglass namespace ahead of the installed one.
+_FROM_TREE = """
+import importlib.util, runpy, sys
+from pathlib import Path
+root = Path(sys.argv.pop(1))
+class TreeFinder:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "breakglass" and not name.startswith("breakglass."):
+            return None
+        parts = name.split(".")[1:]
+        base = root.joinpath(*parts) if parts else root / "breakglass"
+        if (base / "__init__.py").exists():
+            return importlib.util.spec_from_file_location(
+                name, base / "__init__.py", submodule_search_locations=[str(base)])
+        if base.with_suffix(".py").exists():
+            return importlib.util.spec_from_file_location(name, base.with_suffix(".py"))
+        return None
+sys.meta_path.insert(0, TreeFinder)
+sys.argv[0] = "breakglass"
+runpy.run_module("breakglass.cli.main", run_name="__main__", alter_sys=True)
+"""
+
+
 def start_gateway_process(
     config: Path, port: int, workers: int | None = None, root: Path | None = None
 ) -> subprocess.Popen:
-    """``breakglass gateway`` from the source tree ``root`` (default: this one); its log goes
-    to gateway.log beside the config (a pipe nobody reads would stall it once full)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "-c",
-        str(config),
-        "gateway",
-        "--log-level",
-        "warning",
-    ]
+    """``breakglass gateway`` from the source tree ``root`` (default: the installed package);
+    its log goes to gateway.log beside the config (a pipe nobody reads would stall it once
+    full). An older tree (top-level ``proxy``) runs from PYTHONPATH; a tree with the
+    breakglass namespace through a finder (its worker processes would use the installed
+    package: compare such trees with ``workers = 1``)."""
+    args = ["-c", str(config), "gateway", "--log-level", "warning"]
     env = dict(os.environ)
     if workers:
         env["BREAKGLASS_WORKERS"] = str(workers)
     root = root or ROOT
-    env["PYTHONPATH"] = str(root)
+    if root == ROOT:
+        cmd = [sys.executable, "-m", "breakglass.cli.main", *args]
+    elif (root / "breakglass" / "__init__.py").exists():
+        cmd = [sys.executable, "-c", _FROM_TREE, str(root), *args]
+    else:
+        cmd = [sys.executable, "-m", "proxy.cli.main", *args]
+        env["PYTHONPATH"] = str(root)
     with open(config.parent / "gateway.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:

@@ -49,9 +49,9 @@ from common import (
     tcp_counters,
 )
 
-from recorder.reader import read_events
-from throwaway.servers import PostgresServer
-from throwaway.workdir import build_local_workdir, issue_local_grant
+from breakglass.recorder.reader import read_events
+from breakglass.throwaway.servers import PostgresServer
+from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
 
 STATEMENT = "select extract(epoch from clock_timestamp())"
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from common import median, percentile, process_usage, start_gateway_process, stop, wait_port
 
-from throwaway.servers import PostgresServer, free_port
-from throwaway.workdir import build_local_workdir, issue_local_grant
+from breakglass.throwaway.servers import PostgresServer, free_port
+from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
 
 
 def run_pgbench(

@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from policy.sql_rules import SqlChecker, SqlRules  # noqa: E402
-from proxy.postgres import codec  # noqa: E402
-from proxy.postgres.codec import MessageReader  # noqa: E402
-from proxy.postgres.relay import BOOKKEEPING, Relay  # noqa: E402
-from recorder.verify import verify_recording  # noqa: E402
-from recorder.writer import RecordingWriter  # noqa: E402
+from breakglass.policy.sql_rules import SqlChecker, SqlRules  # noqa: E402
+from breakglass.proxy.postgres import codec  # noqa: E402
+from breakglass.proxy.postgres.codec import MessageReader  # noqa: E402
+from breakglass.proxy.postgres.relay import BOOKKEEPING, Relay  # noqa: E402
+from breakglass.recorder.verify import verify_recording  # noqa: E402
+from breakglass.recorder.writer import RecordingWriter  # noqa: E402
 
 SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 PREPARED = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from recorder.verify import verify_recording  # noqa: E402
-from recorder.writer import RecordingWriter  # noqa: E402
+from breakglass.recorder.verify import verify_recording  # noqa: E402
+from breakglass.recorder.writer import RecordingWriter  # noqa: E402
 
 
 async def throughput(path: Path, key: Ed25519PrivateKey, n: int, payload: bytes) -> float:

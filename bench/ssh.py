@@ -185,7 +185,7 @@ def main() -> None:
         try:
             if a.store:
                 from bench.store import S3Server, store_gateway_config, store_summary
-                from throwaway.servers import free_port
+                from breakglass.throwaway.servers import free_port
 
                 s3 = S3Server().start()
                 store_port, metrics_port = free_port(), free_port()

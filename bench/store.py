@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from recorder.store import StoreConfig  # noqa: E402
-from recorder.uploader import Uploader  # noqa: E402
-from recorder.writer import RecordingWriter  # noqa: E402
-from throwaway.s3 import S3Server  # noqa: E402
+from breakglass.recorder.store import StoreConfig  # noqa: E402
+from breakglass.recorder.uploader import Uploader  # noqa: E402
+from breakglass.recorder.writer import RecordingWriter  # noqa: E402
+from breakglass.throwaway.s3 import S3Server  # noqa: E402
 
 CHUNK = 32 << 10
 

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from cli.output import CliError
+from breakglass.cli.output import CliError
 
 OS_PREFIX = "os:"
 SERVICE_TIMEOUT = 20.0  # the service's kill waits up to 3 s for the owning gateway
@@ -22,7 +22,7 @@ SERVICE_TIMEOUT = 20.0  # the service's kill waits up to 3 s for the owning gate
 
 def os_actor() -> str:
     """The OS account running this command, as an actor: ``os:NAME`` (the real uid's name)."""
-    from proxy.context import current_actor
+    from breakglass.proxy.context import current_actor
 
     return OS_PREFIX + current_actor()
 
@@ -41,7 +41,7 @@ def as_service_user(
     A refusal by the service (403, 409, ...) is raised as a :class:`CliError`: a logged-in
     user the service refuses does not quietly act under another name. ``local_if`` lists
     statuses that also mean "do it locally" (e.g. 404: the service cannot see the session)."""
-    from cli.service_cmds import Client, ServiceCallFailed, _load_session
+    from breakglass.cli.service_cmds import Client, ServiceCallFailed, _load_session
 
     session = _load_session()
     token, server = session.get("token"), session.get("server")

@@ -9,10 +9,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from cli import review_cmds
-from cli.acting import as_service_user, os_actor
-from cli.output import CliError, emit_json
-from proxy.config import load_config
+from breakglass.cli import review_cmds
+from breakglass.cli.acting import as_service_user, os_actor
+from breakglass.cli.output import CliError, emit_json
+from breakglass.proxy.config import load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="-- PSQL ARGS")
     p.set_defaults(func=cmd_psql)
 
-    from proxy.ssh.client_cmd import add_arguments, run_ssh_client
+    from breakglass.proxy.ssh.client_cmd import add_arguments, run_ssh_client
 
     p = sub.add_parser(
         "ssh",
@@ -78,8 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from proxy.gateway import run_async, run_gateway
-    from proxy.logs import configure_logging
+    from breakglass.proxy.gateway import run_async, run_gateway
+    from breakglass.proxy.logs import configure_logging
 
     cfg = load_config(args.config)
     configure_logging(args.log_format, args.log_level)
@@ -90,16 +90,16 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         except ValueError:
             raise CliError("--worker takes I/N") from None
     elif cfg.workers > 1:
-        from proxy.gateway import supervise_workers
+        from breakglass.proxy.gateway import supervise_workers
 
-        argv = [sys.executable, "-m", "cli.main", "-c", str(cfg.path), "gateway"]
+        argv = [sys.executable, "-m", "breakglass.cli.main", "-c", str(cfg.path), "gateway"]
         argv += ["--log-format", args.log_format, "--log-level", args.log_level]
         return supervise_workers(argv, cfg.workers)
 
     def ready(gw) -> None:
         if worker:
             return
-        from proxy.logs import log
+        from breakglass.proxy.logs import log
 
         # A log event, not a print: stderr is the (JSON) log, one format per line.
         log.info(
@@ -115,7 +115,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def _admin(args: argparse.Namespace, request: dict) -> dict:
     """Send ``request`` to each worker of the local gateway; the first that succeeds answers."""
-    from proxy.admin import admin_request, admin_sockets
+    from breakglass.proxy.admin import admin_request, admin_sockets
 
     cfg = load_config(args.config)
     sockets = admin_sockets(cfg.admin_socket)
@@ -174,8 +174,8 @@ def shared_live(cfg) -> list[dict]:
     """Live sessions every gateway sharing this config's state has published (best effort)."""
     import time
 
-    from proxy.context import open_state
-    from proxy.gateway import LIVE_STALE
+    from breakglass.proxy.context import open_state
+    from breakglass.proxy.gateway import LIVE_STALE
 
     if not cfg.state_url:
         return []
@@ -196,9 +196,9 @@ def shared_live(cfg) -> list[dict]:
 def _kill_via_state(args: argparse.Namespace, request: dict) -> dict:
     import time
 
-    from proxy.admin import match_session
-    from proxy.context import open_state
-    from proxy.gateway import LIVE_STALE
+    from breakglass.proxy.admin import match_session
+    from breakglass.proxy.context import open_state
+    from breakglass.proxy.gateway import LIVE_STALE
 
     cfg = load_config(args.config)
     state = open_state(cfg)
@@ -243,7 +243,7 @@ def read_grant(
     else:
         token = os.environ.get(env_var, "").strip()
     if not token and target is not None:
-        from cli.service_cmds import find_stored_grant
+        from breakglass.cli.service_cmds import find_stored_grant
 
         token = (find_stored_grant(target, target_type) or "").strip()
     if not token:

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cli import drill_run, watch
+    from breakglass.cli import drill_run, watch
 
     drill_run.register(sub)
     watch.register(sub)

@@ -20,10 +20,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from proxy.config import Config
-from proxy.gateway import run_async, run_gateway
-from throwaway.servers import PostgresServer, ServerStartError, SshServer, free_port
-from throwaway.workdir import build_local_workdir, issue_local_grant
+from breakglass.proxy.config import Config
+from breakglass.proxy.gateway import run_async, run_gateway
+from breakglass.throwaway.servers import PostgresServer, ServerStartError, SshServer, free_port
+from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
 
 DEMO_REVIEWER = "rita"
 
@@ -100,7 +100,7 @@ def add_service_and_console(d: Path, alert_url: str) -> tuple[str, str, str]:
     """The grant service (with the console) on a loopback port, a demo reviewer in the
     `security` group, and the alert sink as a webhook. Returns (service URL, reviewer's
     password, TOTP secret)."""
-    from service.identity import add_local_user
+    from breakglass.service.identity import add_local_user
 
     port = free_port()
     with open(d / "config.toml", "a") as f:
@@ -243,7 +243,7 @@ def instructions(d: Path, env: dict[str, str]) -> str:
 
 
 async def _gateway_and_service(cfg: Config, d: Path, ready) -> None:
-    from service.api import load_service_config, start_service
+    from breakglass.service.api import load_service_config, start_service
 
     scfg, settings = load_service_config(d / "config.toml")
     service = await start_service(scfg, settings)
@@ -254,7 +254,7 @@ async def _gateway_and_service(cfg: Config, d: Path, ready) -> None:
 
 
 def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
-    from proxy.logs import configure_logging
+    from breakglass.proxy.logs import configure_logging
 
     configure_logging("console", "warning")
     d = prepare_directory(directory)
@@ -275,7 +275,7 @@ def run_demo(directory: str | None, *, with_ssh: bool = True) -> int:
             (d / "known_hosts").write_text(f"[127.0.0.1]:{cfg.ssh_listen.port} {host_key}\n")
         sink, alert_url = start_alert_sink()
         url, _password, _totp = add_service_and_console(d, alert_url)
-        from proxy.config import load_config
+        from breakglass.proxy.config import load_config
 
         cfg = load_config(d / "config.toml")
         env = write_demo_files(d, cfg, ssh)

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli.output import CliError, emit_json
-from policy.drill import DRILL_REASON_PREFIX, drill_ticket
-from proxy.config import Config, load_config
+from breakglass.cli.output import CliError, emit_json
+from breakglass.policy.drill import DRILL_REASON_PREFIX, drill_ticket
+from breakglass.proxy.config import Config, load_config
 
 STEPS = ("grant", "connect", "command", "end", "verify", "alerts", "review")
 WAIT = 15.0  # seconds any one step may wait for the gateway
@@ -121,7 +121,7 @@ async def _wait_for(what: str, step: str, check: Callable[[], Any], timeout: flo
 
 
 def _recording_of(cfg: Config, jti: str, since: float) -> Path | None:
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     for p in sorted(cfg.recordings_dir.glob("*.rec")):
         try:
@@ -136,7 +136,7 @@ def _recording_of(cfg: Config, jti: str, since: float) -> Path | None:
 
 
 async def _admin(cfg: Config, op: str) -> list[dict[str, Any]]:
-    from proxy.admin import admin_request, admin_sockets
+    from breakglass.proxy.admin import admin_request, admin_sockets
 
     replies = []
     for path in admin_sockets(cfg.admin_socket):
@@ -174,9 +174,9 @@ class Drill:
         return self.result
 
     async def _grant(self) -> tuple[str, str]:
-        from policy.grants import sign_grant
-        from policy.issuance import AccessRequest, IssuanceRefused, build_claims
-        from proxy.context import (
+        from breakglass.policy.grants import sign_grant
+        from breakglass.policy.issuance import AccessRequest, IssuanceRefused, build_claims
+        from breakglass.proxy.context import (
             audit_grant_issued,
             current_actor,
             issuer_key,
@@ -236,8 +236,8 @@ class Drill:
             p = _recording_of(self.cfg, jti, self.wall0)
             if p is None:
                 return None
-            from proxy.context import trusted_recorder_keys
-            from recorder.verify import MISSING_TRAILER, verify_recording
+            from breakglass.proxy.context import trusted_recorder_keys
+            from breakglass.recorder.verify import MISSING_TRAILER, verify_recording
 
             r = verify_recording(p, trusted_recorder_keys(self.cfg))
             return p if r.ok or r.problem != MISSING_TRAILER else None
@@ -332,8 +332,8 @@ class Drill:
         self._done("command", name, started, f"echo {self.nonce} came back")
 
     async def _verify(self, name: str, path: Path) -> None:
-        from proxy.context import trusted_recorder_keys
-        from recorder.verify import verify_recording
+        from breakglass.proxy.context import trusted_recorder_keys
+        from breakglass.recorder.verify import verify_recording
 
         started = time.monotonic()
         r = await asyncio.to_thread(verify_recording, path, trusted_recorder_keys(self.cfg))
@@ -369,12 +369,12 @@ class Drill:
         self._done("alerts", name, started, f"breakglass.used [DRILL] delivered ({a['alert_id']})")
 
     async def _review(self, name: str, sid: str) -> None:
-        from cli.review_cmds import _open_index, _refresh
-        from policy.drill import is_drill
-        from proxy.context import trusted_recorder_keys
-        from recorder.alerts import review_settings
-        from recorder.index import SessionFilter
-        from recorder.review import load_reviews, review_queue
+        from breakglass.cli.review_cmds import _open_index, _refresh
+        from breakglass.policy.drill import is_drill
+        from breakglass.proxy.context import trusted_recorder_keys
+        from breakglass.recorder.alerts import review_settings
+        from breakglass.recorder.index import SessionFilter
+        from breakglass.recorder.review import load_reviews, review_queue
 
         started = time.monotonic()
 
@@ -404,7 +404,7 @@ def default_user(cfg: Config, template: Any) -> str:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    from cli.review_cmds import _audit_access
+    from breakglass.cli.review_cmds import _audit_access
 
     cfg = load_config(args.config)
     template = _pick_template(cfg, args.template)

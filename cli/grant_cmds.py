@@ -10,12 +10,12 @@ from pathlib import Path
 
 import jwt
 
-from cli.output import CliError, emit_json
-from policy.durations import format_duration, parse_duration
-from policy.grants import Grant, Refusal, sign_grant, utc_text
-from policy.issuance import AccessRequest, IssuanceRefused, build_claims
-from proxy.config import load_config
-from proxy.context import (
+from breakglass.cli.output import CliError, emit_json
+from breakglass.policy.durations import format_duration, parse_duration
+from breakglass.policy.grants import Grant, Refusal, sign_grant, utc_text
+from breakglass.policy.issuance import AccessRequest, IssuanceRefused, build_claims
+from breakglass.proxy.config import load_config
+from breakglass.proxy.context import (
     audit_grant_issued,
     current_actor,
     grant_verifier,
@@ -23,7 +23,7 @@ from proxy.context import (
     open_audit,
     open_state,
 )
-from recorder.format import RecorderError
+from breakglass.recorder.format import RecorderError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

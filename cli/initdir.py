@@ -8,8 +8,8 @@ from pathlib import Path
 
 import asyncssh
 
-from policy.keys import generate_private_key, write_private_key, write_public_key
-from proxy.tls_files import TlsFiles, self_signed
+from breakglass.policy.keys import generate_private_key, write_private_key, write_public_key
+from breakglass.proxy.tls_files import TlsFiles, self_signed
 
 ISSUER_KID = "issuer-1"
 RECORDER_KID = "recorder-1"

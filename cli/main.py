@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli import (
+from breakglass.cli import (
     admin_cmds,
     console_cmds,
     grant_cmds,
@@ -18,10 +18,10 @@ from cli import (
     setup_cmds,
     store_cmds,
 )
-from cli.output import CliError
-from policy.durations import DurationError
-from policy.keys import KeyFileError
-from proxy.config import CONFIG_ENV, ConfigError
+from breakglass.cli.output import CliError
+from breakglass.policy.durations import DurationError
+from breakglass.policy.keys import KeyFileError
+from breakglass.proxy.config import CONFIG_ENV, ConfigError
 
 # service_cmds adds `grant get` / `grant revoke` to the grant command: keep it after grant_cmds.
 MODULES = (

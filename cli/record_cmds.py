@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from cli.output import CliError, emit_json
-from policy.durations import parse_duration
-from policy.grants import utc_text
-from proxy.config import load_config
-from proxy.context import trusted_recorder_keys
+from breakglass.cli.output import CliError, emit_json
+from breakglass.policy.durations import parse_duration
+from breakglass.policy.grants import utc_text
+from breakglass.proxy.config import load_config
+from breakglass.proxy.context import trusted_recorder_keys
 
 RECORDING_SUFFIXES = (".rec", ".audit")
 
@@ -87,8 +87,8 @@ def _covers(d: Path, target: Path) -> bool:
 
 def verify_paths(cfg, paths: list[str], audit_dir: Path | None) -> list:
     """(path, VerifyResult) for every recording and segment under ``paths``, cross-checked."""
-    from recorder.audit import verify_audit
-    from recorder.session_check import check_session, load_audit_facts, session_id_of
+    from breakglass.recorder.audit import verify_audit
+    from breakglass.recorder.session_check import check_session, load_audit_facts, session_id_of
 
     keys = trusted_recorder_keys(cfg)
     files = recording_files(paths)
@@ -118,7 +118,7 @@ def verify_paths(cfg, paths: list[str], audit_dir: Path | None) -> list:
         results += _unaudited_revocations(cfg, facts)
     # recordings that are gone: the audit log recorded their session
     if facts is not None and any(_covers(d, cfg.recordings_dir) for d in dirs):
-        from recorder.verify import VerifyResult
+        from breakglass.recorder.verify import VerifyResult
 
         present = {session_id_of(f) for f in files if f.suffix == ".rec"}
         for sid, sf in sorted(facts.sessions.items()):
@@ -139,8 +139,8 @@ def _unaudited_revocations(cfg, facts) -> list:
     (deleting the newest segment of a chain, lock file and all, still shows here)."""
     import asyncio
 
-    from proxy.context import open_state
-    from recorder.verify import VerifyResult
+    from breakglass.proxy.context import open_state
+    from breakglass.recorder.verify import VerifyResult
 
     async def revocations():
         state = open_state(cfg)
@@ -169,10 +169,10 @@ def _unaudited_revocations(cfg, facts) -> list:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from recorder.verify import STATUS_LIVE, STATUS_OPEN
+    from breakglass.recorder.verify import STATUS_LIVE, STATUS_OPEN
 
     if args.anchors or any(p.startswith("s3://") for p in args.paths):
-        from cli import store_cmds  # the object store: segments and off-host anchors
+        from breakglass.cli import store_cmds  # the object store: segments and off-host anchors
 
         return store_cmds.cmd_verify(args)
     cfg = load_config(args.config)
@@ -217,7 +217,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from recorder.audit import read_audit, verify_audit
+    from breakglass.recorder.audit import read_audit, verify_audit
 
     cfg = load_config(args.config)
     since = time.time() - parse_duration(args.since) if args.since else None

@@ -8,17 +8,17 @@ import os
 import sys
 import time
 
-from cli.output import CliError
-from proxy.config import Config, load_config
-from proxy.context import open_state, trusted_recorder_keys
+from breakglass.cli.output import CliError
+from breakglass.proxy.config import Config, load_config
+from breakglass.proxy.context import open_state, trusted_recorder_keys
 
 #: Grants read from the state database, newest first (a quarter of a large team fits).
 MAX_GRANTS = 1_000_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cli.review_cmds import parse_when
-    from recorder.report import FORMATS
+    from breakglass.cli.review_cmds import parse_when
+    from breakglass.recorder.report import FORMATS
 
     p = sub.add_parser(
         "report",
@@ -56,11 +56,11 @@ async def _state_inputs(cfg: Config, since: float):
 
 
 def build_access_report(cfg: Config, args: argparse.Namespace):
-    from cli.review_cmds import _open_index, _refresh
-    from recorder.alerts import review_settings
-    from recorder.audit import read_audit
-    from recorder.report import build_report
-    from recorder.review import load_reviews
+    from breakglass.cli.review_cmds import _open_index, _refresh
+    from breakglass.recorder.alerts import review_settings
+    from breakglass.recorder.audit import read_audit
+    from breakglass.recorder.report import build_report
+    from breakglass.recorder.review import load_reviews
 
     now = time.time()
     since = args.since if args.since is not None else now - 90 * 86400
@@ -114,8 +114,8 @@ def build_access_report(cfg: Config, args: argparse.Namespace):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cli.review_cmds import _audit_access
-    from recorder.report import RENDERERS
+    from breakglass.cli.review_cmds import _audit_access
+    from breakglass.recorder.report import RENDERERS
 
     cfg = load_config(args.config)
     rep = build_access_report(cfg, args)

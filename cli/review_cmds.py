@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cli.output import CliError, emit_json, table
-from policy.durations import format_duration
-from policy.grants import utc_text
-from proxy.config import Config, load_config
-from proxy.context import trusted_recorder_keys
+from breakglass.cli.output import CliError, emit_json, table
+from breakglass.policy.durations import format_duration
+from breakglass.policy.grants import utc_text
+from breakglass.proxy.config import Config, load_config
+from breakglass.proxy.context import trusted_recorder_keys
 
 WHERE = ("input", "output", "commands", "queries")
 
@@ -221,14 +221,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def os_user() -> str:
     """Who runs this command (the real uid's name; see ``proxy.context.current_actor``)."""
-    from proxy.context import current_actor
+    from breakglass.proxy.context import current_actor
 
     return current_actor()
 
 
 def _open_index(cfg: Config):
-    from recorder.alerts import index_path
-    from recorder.index import SqliteIndex
+    from breakglass.recorder.alerts import index_path
+    from breakglass.recorder.index import SqliteIndex
 
     return SqliteIndex(index_path(cfg))
 
@@ -238,7 +238,7 @@ def _source(cfg: Config, url: str | None):
     an ``s3://`` URL the store's copy (see :func:`cli.store_cmds.store_source`)."""
     if url is None:
         return cfg, None
-    from cli.store_cmds import store_source
+    from breakglass.cli.store_cmds import store_source
 
     rcfg, view, _only = store_source(cfg, url)
     return rcfg, view
@@ -249,8 +249,8 @@ def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=Tr
     facts, and notices recordings that were deleted); alert (once per session and problem) on
     recordings that fail. ``view``: ``cfg`` reads the store's copy; its verdicts (tampering
     attempts, anchors) are added to the rows."""
-    from recorder.index import refresh
-    from recorder.session_check import load_audit_facts
+    from breakglass.recorder.index import refresh
+    from breakglass.recorder.session_check import load_audit_facts
 
     keys = trusted_recorder_keys(cfg)
     facts = load_audit_facts(cfg.audit_dir, keys) if with_audit else None
@@ -258,7 +258,7 @@ def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=Tr
         index, cfg.recordings_dir, keys, rebuild=rebuild, reverify=reverify, facts=facts
     )
     if view is not None:
-        from cli.store_cmds import apply_verdicts
+        from breakglass.cli.store_cmds import apply_verdicts
 
         apply_verdicts(index, view, report.failed, facts)
     if report.failed:
@@ -267,7 +267,7 @@ def _refresh(cfg: Config, index, *, rebuild=False, reverify=False, with_audit=Tr
 
 
 def _alert_failures(cfg: Config, index, failed) -> None:
-    from recorder import alerts
+    from breakglass.recorder import alerts
 
     try:
         settings = alerts.alert_settings(cfg)
@@ -293,7 +293,7 @@ def _alert_failures(cfg: Config, index, failed) -> None:
 
 def fetch_live(cfg: Config) -> list[dict[str, Any]] | None:
     """Live sessions from the gateway (every worker) running with this config, or None."""
-    from proxy.admin import admin_request, admin_sockets
+    from breakglass.proxy.admin import admin_request, admin_sockets
 
     sessions: list[dict[str, Any]] | None = None
     for path in admin_sockets(cfg.admin_socket):
@@ -303,7 +303,7 @@ def fetch_live(cfg: Config) -> list[dict[str, Any]] | None:
             continue
         if reply.get("ok"):
             sessions = (sessions or []) + (reply.get("sessions") or [])
-    from cli.admin_cmds import shared_live  # other gateways sharing the state
+    from breakglass.cli.admin_cmds import shared_live  # other gateways sharing the state
 
     remote = shared_live(cfg)
     if remote:
@@ -314,7 +314,7 @@ def fetch_live(cfg: Config) -> list[dict[str, Any]] | None:
 
 def _resolve(cfg: Config, index, ref: str, view=None):
     """(summary or None, path) for a session id / unique part, or a recording file."""
-    from recorder.index import SessionNotFound, summarize_recording
+    from breakglass.recorder.index import SessionNotFound, summarize_recording
 
     p = Path(ref)
     if view is None and ref.endswith(".rec") and p.is_file():
@@ -329,7 +329,7 @@ def _resolve(cfg: Config, index, ref: str, view=None):
 
 def _audit_access(cfg: Config, what: str, session: str | None, **fields: Any) -> None:
     """Record that somebody looked at a recording (best effort: warn if it cannot be written)."""
-    from proxy.context import open_audit
+    from breakglass.proxy.context import open_audit
 
     try:
         audit = open_audit(cfg)
@@ -345,7 +345,7 @@ def _audit_access(cfg: Config, what: str, session: str | None, **fields: Any) ->
 
 
 def _integrity_text(s) -> str:
-    from recorder.index import LIVE, OK
+    from breakglass.recorder.index import LIVE, OK
 
     if s.integrity == OK:
         return "ok"
@@ -362,7 +362,7 @@ def _locate(cfg: Config, ref: str, store: str | None):
     store (``--store``, an ``s3://.../SESSION`` reference, or ``[recorder.store]`` when the
     local spool does not hold that recording, e.g. it was deleted after its upload)."""
     if ref.startswith("s3://"):
-        from cli.store_cmds import store_for, store_source
+        from breakglass.cli.store_cmds import store_for, store_source
 
         if store_for(ref, cfg)[1] is None:
             raise CliError(f"{ref}: name a session: s3://BUCKET/PREFIX/SESSION")
@@ -393,9 +393,9 @@ def _verified_recording(cfg: Config, ref: str, force: bool, store: str | None = 
     """Find SESSION, verify it (refused with exit 3 unless --force, then a loud warning),
     and return (session id, verify result, events). From the store, its verdict (tampering
     attempts, gaps, off-host anchors) counts as much as the recording's own chain."""
-    from recorder.index import LIVE
-    from recorder.replay import IntegrityRefused, check_integrity, load_events
-    from recorder.verify import TRUNCATED
+    from breakglass.recorder.index import LIVE
+    from breakglass.recorder.replay import IntegrityRefused, check_integrity, load_events
+    from breakglass.recorder.verify import TRUNCATED
 
     summary, path, view = _locate(cfg, ref, store)
     # a session still running, as the store holds it: up to a recent checkpoint (see
@@ -452,7 +452,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """``breakglass sessions``: finished and live sessions, newest first."""
-    from recorder.index import SessionFilter, merge_live
+    from breakglass.recorder.index import SessionFilter, merge_live
 
     cfg = load_config(args.config)
     rcfg, view = _source(cfg, getattr(args, "store", None))
@@ -529,7 +529,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from recorder.replay import (
+    from breakglass.recorder.replay import (
         Player,
         TerminalKeys,
         recorded_size,
@@ -615,7 +615,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _title_clock(sid: str):
     """The replay clock and a progress bar, in the terminal's title (the screen belongs to the
     recording). The title is pushed first and restored when replay ends."""
-    from recorder.replay import progress_text
+    from breakglass.recorder.replay import progress_text
 
     pushed = False
 
@@ -631,7 +631,7 @@ def _title_clock(sid: str):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from recorder.export import asciicast_lines, jsonl_lines
+    from breakglass.recorder.export import asciicast_lines, jsonl_lines
 
     cfg = load_config(args.config)
     sid, result, events = _verified_recording(cfg, args.session, args.force, args.store)
@@ -657,8 +657,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from recorder.index import SessionFilter
-    from recorder.search import search_recording
+    from breakglass.recorder.index import SessionFilter
+    from breakglass.recorder.search import search_recording
 
     if not args.text:
         raise CliError("nothing to search for")
@@ -734,9 +734,9 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def _review_list(args: argparse.Namespace) -> int:
-    from recorder.alerts import review_settings
-    from recorder.index import SessionFilter
-    from recorder.review import load_reviews, review_queue
+    from breakglass.recorder.alerts import review_settings
+    from breakglass.recorder.index import SessionFilter
+    from breakglass.recorder.review import load_reviews, review_queue
 
     cfg = load_config(args.config)
     deadline = review_settings(cfg).deadline
@@ -806,9 +806,9 @@ def _review_one(args: argparse.Namespace) -> int:
     console reviewer). Otherwise recorded here, as the OS account (``os:NAME``)."""
     import urllib.parse
 
-    from cli.acting import as_service_user, os_actor
-    from proxy.context import open_audit
-    from recorder.review import ReviewRefused, check_review, record_review
+    from breakglass.cli.acting import as_service_user, os_actor
+    from breakglass.proxy.context import open_audit
+    from breakglass.recorder.review import ReviewRefused, check_review, record_review
 
     if args.notes is None:
         raise CliError("a review needs --notes TEXT (or use `breakglass review list`)")

@@ -23,9 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cli.output import CliError, emit_json, table
-from policy.durations import format_duration
-from policy.grants import utc_text
+from breakglass.cli.output import CliError, emit_json, table
+from breakglass.policy.durations import format_duration
+from breakglass.policy.grants import utc_text
 
 SERVER_ENV = "BREAKGLASS_SERVER"
 CA_ENV = "BREAKGLASS_CA_FILE"
@@ -182,7 +182,7 @@ def _loopback_url(url: str) -> bool:
 
 def _server_from_config(args) -> str | None:
     try:
-        from service.api import load_service_config
+        from breakglass.service.api import load_service_config
 
         _, settings = load_service_config(args.config)
     except Exception:
@@ -388,14 +388,14 @@ def _grant_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAc
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from proxy.logs import configure_logging
-    from service.api import load_service_config, run_service
+    from breakglass.proxy.logs import configure_logging
+    from breakglass.service.api import load_service_config, run_service
 
     cfg, settings = load_service_config(args.config)
     configure_logging(args.log_format, args.log_level)
 
     def ready(running) -> None:
-        from proxy.logs import log
+        from breakglass.proxy.logs import log
 
         log.info("service.ready", gateway=cfg.gateway_name, url=running.url)  # the JSON log
 
@@ -467,7 +467,7 @@ def _describe(r: dict[str, Any]) -> str:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    from policy.durations import parse_duration
+    from breakglass.policy.durations import parse_duration
 
     c = _client(args)
     r = c.call(
@@ -572,8 +572,8 @@ def cmd_grant_revoke(args: argparse.Namespace) -> int:
 def cmd_users_add(args: argparse.Namespace) -> int:
     import pyotp
 
-    from service.api import load_service_config
-    from service.identity import add_local_user
+    from breakglass.service.api import load_service_config
+    from breakglass.service.identity import add_local_user
 
     _, settings = load_service_config(args.config)
     if settings.users_file is None:
@@ -603,7 +603,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def _users_file(args: argparse.Namespace):
-    from service.api import load_service_config
+    from breakglass.service.api import load_service_config
 
     cfg, settings = load_service_config(args.config)
     if settings.users_file is None:
@@ -612,7 +612,7 @@ def _users_file(args: argparse.Namespace):
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    from service.identity import LocalUsers
+    from breakglass.service.identity import LocalUsers
 
     _, _, path = _users_file(args)
     try:
@@ -633,7 +633,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
 
 
 def cmd_users_enable(args: argparse.Namespace) -> int:
-    from service.identity import set_user_disabled
+    from breakglass.service.identity import set_user_disabled
 
     cfg, _, path = _users_file(args)
     try:
@@ -660,9 +660,9 @@ def _offboard(args: argparse.Namespace, what: str) -> int:
     import asyncio
     import time
 
-    from proxy.context import current_actor
-    from service.api import open_service_state
-    from service.identity import remove_local_user, set_user_disabled
+    from breakglass.proxy.context import current_actor
+    from breakglass.service.api import open_service_state
+    from breakglass.service.identity import remove_local_user, set_user_disabled
 
     cfg, settings, path = _users_file(args)
     try:
@@ -703,7 +703,7 @@ def _offboard(args: argparse.Namespace, what: str) -> int:
 
 
 def _audit(cfg, event: str, **fields: Any) -> None:
-    from proxy.context import current_actor, open_audit
+    from breakglass.proxy.context import current_actor, open_audit
 
     audit = open_audit(cfg)
     try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.initdir import InitError, init_workdir, render_config
-from cli.output import CliError, emit_json
-from proxy.tls_files import TlsFilesError, load_existing, self_signed
+from breakglass.cli.initdir import InitError, init_workdir, render_config
+from breakglass.cli.output import CliError, emit_json
+from breakglass.proxy.tls_files import TlsFilesError, load_existing, self_signed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cli.demo import DemoError, run_demo
+    from breakglass.cli.demo import DemoError, run_demo
 
     try:
         return run_demo(args.dir, with_ssh=not args.no_ssh)

@@ -11,13 +11,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.output import CliError, emit_json
-from proxy.config import Config, load_config
-from proxy.context import trusted_recorder_keys
-from recorder.store import StoreConfig, StoreError, parse_url
+from breakglass.cli.output import CliError, emit_json
+from breakglass.proxy.config import Config, load_config
+from breakglass.proxy.context import trusted_recorder_keys
+from breakglass.recorder.store import StoreConfig, StoreError, parse_url
 
 if TYPE_CHECKING:
-    from recorder.anchor_verify import StoreView
+    from breakglass.recorder.anchor_verify import StoreView
 
 _SESSION = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+(\.rec)?\Z|.+\.(rec|audit)\Z")
 
@@ -71,7 +71,7 @@ def _config(args: argparse.Namespace) -> Config | None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from recorder.store_read import pull
+    from breakglass.recorder.store_read import pull
 
     store, only = store_for(args.url, _config(args))
     try:
@@ -104,9 +104,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``verify`` with s3:// URLs among the paths, or ``--anchors``."""
-    from cli.record_cmds import recording_files
-    from recorder.anchor_verify import check_local, verify_store
-    from recorder.store_read import pull
+    from breakglass.cli.record_cmds import recording_files
+    from breakglass.recorder.anchor_verify import check_local, verify_store
+    from breakglass.recorder.store_read import pull
 
     cfg = load_config(args.config)
     keys = trusted_recorder_keys(cfg)
@@ -133,7 +133,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if anchors_url is None:
                 raise CliError("--anchors s3://BUCKET/PREFIX is needed to check local files")
             store, _ = store_for(anchors_url, cfg)
-            from recorder.verify import verify_recording
+            from breakglass.recorder.verify import verify_recording
 
             with tempfile.TemporaryDirectory(prefix="breakglass-verify-") as tmp:
                 pulled = asyncio.run(pull(store, Path(tmp), segments=False))
@@ -176,8 +176,8 @@ def store_source(cfg: Config, url: str | None) -> tuple[Config, StoreView, str |
     recording (audit segments, foreign objects) are printed as warnings."""
     import dataclasses
 
-    from recorder.anchor_verify import open_view
-    from recorder.store_read import cache_dir
+    from breakglass.recorder.anchor_verify import open_view
+    from breakglass.recorder.store_read import cache_dir
 
     if not url:
         if cfg.store is None:
@@ -220,9 +220,9 @@ def apply_verdicts(index, view: StoreView, failed: list, facts=None) -> None:
     store's audit log (``facts``) does not say ended, is a session still running (or whose
     gateway was lost): listed as live, as the local file of a running session is; ``sessions``
     then asks the gateway, which makes it ``unfinalized`` if it does not know it."""
-    from recorder.anchor_verify import LOST
-    from recorder.index import LIVE, OK
-    from recorder.verify import TRUNCATED
+    from breakglass.recorder.anchor_verify import LOST
+    from breakglass.recorder.index import LIVE, OK
+    from breakglass.recorder.verify import TRUNCATED
 
     by_id = {s.session_id: s for s in index.all()}
     for sid, v in view.recordings.items():

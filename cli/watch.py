@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from cli.output import CliError
-from proxy.config import load_config
+from breakglass.cli.output import CliError
+from breakglass.proxy.config import load_config
 
 POLL = 0.1  # seconds between reads of the recording: well inside the 1 s promise
 
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 async def _live(cfg: Any, ref: str) -> tuple[str, dict[str, Any], Path | None]:
     """(session id, its info, the admin socket of the gateway on this host running it) — or
     no socket when it runs on another gateway sharing this config's PostgreSQL state."""
-    from proxy.admin import admin_request, admin_sockets, match_session
+    from breakglass.proxy.admin import admin_request, admin_sockets, match_session
 
     local: dict[str, tuple[Path, dict[str, Any]]] = {}
     for sock in admin_sockets(cfg.admin_socket):
@@ -73,8 +73,8 @@ async def _live(cfg: Any, ref: str) -> tuple[str, dict[str, Any], Path | None]:
 
 
 async def _shared_live(cfg: Any) -> list[dict[str, Any]]:
-    from proxy.context import open_state
-    from proxy.gateway import LIVE_STALE
+    from breakglass.proxy.context import open_state
+    from breakglass.proxy.gateway import LIVE_STALE
 
     if not cfg.state_url:
         return []
@@ -88,7 +88,7 @@ async def _shared_live(cfg: Any) -> list[dict[str, Any]]:
 
 
 def _statement_line(ev: dict[str, Any], pending: dict[int, str]) -> str | None:
-    from recorder.replay import _one_line
+    from breakglass.recorder.replay import _one_line
 
     kind = ev.get("kind")
     if kind == "query":
@@ -116,8 +116,8 @@ def _statement_line(ev: dict[str, Any], pending: dict[int, str]) -> str | None:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from cli.review_cmds import _audit_access, os_user
-    from proxy.admin import admin_request
+    from breakglass.cli.review_cmds import _audit_access, os_user
+    from breakglass.proxy.admin import admin_request
 
     cfg = load_config(args.config)
     sid, info, sock = asyncio.run(_live(cfg, args.session))
@@ -155,8 +155,8 @@ async def _follow_remote(
     cfg: Any, sid: str, info: dict[str, Any], actor: str, where: str, raw: bool
 ) -> str | None:
     """A session on another gateway: its recording copied through the shared state."""
-    from proxy.context import open_state
-    from proxy.watch_relay import RemoteWatch, WatchFailed
+    from breakglass.proxy.context import open_state
+    from breakglass.proxy.watch_relay import RemoteWatch, WatchFailed
 
     state = open_state(cfg)
     tmp = Path(tempfile.mkdtemp(prefix="breakglass-watch-"))  # 0700: the copy is private
@@ -185,9 +185,9 @@ async def _follow(
 ) -> str | None:
     """Print the session as it is recorded (what came before the watch first); the end
     reason, or None if the watch was stopped."""
-    from recorder.replay import END_RESET
-    from recorder.tail import Tail
-    from recorder.term_filter import TerminalFilter
+    from breakglass.recorder.replay import END_RESET
+    from breakglass.recorder.tail import Tail
+    from breakglass.recorder.term_filter import TerminalFilter
 
     protocol = info.get("protocol")
     print(

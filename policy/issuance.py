@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy.durations import format_duration
-from policy.grants import new_jti
-from policy.templates import Template, is_member
+from breakglass.policy.durations import format_duration
+from breakglass.policy.grants import new_jti
+from breakglass.policy.templates import Template, is_member
 
 
 class IssuanceRefused(Exception):

@@ -98,7 +98,7 @@ from pglast import ast as _pg_ast
 from pglast.parser import ParseError, parse_sql_json
 from pglast.parser import normalize as pg_normalize
 
-from policy.sql_settings import (
+from breakglass.policy.sql_settings import (
     READ_ONLY_SETTINGS,
     SAFE_SETTINGS,
     UTF8_NAMES,

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from policy.state import IssuedGrant, Revocation
+from breakglass.policy.state import IssuedGrant, Revocation
 
 CHANNEL = "breakglass_revocations"
 _log = logging.getLogger("breakglass.state_pg")

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from proxy.logs import log
-from proxy.sessions import SessionRegistry
+from breakglass.proxy.logs import log
+from breakglass.proxy.sessions import SessionRegistry
 
 MAX_REQUEST = 64 * 1024
 
@@ -87,12 +87,12 @@ async def _dispatch(registry: SessionRegistry, on_cancel: Any, line: bytes) -> d
         s = registry.sessions.get(sid) if isinstance(sid, str) else None
         if s is None:
             return {"ok": False, "error": f"no live session {sid}"}
-        from proxy.watch_relay import tell_engineer
+        from breakglass.proxy.watch_relay import tell_engineer
 
         tell_engineer(s, actor)
         return {"ok": True, "recording": s.info().get("recording")}
     if op == "alerts":  # the latest alerts and their delivery counts (used by drills)
-        from recorder import alerts
+        from breakglass.recorder import alerts
 
         a = alerts.current()
         recent = [dict(r) for r in a.recent] if a is not None else []

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy.logs import log
-from recorder.format import RecorderError
-from recorder.space import SpaceReserve
+from breakglass.proxy.logs import log
+from breakglass.recorder.format import RecorderError
+from breakglass.recorder.space import SpaceReserve
 
 
 class AuditUnavailable(RecorderError):

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policy.durations import DurationError, parse_duration
-from policy.templates import SQL_MODES, SqlAccess, SshAccess, TargetPattern, Template
+from breakglass.policy.durations import DurationError, parse_duration
+from breakglass.policy.templates import SQL_MODES, SqlAccess, SshAccess, TargetPattern, Template
 
 CONFIG_ENV = "BREAKGLASS_CONFIG"
 
@@ -302,7 +302,7 @@ def _template(r: _Reader, name: str, t: dict, path: str) -> Template | None:
         sftp=r.boolean(ssh_doc, "sftp", f"{path}.ssh.sftp", False),
     )
     try:
-        from policy.commands import CommandRules
+        from breakglass.policy.commands import CommandRules
 
         rules = CommandRules.from_claim(ssh.claim())
         r.warnings.extend(f"{path}.ssh: {w}" for w in rules.warnings())
@@ -365,7 +365,7 @@ def _store(r: _Reader, doc: dict) -> Any:
     """``[recorder.store]``: S3-compatible object storage with Object Lock (None: local only)."""
     if not doc:
         return None
-    from recorder import store as st
+    from breakglass.recorder import store as st
 
     p = "recorder.store"
     known = {

@@ -7,10 +7,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from policy.grants import GrantVerifier
-from policy.keys import load_private_key, load_public_key
-from policy.state import SqliteState, StateStore
-from proxy.config import Config, ConfigError
+from breakglass.policy.grants import GrantVerifier
+from breakglass.policy.keys import load_private_key, load_public_key
+from breakglass.policy.state import SqliteState, StateStore
+from breakglass.proxy.config import Config, ConfigError
 
 
 def trusted_issuer_keys(cfg: Config) -> dict[str, Ed25519PublicKey]:
@@ -39,7 +39,7 @@ def issuer_key(cfg: Config) -> tuple[str, Ed25519PrivateKey]:
 def open_state(cfg: Config) -> StateStore:
     """PostgreSQL state when ``state.url``/``url_env`` is set (shared by gateways), else SQLite."""
     if cfg.state_url:
-        from policy.state_pg import PgState
+        from breakglass.policy.state_pg import PgState
 
         return PgState(cfg.state_url)
     return SqliteState(cfg.state_database)
@@ -61,7 +61,7 @@ def open_audit(cfg: Config, role: str = "cli"):
     ``"cli"`` (short runs of one OS user share one chain and its open segment: another user
     could not append to that user's file), ``"service"``, or ``"gateway-NAME-wN"``. Every
     append is written through: once it returns, the event is in the file."""
-    from recorder.audit import CLI_WRITER, AuditLog
+    from breakglass.recorder.audit import CLI_WRITER, AuditLog
 
     cfg.audit_dir.mkdir(parents=True, exist_ok=True)
     shared = role == CLI_WRITER

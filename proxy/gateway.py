@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policy.grants import Grant, GrantTarget, GrantVerifier, Refusal, RefusalKind
-from policy.role_guard import RULES as ROLE_RULES
-from policy.role_guard import SSH_RULE, RoleGuard
-from policy.state import StateStore
-from proxy.admin import start_admin_server, worker_socket
-from proxy.config import Config
-from proxy.context import grant_verifier, open_audit, open_state, recorder_key
-from proxy.logs import log
-from proxy.preauth import PreAuthLimiter, raise_nofile_limit
-from proxy.sessions import SessionRegistry, Termination
-from proxy.storage import start_store
-from recorder.format import RecorderError
+from breakglass.policy.grants import Grant, GrantTarget, GrantVerifier, Refusal, RefusalKind
+from breakglass.policy.role_guard import RULES as ROLE_RULES
+from breakglass.policy.role_guard import SSH_RULE, RoleGuard
+from breakglass.policy.state import StateStore
+from breakglass.proxy.admin import start_admin_server, worker_socket
+from breakglass.proxy.config import Config
+from breakglass.proxy.context import grant_verifier, open_audit, open_state, recorder_key
+from breakglass.proxy.logs import log
+from breakglass.proxy.preauth import PreAuthLimiter, raise_nofile_limit
+from breakglass.proxy.sessions import SessionRegistry, Termination
+from breakglass.proxy.storage import start_store
+from breakglass.recorder.format import RecorderError
 
 REVOCATION_POLL = 0.25
 #: Live sessions are published to the shared state for `sessions --live` and `kill` from any
@@ -221,7 +221,7 @@ class Gateway:
         hears about every attempt, refused or, on SSH, merely seen)."""
         if rule not in TAKEOVER_RULES:
             return
-        from recorder import alerts
+        from breakglass.recorder import alerts
 
         info = dict(
             session=session.id,
@@ -303,7 +303,7 @@ async def watch_live(gw: Gateway) -> None:
 
 def _revocation_watch(gw: Gateway):
     """LISTEN/NOTIFY on a PostgreSQL state database; polling on SQLite."""
-    from policy.state_pg import PgState, watch
+    from breakglass.policy.state_pg import PgState, watch
 
     if not isinstance(gw.state, PgState):
         return gw.watch_revocations()
@@ -317,7 +317,7 @@ def _revocation_watch(gw: Gateway):
 
 
 def make_recorder_factory(cfg: Config):
-    from recorder.writer import RecordingWriter
+    from breakglass.recorder.writer import RecordingWriter
 
     key = recorder_key(cfg)
 
@@ -341,9 +341,9 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
 
     With ``workers`` > 1 several processes listen on the same ports (SO_REUSEPORT); each
     has its own admin socket, and a CancelRequest reaching the wrong one is forwarded."""
-    from proxy.audit_guard import GuardedAudit
-    from proxy.context import trusted_recorder_keys
-    from recorder import alerts
+    from breakglass.proxy.audit_guard import GuardedAudit
+    from breakglass.proxy.context import trusted_recorder_keys
+    from breakglass.recorder import alerts
 
     nofile = raise_nofile_limit()
     for w in cfg.warnings:  # README: risky command patterns are flagged when a config loads
@@ -375,7 +375,7 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     )
     registry_ref.append(registry)
     registry.revoked = gw.revoked  # the forwarding gate checks it
-    from proxy.metrics import GatewayMetrics
+    from breakglass.proxy.metrics import GatewayMetrics
 
     gw.metrics = registry.metrics = GatewayMetrics()
     gw.preauth.on_refused = lambda reason: gw.metrics.connections_refused.labels(reason).inc()
@@ -386,7 +386,9 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     gw.servers.append(asyncio.ensure_future(_revocation_watch(gw)))
     if cfg.state_url:  # shared PostgreSQL state: several gateways (SQLite: the admin socket)
         gw.servers.append(asyncio.ensure_future(watch_live(gw)))
-        from proxy import watch_relay  # `breakglass watch` from another gateway / the console
+        from breakglass.proxy import (
+            watch_relay,  # `breakglass watch` from another gateway / the console
+        )
 
         gw.servers.append(asyncio.ensure_future(watch_relay.serve(gw)))
     gw.worker, gw.workers = worker, workers
@@ -394,18 +396,18 @@ async def start_gateway(cfg: Config, worker: int = 0, workers: int = 1) -> Gatew
     if alerter.enabled:
         gw.servers.append(asyncio.ensure_future(alerts.watch_overdue_reviews(cfg, alerter)))
     if cfg.postgres_listen:
-        from proxy.postgres.server import start_postgres_listener
+        from breakglass.proxy.postgres.server import start_postgres_listener
 
         gw.servers.append(await start_postgres_listener(gw))
     if cfg.ssh_listen:
-        from proxy.ssh.server import start_ssh_listener
+        from breakglass.proxy.ssh.server import start_ssh_listener
 
         gw.servers.append(await start_ssh_listener(gw))
         log.info("ssh.listening", address=str(cfg.ssh_listen))
     size_listen_backlog(gw.servers, cfg.listen_backlog)
     gw.listening = True
     if cfg.metrics_listen:
-        from proxy.metrics import start_metrics_server
+        from breakglass.proxy.metrics import start_metrics_server
 
         gw.servers.append(await start_metrics_server(gw))
     try:
@@ -462,7 +464,7 @@ async def stop_gateway(gw: Gateway) -> None:
                 await s
             elif hasattr(s, "wait_closed"):
                 await asyncio.wait_for(s.wait_closed(), 2)
-    from recorder import alerts
+    from breakglass.recorder import alerts
 
     await asyncio.to_thread(alerts.shutdown, 5.0)
     if gw.cfg.state_url:

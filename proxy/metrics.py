@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from proxy.logs import log
-from recorder.writer import STATS as RECORDER_STATS
+from breakglass.proxy.logs import log
+from breakglass.recorder.writer import STATS as RECORDER_STATS
 
 #: Seconds the gateway adds to a statement (judging, recording, the write): small buckets.
 _ADDED_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0)

@@ -14,7 +14,7 @@ import resource
 from collections import Counter
 from collections.abc import Callable
 
-from proxy.logs import Sampled, log
+from breakglass.proxy.logs import Sampled, log
 
 #: The soft descriptor limit is raised to the hard limit at start-up, up to this.
 NOFILE_TARGET = 1 << 20

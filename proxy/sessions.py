@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from policy.drill import is_drill
-from policy.grants import Grant, GrantTarget, utc_text
-from proxy.logs import log
-from recorder import alerts
-from recorder.format import RecorderError
-from recorder.space import SpaceReserve, is_storage_error
+from breakglass.policy.drill import is_drill
+from breakglass.policy.grants import Grant, GrantTarget, utc_text
+from breakglass.proxy.logs import log
+from breakglass.recorder import alerts
+from breakglass.recorder.format import RecorderError
+from breakglass.recorder.space import SpaceReserve, is_storage_error
 
 #: A terminating handler gets this long to say goodbye before the connection is aborted.
 TERMINATE_GRACE = 0.5

@@ -7,9 +7,9 @@ from typing import Any
 
 import structlog
 
-from proxy.config import ConfigError
-from proxy.sessions import Termination
-from recorder.store import StoreError
+from breakglass.proxy.config import ConfigError
+from breakglass.proxy.sessions import Termination
+from breakglass.recorder.store import StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -24,7 +24,7 @@ async def start_store(gw: Any) -> Any:
     cfg = gw.cfg
     if cfg.store is None:
         return None
-    from recorder.uploader import Uploader
+    from breakglass.recorder.uploader import Uploader
 
     async def spool_full() -> None:
         await gw.registry.terminate_all(Termination("spool-full", SPOOL_FULL_MESSAGE))

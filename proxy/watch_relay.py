@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proxy.logs import log
+from breakglass.proxy.logs import log
 
 RELAY_POLL = 0.1  # the owning gateway's step: with the watcher's own poll, well inside 1 s
 WATCHER_STALE = 5.0  # a watcher not seen for this long is gone
@@ -86,7 +86,7 @@ class _Copy:
     """One session's recording being copied into the shared state: complete records only."""
 
     def __init__(self, path: Path, sent: int) -> None:
-        from recorder.tail import Tail
+        from breakglass.recorder.tail import Tail
 
         self.tail = Tail(path)
         self.raw = open(path, "rb")  # noqa: SIM115 - kept open while copying

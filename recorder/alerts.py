@@ -59,10 +59,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from policy.drill import is_drill
-from policy.durations import DurationError, parse_duration
-from proxy.config import Config, ConfigError
-from proxy.logs import log
+from breakglass.policy.drill import is_drill
+from breakglass.policy.durations import DurationError, parse_duration
+from breakglass.proxy.config import Config, ConfigError
+from breakglass.proxy.logs import log
 
 BREAKGLASS_USED = "breakglass.used"
 DENIALS = "denials"
@@ -618,7 +618,7 @@ class Alerter:
             self._verify_q.put_nowait((Path(path), {"keys": trusted_keys, **fields}))
 
     def _verify_loop(self) -> None:
-        from recorder.verify import verify_recording
+        from breakglass.recorder.verify import verify_recording
 
         assert self._verify_q is not None
         while True:
@@ -701,10 +701,10 @@ def shutdown(timeout: float = 5.0) -> None:
 def check_overdue_reviews(cfg: Config, alerter: Alerter, *, now: float | None = None) -> int:
     """Alert once (across processes, via the index) for each overdue break-glass review.
     Blocking (reads recordings and the audit log): run it in a thread."""
-    from proxy.context import trusted_recorder_keys
-    from recorder.index import SessionFilter, SqliteIndex, refresh
-    from recorder.review import load_reviews, review_queue
-    from recorder.session_check import load_audit_facts
+    from breakglass.proxy.context import trusted_recorder_keys
+    from breakglass.recorder.index import SessionFilter, SqliteIndex, refresh
+    from breakglass.recorder.review import load_reviews, review_queue
+    from breakglass.recorder.session_check import load_audit_facts
 
     keys = trusted_recorder_keys(cfg)
     deadline = review_settings(cfg).deadline

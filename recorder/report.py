@@ -25,12 +25,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from policy.drill import is_drill
-from policy.grants import utc_text
-from policy.state import IssuedGrant, Revocation
-from policy.templates import Template
-from recorder.index import LIVE, OK, SessionSummary
-from recorder.review import ReviewSet
+from breakglass.policy.drill import is_drill
+from breakglass.policy.grants import utc_text
+from breakglass.policy.state import IssuedGrant, Revocation
+from breakglass.policy.templates import Template
+from breakglass.recorder.index import LIVE, OK, SessionSummary
+from breakglass.recorder.review import ReviewSet
 
 FORMATS = ("table", "csv", "json", "html")
 #: More break-glass grants than this for one user in the period is flagged.
@@ -372,7 +372,7 @@ def render_csv(rep: Report) -> str:
 
 
 def render_table(rep: Report) -> str:
-    from cli.output import table
+    from breakglass.cli.output import table
 
     lines = [f"Access recertification report, {_period(rep)}  ({len(rep.rows)} grants)"]
     lines += [f"!! WARNING: {w}" for w in rep.warnings]

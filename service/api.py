@@ -58,15 +58,15 @@ from typing import Any
 
 from aiohttp import web
 
-from policy.durations import DurationError, parse_duration
-from policy.grants import sign_grant
-from policy.state import SqliteState
-from policy.templates import is_member
-from proxy.config import Config, ConfigError, find_config_path, parse_config
-from proxy.context import audit_grant_issued, issuer_key, open_audit
-from proxy.gateway import LIVE_STALE
-from proxy.logs import log
-from service.identity import (
+from breakglass.policy.durations import DurationError, parse_duration
+from breakglass.policy.grants import sign_grant
+from breakglass.policy.state import SqliteState
+from breakglass.policy.templates import is_member
+from breakglass.proxy.config import Config, ConfigError, find_config_path, parse_config
+from breakglass.proxy.context import audit_grant_issued, issuer_key, open_audit
+from breakglass.proxy.gateway import LIVE_STALE
+from breakglass.proxy.logs import log
+from breakglass.service.identity import (
     AuthFailed,
     LocalUsers,
     OidcSettings,
@@ -75,8 +75,8 @@ from service.identity import (
     UsersFile,
     oidc_namespace_problems,
 )
-from service.metrics import ServiceMetrics, login_reason, route_of
-from service.requests import (
+from breakglass.service.metrics import ServiceMetrics, login_reason, route_of
+from breakglass.service.requests import (
     APPROVED,
     EXPIRED,
     PENDING,
@@ -93,7 +93,7 @@ from service.requests import (
     grant_claims,
     new_request,
 )
-from service.throttle import LoginThrottle
+from breakglass.service.throttle import LoginThrottle
 
 MY_SECTIONS = ("service", "identity")
 MAX_BODY = 64 * 1024
@@ -382,7 +382,7 @@ def load_service_config(path: str | os.PathLike | None) -> tuple[Config, Service
 def open_service_state(cfg: Config, settings: ServiceSettings):
     """PostgreSQL state when ``state.url``/``state.url_env`` is set, else the SQLite file."""
     if settings.state_url:
-        from policy.state_pg import PgState
+        from breakglass.policy.state_pg import PgState
 
         return PgState(settings.state_url)
     return SqliteState(cfg.state_database)
@@ -574,7 +574,7 @@ class GrantService:
 
     def _alert(self, event: str, **fields: Any) -> None:
         try:
-            from recorder import alerts
+            from breakglass.recorder import alerts
         except ImportError:
             return
         try:
@@ -1067,7 +1067,7 @@ class GrantService:
 
     async def _this_host_live(self) -> list[dict[str, Any]]:
         """Live sessions of the gateway running with this config on this host (admin socket)."""
-        from proxy.admin import admin_request, admin_sockets
+        from breakglass.proxy.admin import admin_request, admin_sockets
 
         out: list[dict[str, Any]] = []
         for path in admin_sockets(self.cfg.admin_socket):
@@ -1083,7 +1083,7 @@ class GrantService:
         """Admins: end a live session on whichever gateway runs it (within a second): through
         the shared state, or on the gateway of this host (its admin socket), attributed to
         the caller's service identity."""
-        from proxy.admin import match_session
+        from breakglass.proxy.admin import match_session
 
         who: Identity = request[IDENTITY]
         body = await _body(request)
@@ -1117,7 +1117,7 @@ class GrantService:
     async def _kill_on_this_host(self, ref: str, actor: str, reason: str) -> dict | None:
         """Kill through the admin socket of the gateway running with this config on this host
         (SQLite state publishes no live sessions), or None if it has no such session."""
-        from proxy.admin import admin_request, admin_sockets
+        from breakglass.proxy.admin import admin_request, admin_sockets
 
         for path in admin_sockets(self.cfg.admin_socket):
             try:
@@ -1138,8 +1138,8 @@ class GrantService:
         """Console reviewers: record the post-incident review of a break-glass session, as the
         console's review form does, attributed to the caller's service identity (never one's
         own session; no "ok" for a recording that fails verification)."""
-        from recorder.review import ReviewRefused, record_review
-        from service.console.web import console_reviewers
+        from breakglass.recorder.review import ReviewRefused, record_review
+        from breakglass.service.console.web import console_reviewers
 
         who: Identity = request[IDENTITY]
         body = await _body(request)
@@ -1166,8 +1166,8 @@ class GrantService:
     def _reviewed_session(self, ref: str) -> Any:
         """The session ``ref`` names (whole id or unique part) from the index, refreshed and
         cross-checked with the audit log; one that fails verification is alerted (once)."""
-        from cli.review_cmds import _alert_failures, _open_index, _refresh
-        from recorder.index import SessionNotFound
+        from breakglass.cli.review_cmds import _alert_failures, _open_index, _refresh
+        from breakglass.recorder.index import SessionNotFound
 
         with _open_index(self.cfg) as index:
             _refresh(self.cfg, index)
@@ -1222,7 +1222,7 @@ def build_app(service: GrantService) -> web.Application:
         """The API caller, or the console's logged-in user (its session cookie)."""
         who = request.get(IDENTITY)
         if who is None and request.path.startswith("/console/"):
-            from service.console.web import SESSION_COOKIE
+            from breakglass.service.console.web import SESSION_COOKIE
 
             with contextlib.suppress(Exception):  # the log line must never break a request
                 who = service.sessions.verify(request.cookies.get(SESSION_COOKIE, ""))
@@ -1297,7 +1297,7 @@ def build_app(service: GrantService) -> web.Application:
     app.router.add_get("/v1/sessions/live", s.live_sessions)
     app.router.add_post("/v1/sessions/{id}/kill", s.kill_session)
     app.router.add_post("/v1/sessions/{id}/review", s.review_session)
-    from service.console import setup_console  # the web console: its own cookie login
+    from breakglass.service.console import setup_console  # the web console: its own cookie login
 
     setup_console(app, s)
     return app
@@ -1353,7 +1353,7 @@ async def start_service(
         await site.start()
         metrics_server = None
         if settings.metrics_host is not None:
-            from service.metrics import start_metrics_server
+            from breakglass.service.metrics import start_metrics_server
 
             try:
                 metrics_server = await start_metrics_server(
@@ -1387,12 +1387,12 @@ async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None)
     """Run until SIGINT/SIGTERM."""
     alerter = None
     try:
-        from recorder import alerts
+        from breakglass.recorder import alerts
 
         alerter = alerts.setup(cfg)
     except ImportError:
         pass
-    from proxy.gateway import wait_for_stop_signal
+    from breakglass.proxy.gateway import wait_for_stop_signal
 
     running = await start_service(cfg, settings)
     with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -1406,7 +1406,7 @@ async def run_service(cfg: Config, settings: ServiceSettings, ready: Any = None)
         log.info("service.stopping", signal=signame)
         await running.stop()
         if alerter is not None:
-            from recorder import alerts
+            from breakglass.recorder import alerts
 
             alerts.shutdown()
         log.info("service.stopped")

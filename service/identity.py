@@ -31,7 +31,7 @@ from typing import Any
 import jwt
 import pyotp
 
-from service.requests import Identity
+from breakglass.service.requests import Identity
 
 OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 SESSION_ALGORITHM = "HS256"

@@ -25,8 +25,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from policy.drill import is_drill
-from proxy.logs import log
+from breakglass.policy.drill import is_drill
+from breakglass.proxy.logs import log
 
 UNKNOWN = "unknown"
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from policy.issuance import AccessRequest, IssuanceRefused, build_claims
-from policy.templates import Template, is_member
+from breakglass.policy.issuance import AccessRequest, IssuanceRefused, build_claims
+from breakglass.policy.templates import Template, is_member
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
 STATUSES = (PENDING, APPROVED, DENIED, EXPIRED)

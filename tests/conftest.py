@@ -48,7 +48,7 @@ def ssh_server():
 def s3_server():
     """A real S3 server enforcing Object Lock (SeaweedFS) on 127.0.0.1; bucket ``s3_server.bucket``
     has Object Lock and versioning; identities admin, gateway (write) and reader (read)."""
-    from throwaway.s3 import S3Server
+    from breakglass.throwaway.s3 import S3Server
 
     server = _start(S3Server(), "S3 server (SeaweedFS)")
     yield server

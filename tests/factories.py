@@ -7,7 +7,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from policy.grants import new_jti, sign_grant
+from breakglass.policy.grants import new_jti, sign_grant
 
 AUDIENCE = "test-gw"
 

@@ -9,9 +9,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Config, load_config
-from proxy.gateway import Gateway, start_gateway, stop_gateway
-from throwaway.workdir import build_local_workdir, issue_local_grant
+from breakglass.proxy.config import Config, load_config
+from breakglass.proxy.gateway import Gateway, start_gateway, stop_gateway
+from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
 
 
 class GatewayThread:

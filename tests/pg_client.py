@@ -6,8 +6,8 @@ import asyncio
 import ssl
 from pathlib import Path
 
-from proxy.postgres import codec
-from proxy.postgres.codec import Message, MessageReader
+from breakglass.proxy.postgres import codec
+from breakglass.proxy.postgres.codec import Message, MessageReader
 
 
 def client_tls(cert: Path) -> ssl.SSLContext:

@@ -1,4 +1,4 @@
 """Test servers live in ``throwaway.servers`` (the demo uses them too); re-exported here."""
 
-from throwaway.servers import *  # noqa: F403
-from throwaway.servers import PostgresServer, ServerStartError, SshServer, free_port  # noqa: F401
+from breakglass.throwaway.servers import *  # noqa: F403
+from breakglass.throwaway.servers import PostgresServer, ServerStartError, SshServer, free_port  # noqa: F401

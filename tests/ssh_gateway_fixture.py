@@ -27,11 +27,11 @@ from typing import Any
 import asyncssh
 import pytest
 
-from cli.initdir import ISSUER_KID, init_workdir, render_config
-from policy.grants import new_jti, sign_grant
-from policy.keys import load_private_key
-from proxy.config import load_config
-from recorder.reader import read_events
+from breakglass.cli.initdir import ISSUER_KID, init_workdir, render_config
+from breakglass.policy.grants import new_jti, sign_grant
+from breakglass.policy.keys import load_private_key
+from breakglass.proxy.config import load_config
+from breakglass.recorder.reader import read_events
 from tests.servers import SshServer, free_port
 
 LOOPBACK = "127.0.0.1"
@@ -124,7 +124,7 @@ class GatewayHarness:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> GatewayHarness:
-        from proxy.gateway import start_gateway
+        from breakglass.proxy.gateway import start_gateway
 
         started = threading.Event()
         errors: list[BaseException] = []
@@ -156,7 +156,7 @@ class GatewayHarness:
         return self
 
     def stop(self) -> None:
-        from proxy.gateway import stop_gateway
+        from breakglass.proxy.gateway import stop_gateway
 
         if self.gw is not None and self.loop is not None:
             with contextlib.suppress(Exception):

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from proxy.config import ConfigError
-from recorder import alerts
-from recorder.alerts import Alerter, AlertSettings, Webhook, parse_alert_settings
+from breakglass.proxy.config import ConfigError
+from breakglass.recorder import alerts
+from breakglass.recorder.alerts import Alerter, AlertSettings, Webhook, parse_alert_settings
 from tests.test_index_helpers import Recorder, tamper, write_shell_session
 
 pytestmark = pytest.mark.timeout(30)

@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from recorder.audit import AuditLog, read_audit, segments, verify_audit
-from recorder.writer import RecorderError
+from breakglass.recorder.audit import AuditLog, read_audit, segments, verify_audit
+from breakglass.recorder.writer import RecorderError
 
 KEY = Ed25519PrivateKey.generate()
 TRUSTED = {"audit-1": KEY.public_key()}
@@ -116,7 +116,7 @@ def test_concurrent_processes_append(tmp_path):
         import sys
         from pathlib import Path
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
-        from recorder.audit import AuditLog
+        from breakglass.recorder.audit import AuditLog
         key = load_pem_private_key(Path({str(keyfile)!r}).read_bytes(), None)
         log = AuditLog(Path({str(d)!r}), key, "audit-1")
         for i in range(200):
@@ -237,7 +237,7 @@ def test_rotation_links_segments_and_detects_a_deleted_one(tmp_path):
 
 
 def read_audit_seg(path: Path):
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     for e in read_events(path):
         if e["kind"] == "audit":
@@ -262,7 +262,7 @@ def _by_status(d: Path) -> dict[str, tuple[str, str | None]]:
 
 
 def _chain(d: Path, writer: str) -> list[Path]:
-    from recorder.audit import _first_line
+    from breakglass.recorder.audit import _first_line
 
     segs = [(s, _first_line(s)) for s in segments(d)]
     mine = [(h["segment_seq"], s) for s, h in segs if h and h.get("writer", "").endswith(writer)]
@@ -277,7 +277,7 @@ def test_a_writer_chain_continues_across_restarts_and_names_what_was_cut(tmp_pat
             log.append("session.start", session=f"r{run}-{i}")
         log.close()
     chain = _chain(d, "/gateway-gw-w0")
-    from recorder.audit import _first_line
+    from breakglass.recorder.audit import _first_line
 
     headers = [_first_line(s) for s in chain]
     assert [h["segment_seq"] for h in headers] == list(range(len(chain))) and len(chain) >= 6
@@ -375,7 +375,7 @@ def test_concurrent_cli_processes_share_the_chain(tmp_path):
         import sys
         from pathlib import Path
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
-        from recorder.audit import AuditLog
+        from breakglass.recorder.audit import AuditLog
         key = load_pem_private_key(Path({str(keyfile)!r}).read_bytes(), None)
         for i in range(15):
             with AuditLog(Path({str(d)!r}), key, "audit-1", writer="cli", shared=True) as log:

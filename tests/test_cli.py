@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def bg(*args: str, config: Path | None = None, input: str | None = None, env: dict | None = None):
-    cmd = [sys.executable, "-m", "cli.main"]
+    cmd = [sys.executable, "-m", "breakglass.cli.main"]
     if config is not None:
         cmd += ["-c", str(config)]
     return subprocess.run(
@@ -207,7 +207,7 @@ def test_demo_runs_and_prints_working_lines(pg_server, tmp_path):
     """`breakglass demo` end to end: start, use the printed grant with real psql, stop."""
     d = tmp_path / "demo"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "demo", "--dir", str(d), "--no-ssh"],
+        [sys.executable, "-m", "breakglass.cli.main", "demo", "--dir", str(d), "--no-ssh"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -274,7 +274,7 @@ def test_demo_ssh_lines_work(pg_server, ssh_server, tmp_path):
     """The demo's SSH target and grants: an allowed command runs, a metacharacter is refused."""
     d = tmp_path / "demo"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "demo", "--dir", str(d)],
+        [sys.executable, "-m", "breakglass.cli.main", "demo", "--dir", str(d)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -356,7 +356,7 @@ def _demo_console_and_security_lines(d: Path, text: str, env_vars: dict[str, str
 
 
 def test_config_option_after_the_subcommand(tmp_path):
-    from cli.main import build_parser
+    from breakglass.cli.main import build_parser
 
     p = build_parser()
     assert p.parse_args(["sessions", "-c", "x.toml"]).config == "x.toml"

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from policy.state_pg import PgState
-from recorder.audit import read_audit
+from breakglass.policy.state_pg import PgState
+from breakglass.recorder.audit import read_audit
 from tests.harness import GatewayThread
 from tests.test_service_support import drop_state_db, fresh_state_db
 
@@ -32,7 +32,7 @@ def workdir(pg_server, tmp_path):
 
 def cli(gw, *argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "-c", str(gw.dir / "config.toml"), *argv],
+        [sys.executable, "-m", "breakglass.cli.main", "-c", str(gw.dir / "config.toml"), *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -80,7 +80,7 @@ def test_issue_and_inspect_with_postgres_state(workdir, tmp_path):
 def test_a_token_that_cannot_be_printed_is_not_left_valid(workdir):
     gw, dsn = workdir
     p = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "-c", str(gw.dir / "config.toml"), *ISSUE],
+        [sys.executable, "-m", "breakglass.cli.main", "-c", str(gw.dir / "config.toml"), *ISSUE],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(os.environ),

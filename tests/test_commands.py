@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from policy.commands import (
+from breakglass.policy.commands import (
     MAX_COMMAND_BYTES,
     RULE_IDS,
     SAFE_ENV,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.initdir import InitError, init_workdir, render_config
-from proxy.config import ConfigError, load_config, parse_config
+from breakglass.cli.initdir import InitError, init_workdir, render_config
+from breakglass.proxy.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,8 +163,8 @@ def test_recorder_store_section(tmp_path, monkeypatch):
 
 
 def test_trusted_keys_tied_to_issuers(tmp_path):
-    from cli.initdir import init_workdir
-    from proxy.context import grant_verifier
+    from breakglass.cli.initdir import init_workdir
+    from breakglass.proxy.context import grant_verifier
 
     init_workdir(tmp_path / "w")
     path = tmp_path / "w/config.toml"
@@ -210,7 +210,7 @@ approvers = ["@approvers"]
 
 
 def test_templates_without_requesters_are_open_to_nobody(tmp_path):
-    from policy.templates import is_member
+    from breakglass.policy.templates import is_member
 
     init_workdir(tmp_path / "w")
     path = tmp_path / "w/config.toml"

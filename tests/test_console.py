@@ -21,8 +21,8 @@ import asyncssh
 import pyotp
 import pytest
 
-from recorder.audit import read_audit
-from service.identity import add_local_user
+from breakglass.recorder.audit import read_audit
+from breakglass.service.identity import add_local_user
 from tests.conftest import _unavailable
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls

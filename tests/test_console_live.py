@@ -17,8 +17,8 @@ import asyncpg
 import asyncssh
 import pytest
 
-from recorder.audit import read_audit
-from service.identity import add_local_user
+from breakglass.recorder.audit import read_audit
+from breakglass.service.identity import add_local_user
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_console import (

@@ -15,7 +15,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from recorder.audit import read_audit
+from breakglass.recorder.audit import read_audit
 from tests.harness import GatewayThread
 from tests.test_console import chromium_driver, wait
 from tests.test_identity import AUDIENCE, ISSUER, LoopbackIdp

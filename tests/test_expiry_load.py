@@ -12,7 +12,7 @@ import time
 import asyncpg
 import pytest
 
-from recorder.reader import read_events
+from breakglass.recorder.reader import read_events
 from tests.harness import GatewayThread
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from recorder.export import asciicast_lines, jsonl_lines
-from recorder.replay import load_events
+from breakglass.recorder.export import asciicast_lines, jsonl_lines
+from breakglass.recorder.replay import load_events
 from tests.test_index_helpers import (
     PG_STATEMENTS,
     SHELL_OUTPUT,

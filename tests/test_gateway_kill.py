@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from recorder.reader import read_events
-from recorder.verify import verify_recording
+from breakglass.recorder.reader import read_events
+from breakglass.recorder.verify import verify_recording
+from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
 from tests.harness import ssh_client_command
-from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,7 +27,14 @@ def gateway_process(directory: Path, cfg):
     """``breakglass gateway`` as its own process; yields it once both listeners accept."""
     log = open(directory / "gateway.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "-c", str(directory / "config.toml"), "gateway"],
+        [
+            sys.executable,
+            "-m",
+            "breakglass.cli.main",
+            "-c",
+            str(directory / "config.toml"),
+            "gateway",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -58,7 +65,7 @@ def _only_recording(cfg) -> Path:
 
 
 def _trusted(cfg):
-    from proxy.context import trusted_recorder_keys
+    from breakglass.proxy.context import trusted_recorder_keys
 
     return trusted_recorder_keys(cfg)
 

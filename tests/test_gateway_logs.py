@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from policy.state import SqliteState
+from breakglass.policy.state import SqliteState
+from breakglass.throwaway.workdir import build_local_workdir
 from tests.pg_client import RawClient, error_of
-from throwaway.workdir import build_local_workdir
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(90)
 def test_json_log_has_only_json_and_logs_refusals(pg_server, tmp_path):
     cfg = build_local_workdir(tmp_path / "gw", pg=pg_server, ssh=None, name="test-gw")
     p = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "-c", str(cfg.path), "gateway",
+        [sys.executable, "-m", "breakglass.cli.main", "-c", str(cfg.path), "gateway",
          "--log-format", "json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ),
     )  # fmt: skip

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy.grants import new_jti, sign_grant
-from policy.keys import load_private_key
-from proxy.postgres import codec
+from breakglass.policy.grants import new_jti, sign_grant
+from breakglass.policy.keys import load_private_key
+from breakglass.proxy.postgres import codec
 from tests.harness import GatewayThread
 from tests.pg_client import RawClient, error_of
 

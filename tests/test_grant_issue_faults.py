@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from proxy.context import open_state
-from recorder.audit import read_audit
+from breakglass.proxy.context import open_state
+from breakglass.recorder.audit import read_audit
+from breakglass.throwaway.workdir import build_local_workdir
 from tests.storage import abort_ext4, ext4, fill, remount_fresh, tmpfs
-from throwaway.workdir import build_local_workdir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,7 +31,7 @@ def issue(cfg, reason: str, *approval: str) -> subprocess.CompletedProcess:
     argv += ["--ttl", "10m", "--reason", reason, *(approval or ("--approved-by", "alice"))]
     env = {k: v for k, v in os.environ.items() if k != "BREAKGLASS_DEBUG"}
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "-c", str(cfg.path), *argv],
+        [sys.executable, "-m", "breakglass.cli.main", "-c", str(cfg.path), *argv],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from policy.grants import Grant, GrantVerifier, Refusal, RefusalKind, sign_grant
+from breakglass.policy.grants import Grant, GrantVerifier, Refusal, RefusalKind, sign_grant
 from tests.factories import AUDIENCE, GrantFactory, grant_claims
 
 

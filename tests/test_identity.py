@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from policy.state import SqliteState
-from service.identity import (
+from breakglass.policy.state import SqliteState
+from breakglass.service.identity import (
     AuthFailed,
     LocalUsers,
     OidcSettings,
@@ -20,7 +20,7 @@ from service.identity import (
     SessionTokens,
     add_local_user,
 )
-from service.requests import Identity
+from breakglass.service.requests import Identity
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -241,7 +241,7 @@ async def test_oidc_names_are_namespaced_and_mapped_explicitly(idp):
 
 
 def test_local_names_cannot_look_like_oidc_names(tmp_path):
-    from service.identity import OidcSettings, add_local_user, oidc_namespace_problems
+    from breakglass.service.identity import OidcSettings, add_local_user, oidc_namespace_problems
 
     for bad in ("alice@example.com", "sso:alice", "a b"):
         with pytest.raises(ValueError):

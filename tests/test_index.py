@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from recorder.index import (
+from breakglass.recorder.index import (
     LIVE,
     MISSING,
     OK,

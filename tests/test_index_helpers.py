@@ -11,7 +11,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from recorder.writer import RecordingWriter
+from breakglass.recorder.writer import RecordingWriter
 
 KEY_ID = "recorder-test"
 
@@ -29,7 +29,7 @@ class Recorder:
     @classmethod
     def for_config(cls, cfg) -> Recorder:
         """Record into a config's recordings directory with its recorder key (as the gateway)."""
-        from policy.keys import load_private_key
+        from breakglass.policy.keys import load_private_key
 
         return cls(
             cfg.recordings_dir, load_private_key(cfg.recorder_signing_key), cfg.recorder_key_id
@@ -170,8 +170,8 @@ def tamper(path: Path, old: bytes, new: bytes) -> None:
 
 def make_workdir(directory: Path):
     """``breakglass init`` in ``directory``; returns the loaded Config."""
-    from cli.initdir import init_workdir, render_config
-    from proxy.config import load_config
+    from breakglass.cli.initdir import init_workdir, render_config
+    from breakglass.proxy.config import load_config
 
     init_workdir(Path(directory), render_config(gateway_name="test-gw"))
     return load_config(Path(directory) / "config.toml")
@@ -182,9 +182,9 @@ def run_cli(argv: list[str]) -> int:
     commands are wired into main by its owner; this keeps the tests independent of that)."""
     import argparse
 
-    from cli import review_cmds
-    from cli.output import CliError
-    from proxy.config import ConfigError
+    from breakglass.cli import review_cmds
+    from breakglass.cli.output import CliError
+    from breakglass.proxy.config import ConfigError
 
     parser = argparse.ArgumentParser(prog="breakglass")
     parser.add_argument("-c", "--config")

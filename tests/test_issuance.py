@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from policy.issuance import AccessRequest, IssuanceRefused, build_claims
-from policy.templates import SqlAccess, SshAccess, TargetPattern, Template
+from breakglass.policy.issuance import AccessRequest, IssuanceRefused, build_claims
+from breakglass.policy.templates import SqlAccess, SshAccess, TargetPattern, Template
 
 TEMPLATES = {
     "db-readonly": Template(

@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from proxy.gateway import somaxconn
+from breakglass.proxy.gateway import somaxconn
+from breakglass.throwaway.servers import free_port
 from tests.harness import GatewayThread
-from throwaway.servers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,7 +97,7 @@ def test_burst_of_simultaneous_logins_all_succeed(pg_server, tmp_path):
 def test_burst_logins_queue_for_a_few_upstream_connects(pg_server, tmp_path, monkeypatch):
     """A burst does not ask the target for every backend at once (1,000 together time out on
     a small server): logins queue for UPSTREAM_CONNECTS connects per target, and all get in."""
-    import proxy.postgres.server as pg_server_module
+    import breakglass.proxy.postgres.server as pg_server_module
 
     monkeypatch.setattr(pg_server_module, "UPSTREAM_CONNECTS", 3)
     n = 30

@@ -17,7 +17,7 @@ import asyncpg
 import pyotp
 import pytest
 
-from service.identity import add_local_user
+from breakglass.service.identity import add_local_user
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_service_support import ServiceThread, add_service_config, drop_state_db
@@ -45,7 +45,7 @@ def cluster(pg_server, tmp_path):
 
 def cli(gw, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "-c", str(gw.dir / "config.toml"), *argv],
+        [sys.executable, "-m", "breakglass.cli.main", "-c", str(gw.dir / "config.toml"), *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -150,7 +150,7 @@ async def test_service_admin_kill(cluster, tmp_path):
         assert await busy < 1.5
         await conn.close()
         await asyncio.to_thread(svc.service.audit.flush)
-        from recorder.audit import read_audit
+        from breakglass.recorder.audit import read_audit
 
         await asyncio.to_thread(g2.flush_audit)
         kills = [
@@ -162,7 +162,7 @@ async def test_service_admin_kill(cluster, tmp_path):
 
 
 def test_session_references_are_matched_one_way_everywhere():
-    from proxy.admin import match_session
+    from breakglass.proxy.admin import match_session
 
     ids = ["20261201T030317Z-1e13337920", "20261201T030318Z-aa00bb11cc"]
     assert match_session(ids[0], ids) == ids[0]

@@ -25,12 +25,12 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from service.identity import add_local_user
+from breakglass.service.identity import add_local_user
+from breakglass.throwaway.servers import free_port
+from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
 from tests.test_metrics import _value
 from tests.test_service_metrics import _http
 from tests.test_service_support import PASSWORDS, add_service_config
-from throwaway.servers import free_port
-from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,7 +40,7 @@ class LogProcess:
 
     def __init__(self, config: Path, *command: str) -> None:
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "-c", str(config), *command,
+            [sys.executable, "-m", "breakglass.cli.main", "-c", str(config), *command,
              "--log-format", "json"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ),
         )  # fmt: skip

@@ -9,9 +9,9 @@ import urllib.request
 
 import pytest
 
+from breakglass.throwaway.servers import free_port
 from tests.harness import GatewayThread
 from tests.storage import fill, tmpfs
-from throwaway.servers import free_port
 
 pytestmark = pytest.mark.timeout(90)
 

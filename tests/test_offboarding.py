@@ -12,7 +12,7 @@ import asyncpg
 import pyotp
 import pytest
 
-from recorder.audit import read_audit
+from breakglass.recorder.audit import read_audit
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_service_support import PASSWORDS, Cli, ServiceThread, add_service_config
@@ -88,7 +88,7 @@ def test_group_changes_apply_to_live_sessions(env):
     cli.login("bob", svc.url)
     token = session_token(cli, "bob")
     assert whoami(svc, token)[1]["groups"] == ["approvers"]
-    from service.identity import _read_users, _write_users
+    from breakglass.service.identity import _read_users, _write_users
 
     path = gw.dir / "users.toml"
     users = _read_users(path)

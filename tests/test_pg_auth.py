@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from proxy.postgres import codec
-from proxy.postgres.auth import (
+from breakglass.proxy.postgres import codec
+from breakglass.proxy.postgres.auth import (
     AuthError,
     ScramClient,
     UpstreamAuth,

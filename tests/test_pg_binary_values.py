@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from proxy.postgres.binary_values import FASTPATH_FUNCTIONS, decode_binary, type_name
+from breakglass.proxy.postgres.binary_values import FASTPATH_FUNCTIONS, decode_binary, type_name
 
 
 def numeric(ndigits_groups: list[int], weight: int, sign: int, dscale: int) -> bytes:

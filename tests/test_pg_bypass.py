@@ -144,7 +144,7 @@ async def test_bypass_corpus_refused_recorded_and_harmless(gw, pg_server):
     assert not_refused == []
     assert await _fingerprint(pg_server) == before
     gw.wait_idle()
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     rec = max(gw.cfg.recordings_dir.glob("*.rec"), key=lambda p: p.stat().st_mtime)
     denied = [

@@ -25,9 +25,9 @@ from sqlalchemy import ForeignKey, Numeric
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from breakglass.throwaway.servers import find_pg_client
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
-from throwaway.servers import find_pg_client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -237,7 +237,7 @@ def test_startup_options_refused_with_a_fatal_naming_them(gw, kind, options, nam
     r = psql(gw, grant(gw, kind), "-c", "select 1", PGOPTIONS=options)
     assert r.returncode != 0
     assert "FATAL" in r.stderr and named in r.stderr, r.stderr
-    from recorder.audit import read_audit
+    from breakglass.recorder.audit import read_audit
 
     gw.flush_audit()
     assert any(named in e["message"] for e in read_audit(gw.cfg.audit_dir, type="session.refused"))
@@ -410,7 +410,7 @@ async def test_hygiene_statement_cannot_escape_read_only(gw, hygiene):
 
 
 def latest_recording(gw: GatewayThread) -> list[dict]:
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     gw.wait_idle()
     newest = max(gw.cfg.recordings_dir.glob("*.rec"), key=lambda p: p.stat().st_mtime)

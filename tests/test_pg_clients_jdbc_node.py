@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.reader import read_events
+from breakglass.recorder.reader import read_events
 from tests.conftest import _unavailable
 from tests.harness import GatewayThread
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.postgres import codec as c
-from proxy.postgres.codec import ProtocolError
+from breakglass.proxy.postgres import codec as c
+from breakglass.proxy.postgres.codec import ProtocolError
 
 # --------------------------------------------------------------------------
 # helpers

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from proxy.postgres import codec
-from recorder.export import jsonl_lines
-from recorder.reader import read_events
-from recorder.replay import render_timeline, statement_timeline
-from recorder.search import search_recording
+from breakglass.proxy.postgres import codec
+from breakglass.recorder.export import jsonl_lines
+from breakglass.recorder.reader import read_events
+from breakglass.recorder.replay import render_timeline, statement_timeline
+from breakglass.recorder.search import search_recording
 from tests.harness import GatewayThread
 from tests.pg_client import RawClient, error_of
 
@@ -237,7 +237,7 @@ async def test_the_call_is_not_delayed_by_its_lookup(gw, pg_server, monkeypatch)
     recorded once the lock goes, after the call's result."""
     import asyncpg
 
-    from proxy.postgres import function_names
+    from breakglass.proxy.postgres import function_names
 
     monkeypatch.setattr(function_names, "LOOKUP_TIMEOUT", 60.0)  # a loaded machine
     monkeypatch.setattr(function_names, "MAX_WAITING", 2)  # calls waiting for a name
@@ -293,9 +293,9 @@ async def test_the_call_is_not_delayed_by_its_lookup(gw, pg_server, monkeypatch)
 async def test_lookup_failures_give_a_reason_without_secrets(pg_server, failure, monkeypatch):
     """The side lookup itself against a real server: a target that is down, a password the
     server rejects, a db_user without credentials. Each is a reason, never a secret."""
-    from proxy.config import PostgresTarget
-    from proxy.postgres.function_names import LookupFailed, lookup_function
-    from throwaway.servers import free_port
+    from breakglass.proxy.config import PostgresTarget
+    from breakglass.proxy.postgres.function_names import LookupFailed, lookup_function
+    from breakglass.throwaway.servers import free_port
 
     secret = "not-the-password-" + secrets.token_hex(8)
     monkeypatch.setenv("BG_TEST_FN_PASSWORD", secret)

@@ -11,7 +11,7 @@ import time
 import asyncpg
 import pytest
 
-from proxy.postgres import codec
+from breakglass.proxy.postgres import codec
 from tests.harness import GatewayThread
 from tests.pg_client import RawClient, error_of
 
@@ -59,7 +59,7 @@ async def connect(gw: GatewayThread, token: str, user: str = "erin", **kw) -> as
 
 
 def recording(gw: GatewayThread, session_id: str) -> list[dict]:
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     return list(read_events(gw.cfg.recordings_dir / f"{session_id}.rec"))
 
@@ -67,7 +67,7 @@ def recording(gw: GatewayThread, session_id: str) -> list[dict]:
 def latest_recording(gw: GatewayThread) -> list[dict]:
     gw.wait_idle()
     files = sorted(gw.cfg.recordings_dir.glob("*.rec"), key=lambda p: p.stat().st_mtime)
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     return list(read_events(files[-1]))
 
@@ -106,7 +106,7 @@ def test_refusals_say_why_and_are_audited(gw, case, expect):
     r = psql(gw, token, "-c", "select 1", user=user)
     assert r.returncode != 0
     assert expect in r.stderr
-    from recorder.audit import read_audit
+    from breakglass.recorder.audit import read_audit
 
     gw.flush_audit()
     refusals = read_audit(gw.cfg.audit_dir, type="auth.refused")
@@ -360,7 +360,7 @@ async def test_expiry_kills_idle_and_busy_sessions(gw, pg_server):
 async def test_revoke_and_kill_end_live_sessions(gw):
     import jwt
 
-    from policy.grants import GrantVerifier  # noqa: F401  (grant jti below)
+    from breakglass.policy.grants import GrantVerifier  # noqa: F401  (grant jti below)
 
     token = gw.grant()
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
@@ -599,7 +599,7 @@ async def test_recording_failure_ends_the_session(gw):
     finally:
         conn.terminate()
     gw.flush_audit()
-    from recorder.audit import read_audit
+    from breakglass.recorder.audit import read_audit
 
     assert read_audit(gw.cfg.audit_dir, type="session.recording_failed")
 
@@ -632,7 +632,7 @@ async def test_large_statements_are_judged_off_the_event_loop(gw):
 
 async def test_idle_unauthenticated_connections_are_capped_per_address(gw):
     """A slow-loris from one address gets refused past the cap; the gateway keeps serving."""
-    from proxy.postgres.server import MAX_UNAUTHENTICATED_PER_SOURCE
+    from breakglass.proxy.postgres.server import MAX_UNAUTHENTICATED_PER_SOURCE
 
     idle = [
         await asyncio.open_connection("127.0.0.1", gw.pg_port)

@@ -8,11 +8,11 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.sql_rules import SqlChecker, SqlRules
-from proxy.postgres import codec
-from proxy.postgres.codec import Message
-from proxy.postgres.relay import Relay
-from recorder import format as fmt
+from breakglass.policy.sql_rules import SqlChecker, SqlRules
+from breakglass.proxy.postgres import codec
+from breakglass.proxy.postgres.codec import Message
+from breakglass.proxy.postgres.relay import Relay
+from breakglass.recorder import format as fmt
 
 
 class Captured:

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from proxy.postgres import codec
+from breakglass.proxy.postgres import codec
 from tests.conftest import _unavailable
 from tests.harness import GatewayThread
 from tests.pg_client import RawClient, client_tls, error_of

@@ -13,10 +13,10 @@ import uuid
 import asyncpg
 import pytest
 
-from proxy.postgres import codec
-from recorder.export import jsonl_lines
-from recorder.replay import render_timeline, statement_timeline
-from recorder.search import search_recording
+from breakglass.proxy.postgres import codec
+from breakglass.recorder.export import jsonl_lines
+from breakglass.recorder.replay import render_timeline, statement_timeline
+from breakglass.recorder.search import search_recording
 from tests.harness import GatewayThread
 from tests.pg_client import RawClient, client_tls, error_of
 
@@ -47,7 +47,7 @@ def newest_recording(gw: GatewayThread):
 
 
 def events_of(gw: GatewayThread) -> list[dict]:
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     return list(read_events(newest_recording(gw)))
 
@@ -210,7 +210,7 @@ def test_copy_rows_counted_shown_and_searchable(gw):
     )
     assert r.returncode == 0, r.stderr
     path = newest_recording(gw)
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     events = list(read_events(path))
     [copy] = [e for e in statement_timeline(events) if e.what == "copy"]

@@ -19,10 +19,10 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from proxy.admin import admin_request
-from proxy.preauth import PreAuthLimiter
+from breakglass.proxy.admin import admin_request
+from breakglass.proxy.preauth import PreAuthLimiter
+from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
 from tests.pg_client import RawClient, error_of
-from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,7 +97,7 @@ class GatewayProcess:
             resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "-c", str(path), "gateway"],
+            [sys.executable, "-m", "breakglass.cli.main", "-c", str(path), "gateway"],
             preexec_fn=limit,
             stdout=subprocess.DEVNULL,
             stderr=open(directory / "gateway.log", "wb"),  # noqa: SIM115 - read on failure

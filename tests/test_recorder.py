@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from recorder.reader import read_events
-from recorder.verify import verify_recording
-from recorder.writer import RecorderError, RecordingWriter
+from breakglass.recorder.reader import read_events
+from breakglass.recorder.verify import verify_recording
+from breakglass.recorder.writer import RecorderError, RecordingWriter
 
 KEY = Ed25519PrivateKey.generate()
 TRUSTED = {"rec-1": KEY.public_key()}
@@ -188,7 +188,7 @@ def test_a_live_recording_cut_inside_a_frame_reads_and_verifies_up_to_it(tmp_pat
 
 
 def test_frames_hold_the_bytes_given_and_split_past_the_maximum(tmp_path):
-    from recorder.format import MAX_RAW_LEN
+    from breakglass.recorder.format import MAX_RAW_LEN
 
     path = tmp_path / "big.rec"
     w = RecordingWriter.create(path, HEADER, KEY, "rec-1")
@@ -650,10 +650,10 @@ async def test_async_gateway_usage(tmp_path):
 def test_append_encoded_fast_path(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from recorder.format import encode_str
-    from recorder.reader import read_events
-    from recorder.verify import verify_recording
-    from recorder.writer import RecorderFieldError, RecordingWriter
+    from breakglass.recorder.format import encode_str
+    from breakglass.recorder.reader import read_events
+    from breakglass.recorder.verify import verify_recording
+    from breakglass.recorder.writer import RecorderFieldError, RecordingWriter
 
     key = Ed25519PrivateKey.generate()
     w = RecordingWriter.create(tmp_path / "f.rec", {"session_id": "s"}, key, "k1")

@@ -14,9 +14,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from recorder.reader import read_events
-from recorder.verify import verify_recording
-from recorder.writer import RecordingWriter
+from breakglass.recorder.reader import read_events
+from breakglass.recorder.verify import verify_recording
+from breakglass.recorder.writer import RecordingWriter
 from tests.test_recorder import split_events
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "recording-format.md"
@@ -162,7 +162,7 @@ def test_format_1_recordings_still_read_and_verify(auditor, tmp_path):
 def test_independent_verifier_accepts_audit_segments_of_every_writer(auditor, tmp_path):
     """Audit segments (streaming and shared CLI ones, with the chain fields in their header)
     are recordings the documented verifier checks as they are."""
-    from recorder.audit import AuditLog, segments
+    from breakglass.recorder.audit import AuditLog, segments
 
     key = Ed25519PrivateKey.generate()
     ours = {"k": key.public_key()}

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from recorder.replay import (
+from breakglass.recorder.replay import (
     RESET,
     RESIZE_RESET,
     IntegrityRefused,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from recorder.export import asciicast_lines
-from recorder.replay import (
+from breakglass.recorder.export import asciicast_lines
+from breakglass.recorder.replay import (
     END_RESET,
     Player,
     load_events,

@@ -9,8 +9,13 @@ import json
 import asyncpg
 import pytest
 
-from recorder.export import asciicast_lines
-from recorder.replay import load_events, render_timeline, session_timeline, terminal_frames
+from breakglass.recorder.export import asciicast_lines
+from breakglass.recorder.replay import (
+    load_events,
+    render_timeline,
+    session_timeline,
+    terminal_frames,
+)
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.ssh_gateway_fixture import GatewayHarness, ssh_gateway  # noqa: F401

@@ -10,7 +10,7 @@ import subprocess
 import pexpect
 import pytest
 
-from recorder.replay import END_RESET
+from breakglass.recorder.replay import END_RESET
 from tests.ssh_gateway_fixture import GatewayHarness, ssh_gateway  # noqa: F401
 from tests.test_export import asciinema
 from tests.test_index_helpers import run_cli

@@ -14,7 +14,7 @@ import time
 import asyncpg
 import pytest
 
-from cli.main import main
+from breakglass.cli.main import main
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_index_helpers import tamper

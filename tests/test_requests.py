@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from policy.templates import SqlAccess, TargetPattern, Template
-from service.requests import (
+from breakglass.policy.templates import SqlAccess, TargetPattern, Template
+from breakglass.service.requests import (
     APPROVED,
     DENIED,
     EXPIRED,

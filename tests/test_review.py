@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from cli.review_cmds import os_user
-from recorder.audit import AuditLog, read_audit
-from recorder.index import SqliteIndex, refresh
-from recorder.review import ReviewRefused, load_reviews, record_review, review_queue
+from breakglass.cli.review_cmds import os_user
+from breakglass.recorder.audit import AuditLog, read_audit
+from breakglass.recorder.index import SqliteIndex, refresh
+from breakglass.recorder.review import ReviewRefused, load_reviews, record_review, review_queue
 from tests.test_export import EXPECTED_TEXT, asciinema
 from tests.test_index_helpers import (
     SHELL_OUTPUT,
@@ -193,7 +193,7 @@ def test_replay_command_writes_the_recorded_bytes(cfg, rec, capsysbinary):
     assert time.monotonic() - t < 5
     # the recorded bytes, the scroll-region reset where the engineer resized their terminal,
     # and the terminal modes put back at the end (recorder/replay.py)
-    from recorder.replay import END_RESET, RESIZE_RESET
+    from breakglass.recorder.replay import END_RESET, RESIZE_RESET
 
     want = b"".join(SHELL_OUTPUT)
     resized = len(b"".join(SHELL_OUTPUT[:7]))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from policy.role_guard import GATEWAY_ROLE, ROLE_MANAGEMENT, RoleGuard
-from policy.sql_rules import SqlChecker, SqlRules
+from breakglass.policy.role_guard import GATEWAY_ROLE, ROLE_MANAGEMENT, RoleGuard
+from breakglass.policy.sql_rules import SqlChecker, SqlRules
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.ssh_gateway_fixture import ssh_gateway  # noqa: F401
@@ -149,7 +149,7 @@ async def test_breakglass_cannot_change_the_gateways_role_password(gw, pg_server
     alert = receiver.received.wait_for("takeover.attempt")
     f = alert["breakglass"]["fields"]
     assert f["user"] == "ina" and f["target"] == "shop" and f["rule"] == GATEWAY_ROLE
-    from recorder.audit import read_audit
+    from breakglass.recorder.audit import read_audit
 
     gw.flush_audit()
     attempts = read_audit(gw.cfg.audit_dir, type="takeover.attempt")
@@ -162,7 +162,7 @@ async def test_breakglass_cannot_change_the_gateways_role_password(gw, pg_server
 def _takeovers(h, jti: str) -> list[dict]:
     import asyncio
 
-    from recorder.audit import read_audit
+    from breakglass.recorder.audit import read_audit
 
     h.call(asyncio.to_thread(h.gw.audit.flush))
     return [e for e in read_audit(h.cfg.audit_dir, type="takeover.attempt") if e["jti"] == jti]

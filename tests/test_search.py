@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recorder.search import search_recording
+from breakglass.recorder.search import search_recording
 from tests.test_index_helpers import (
     Recorder,
     write_exec_session,
@@ -28,7 +28,7 @@ def test_keystroke_sequence_typed_one_key_per_event(rec):
     assert h.where == "input" and h.session_id == path.stem and h.offset >= 0
     assert h.context.startswith("cat /etc/motd\\r")
     # the hit points at the first key of the sequence
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     ev = next(e for e in read_events(path) if e["seq"] == h.seq)
     assert ev["kind"] == "input" and ev["data"] == b"c"

@@ -14,9 +14,9 @@ import jwt
 import pyotp
 import pytest
 
-from cli.service_cmds import find_stored_grant, grants_dir
-from recorder.audit import read_audit
-from service.requests import Request
+from breakglass.cli.service_cmds import find_stored_grant, grants_dir
+from breakglass.recorder.audit import read_audit
+from breakglass.service.requests import Request
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_service_support import PASSWORDS, Cli, ServiceThread, add_service_config

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError
-from service.api import parse_service_settings
+from breakglass.proxy.config import ConfigError
+from breakglass.service.api import parse_service_settings
 
 
 def problems(doc: dict) -> list[str]:

@@ -15,7 +15,7 @@ import urllib.request
 import pyotp
 import pytest
 
-from service.metrics import login_reason
+from breakglass.service.metrics import login_reason
 from tests.harness import GatewayThread
 from tests.test_metrics import _value
 from tests.test_service_support import PASSWORDS, ServiceThread, add_service_config
@@ -213,8 +213,8 @@ def test_revocation_and_unbounded_reasons_stay_bounded(env):
 
 
 def test_metrics_listen_is_validated(tmp_path):
-    from proxy.config import ConfigError
-    from service.api import parse_service_settings
+    from breakglass.proxy.config import ConfigError
+    from breakglass.service.api import parse_service_settings
 
     (tmp_path / "users.toml").write_text("")
     doc = {"service": {"metrics_listen": "9465"}, "identity": {"users_file": "users.toml"}}
@@ -229,8 +229,8 @@ def test_metrics_listen_is_validated(tmp_path):
 def test_metrics_port_in_use_is_a_clear_error(pg_server, tmp_path):
     import socket
 
-    from proxy.config import ConfigError
-    from throwaway.workdir import build_local_workdir
+    from breakglass.proxy.config import ConfigError
+    from breakglass.throwaway.workdir import build_local_workdir
 
     build_local_workdir(tmp_path / "gw", pg=pg_server, ssh=None, name="test-gw")
     busy = socket.create_server(("127.0.0.1", 0))

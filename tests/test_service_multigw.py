@@ -11,8 +11,8 @@ import asyncpg
 import jwt
 import pytest
 
-from policy.state_pg import PgState, watch
-from proxy.gateway import Gateway
+from breakglass.policy.state_pg import PgState, watch
+from breakglass.proxy.gateway import Gateway
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_service_support import Cli, ServiceThread, add_service_config, fresh_state_db
@@ -34,9 +34,9 @@ async def _watch_with_notify(self: Gateway) -> None:
 @pytest.fixture
 def cluster(pg_server, tmp_path, monkeypatch):
     dsn = fresh_state_db(pg_server)
-    import proxy.gateway
+    import breakglass.proxy.gateway
 
-    monkeypatch.setattr(proxy.gateway, "open_state", lambda cfg: PgState(dsn))
+    monkeypatch.setattr(breakglass.proxy.gateway, "open_state", lambda cfg: PgState(dsn))
     monkeypatch.setattr(Gateway, "watch_revocations", _watch_with_notify)
     g1 = GatewayThread(tmp_path / "gw1", pg=pg_server)
     g2 = GatewayThread(tmp_path / "gw2", pg=pg_server)

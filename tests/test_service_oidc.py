@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from recorder.audit import read_audit
+from breakglass.recorder.audit import read_audit
 from tests.harness import GatewayThread
 from tests.test_identity import AUDIENCE, ISSUER, LoopbackIdp
 from tests.test_service_support import ServiceThread, add_service_config
@@ -134,8 +134,8 @@ async def test_oidc_cannot_impersonate_a_local_approver(oidc_env):
 
 
 def test_config_refuses_a_name_two_sources_could_claim(tmp_path, pg_server):
-    from proxy.config import ConfigError
-    from service.api import load_service_config
+    from breakglass.proxy.config import ConfigError
+    from breakglass.service.api import load_service_config
 
     gw = GatewayThread(tmp_path / "gw", pg=pg_server)
     add_service_config(

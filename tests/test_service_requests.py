@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from recorder import alerts
+from breakglass.recorder import alerts
 from tests.harness import GatewayThread
 from tests.test_offboarding import session_token
 from tests.test_service_support import Cli, ServiceThread, add_service_config

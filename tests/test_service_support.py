@@ -38,7 +38,7 @@ from typing import Any  # noqa: E402
 
 import pyotp  # noqa: E402
 
-from service.identity import add_local_user  # noqa: E402
+from breakglass.service.identity import add_local_user  # noqa: E402
 
 SERVICE_TOML = """
 [service]
@@ -80,7 +80,7 @@ class ServiceThread:
     """The grant service on 127.0.0.1 in a background thread with its own event loop."""
 
     def __init__(self, config: Path, state=None) -> None:
-        from service.api import load_service_config
+        from breakglass.service.api import load_service_config
 
         self.cfg, self.settings = load_service_config(config)
         self.state = state
@@ -89,7 +89,7 @@ class ServiceThread:
         self.running = None
 
     def start(self) -> ServiceThread:
-        from service.api import start_service
+        from breakglass.service.api import start_service
 
         self._thread.start()
         self.running = self.call(start_service(self.cfg, self.settings, state=self.state, port=0))
@@ -120,14 +120,14 @@ class Cli:
 
     def __init__(self, home: Path, config: Path, secrets: dict[str, str], monkeypatch) -> None:
         self.home, self.config, self.secrets, self.mp = Path(home), config, secrets, monkeypatch
-        import cli.main as main
-        from cli import service_cmds
+        import breakglass.cli.main as main
+        from breakglass.cli import service_cmds
 
         if service_cmds not in main.MODULES:  # until the CLI registers the module itself
             monkeypatch.setattr(main, "MODULES", (*main.MODULES, service_cmds))
 
     def run(self, user: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-        from cli.main import main
+        from breakglass.cli.main import main
 
         self.mp.setenv("XDG_CONFIG_HOME", str(self.home / user))
         out, err = io.StringIO(), io.StringIO()

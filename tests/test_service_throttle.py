@@ -10,7 +10,7 @@ import time
 import pyotp
 import pytest
 
-from service.throttle import LoginThrottle
+from breakglass.service.throttle import LoginThrottle
 from tests.harness import GatewayThread
 from tests.test_identity import AUDIENCE, ISSUER, LoopbackIdp
 from tests.test_service_support import PASSWORDS, ServiceThread, add_service_config

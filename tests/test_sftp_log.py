@@ -6,7 +6,7 @@ import asyncssh.sftp as sftp
 import pytest
 from asyncssh.packet import Byte, String, UInt32, UInt64
 
-from proxy.ssh.sftp_log import MAX_PACKET, SftpDecodeError, SftpLog
+from breakglass.proxy.ssh.sftp_log import MAX_PACKET, SftpDecodeError, SftpLog
 
 
 def pkt(kind: int, *fields: bytes) -> bytes:

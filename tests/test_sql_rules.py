@@ -9,8 +9,8 @@ import random
 import pytest
 from pglast.parser import parse_sql_json
 
-from policy import sql_rules
-from policy.sql_rules import RULES, SqlChecker, SqlRules, Verdict
+from breakglass.policy import sql_rules
+from breakglass.policy.sql_rules import RULES, SqlChecker, SqlRules, Verdict
 from tests import sql_corpus as corpus
 
 READ_ONLY = SqlChecker(SqlRules("read-only"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from policy.sql_rules import SqlChecker, SqlRules
-from policy.sql_settings import (
+from breakglass.policy.sql_rules import SqlChecker, SqlRules
+from breakglass.policy.sql_settings import (
     StartupRefused,
     parse_options,
     search_path_problem,
@@ -175,8 +175,8 @@ def test_set_config_matches_set():
 
 def test_template_catalog_switch_reaches_the_rules(tmp_path):
     """``catalog = false`` in a template's sql table ends up in the grant's rules."""
-    from cli.initdir import init_workdir
-    from proxy.config import load_config
+    from breakglass.cli.initdir import init_workdir
+    from breakglass.proxy.config import load_config
 
     init_workdir(tmp_path)
     path = tmp_path / "config.toml"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tests.sql_corpus as corpus
-from policy.sql_rules import SqlChecker, SqlRules
+from breakglass.policy.sql_rules import SqlChecker, SqlRules
 
 
 def fresh(mode: str, text: str):
@@ -47,7 +47,7 @@ def test_shape_cache_agrees_with_a_fresh_checker_on_the_corpus():
 
 
 def test_quick_shape_skips_the_parser_for_new_constants(monkeypatch):
-    import policy.sql_rules as sql_rules
+    import breakglass.policy.sql_rules as sql_rules
 
     c = SqlChecker(SqlRules.from_claim({"mode": "read-only"}))
     # one quick shape per length of the constant: warm one and two digits

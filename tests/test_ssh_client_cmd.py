@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.ssh.client_cmd import add_arguments, build_command
+from breakglass.proxy.ssh.client_cmd import add_arguments, build_command
 from tests.ssh_gateway_fixture import GatewayHarness, ssh_gateway  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,7 +22,14 @@ def front_door(h: GatewayHarness, *args: str, env: dict[str, str]) -> subprocess
     full = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "BREAKGLASS_"))}
     full.update(env, PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, "-m", "proxy.ssh.client_cmd", "-c", str(h.dir / "config.toml"), *args],
+        [
+            sys.executable,
+            "-m",
+            "breakglass.proxy.ssh.client_cmd",
+            "-c",
+            str(h.dir / "config.toml"),
+            *args,
+        ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         env=full,
@@ -79,7 +86,7 @@ def test_token_never_on_the_command_line(ssh_gateway: GatewayHarness, tmp_path):
 
 
 def test_options_after_target_and_command_words(tmp_path):
-    from proxy.ssh.client_cmd import take_leading_options
+    from breakglass.proxy.ssh.client_cmd import take_leading_options
 
     p = argparse.ArgumentParser()
     add_arguments(p)

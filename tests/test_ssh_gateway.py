@@ -364,7 +364,7 @@ def test_sftp_allowed_by_grant_records_each_operation(
     find("remove", f"{area}/renamed.bin", status="ok")
     assert "No such file" in find("remove", f"{area}/no-such-file", status="error")["error"]
     # and `breakglass export --format jsonl` carries them
-    from recorder.export import jsonl_lines
+    from breakglass.recorder.export import jsonl_lines
 
     exported = [json.loads(x) for x in jsonl_lines(ssh_gateway.events(claims["jti"]))]
     assert [x["op"] for x in exported if x["type"] == "sftp"] == [o["op"] for o in ops]
@@ -407,7 +407,7 @@ def test_scp_legacy_allowed_by_pattern_and_sftp_mode_refused(
     files,
     tmp_path,
 ):
-    from policy.commands import scp_download_patterns
+    from breakglass.policy.commands import scp_download_patterns
 
     tok = ssh_gateway.token(commands=scp_download_patterns(f"{files}/logs/*"))
     gf = ssh_gateway.grant_file(tok)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from policy.commands import CommandRules
-from proxy.ssh.restricted_shell import (
+from breakglass.policy.commands import CommandRules
+from breakglass.proxy.ssh.restricted_shell import (
     MAX_LINE_CHARS,
     MAX_PENDING_BYTES,
     EditorEvent,

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from policy.state import SqliteState
-from policy.state_pg import PgState, watch
+from breakglass.policy.state import SqliteState
+from breakglass.policy.state_pg import PgState, watch
 from tests.factories import grant_claims
 from tests.test_service_support import fresh_state_db
 

@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from recorder.reader import read_events
-from recorder.verify import verify_recording
+from breakglass.recorder.reader import read_events
+from breakglass.recorder.verify import verify_recording
 from tests.harness import GatewayThread, ssh_client_command
 from tests.ssh_gateway_fixture import GatewayHarness
 from tests.storage import abort_ext4, ext4, fill, remount_fresh, tmpfs
@@ -33,7 +33,7 @@ def _psql(gw: GatewayThread, token: str, *args: str, stdin: str | None = None):
 
 
 def _trusted(cfg):
-    from proxy.context import trusted_recorder_keys
+    from breakglass.proxy.context import trusted_recorder_keys
 
     return trusted_recorder_keys(cfg)
 

@@ -19,15 +19,15 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from recorder import format as fmt
-from recorder.anchor_verify import check_local, verify_store
-from recorder.store import StoreConfig, error_code
-from recorder.store_read import pull
-from recorder.uploader import Uploader
-from recorder.writer import RecordingWriter
+from breakglass.recorder import format as fmt
+from breakglass.recorder.anchor_verify import check_local, verify_store
+from breakglass.recorder.store import StoreConfig, error_code
+from breakglass.recorder.store_read import pull
+from breakglass.recorder.uploader import Uploader
+from breakglass.recorder.writer import RecordingWriter
+from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
-from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -195,7 +195,7 @@ async def test_resigned_recording_fails_against_anchors(s3_server, tmp_path):
     rewrites a recording and signs it again: it verifies with the keys alone, but its heads do
     not match the ones anchored off-host, so it is reported as tampered; uploading the forgery
     over the store's objects only adds versions the verifier flags."""
-    from recorder.verify import verify_recording
+    from breakglass.recorder.verify import verify_recording
 
     key = Ed25519PrivateKey.generate()
     rec_dir = tmp_path / "recordings"
@@ -283,7 +283,7 @@ _cli_lock = threading.Lock()
 def _cli(config: Path, *args: str, env: dict | None = None) -> _Ran:
     """``breakglass -c CONFIG ARGS`` in this process (the interpreter start-up of a subprocess
     costs seconds here), with ``env`` set for its duration (e.g. read-only S3 credentials)."""
-    from cli.main import main
+    from breakglass.cli.main import main
 
     with _cli_lock, contextlib.redirect_stdout(io.StringIO()) as out:
         with contextlib.redirect_stderr(io.StringIO()) as err:
@@ -431,7 +431,7 @@ async def test_spool_full_ends_sessions_and_refuses_new_ones(s3_server, pg_serve
             assert "is not keeping up" in str(e.value) and "new sessions refused" in str(e.value)
         finally:
             s3_server.resume()
-        from recorder.reader import read_events
+        from breakglass.recorder.reader import read_events
 
         gw.wait_idle()
         texts = " ".join(
@@ -462,7 +462,7 @@ async def test_kill_9_gateway_then_verify_names_the_gap(s3_server, pg_server, tm
     cfg = build_local_workdir(d, pg=pg_server, ssh=None, name="test-gw")
     path = d / "config.toml"
     path.write_text(_gateway_config(s3_server, "g3", upload_lag=3)(path.read_text()))
-    from proxy.config import load_config
+    from breakglass.proxy.config import load_config
 
     cfg = load_config(path)
 
@@ -471,7 +471,7 @@ async def test_kill_9_gateway_then_verify_names_the_gap(s3_server, pg_server, tm
             [
                 sys.executable,
                 "-m",
-                "cli.main",
+                "breakglass.cli.main",
                 "-c",
                 str(path),
                 "gateway",
@@ -547,7 +547,7 @@ async def test_kill_9_gateway_then_verify_names_the_gap(s3_server, pg_server, tm
 async def test_file_cut_back_by_the_writer_is_rescanned(s3_server, tmp_path):
     """The writer cuts a failed write back off the file (disk full): the uploader forgets what
     it scanned past the new end and uploads only what the file still holds."""
-    from recorder.uploader import _Scan, scan_file
+    from breakglass.recorder.uploader import _Scan, scan_file
 
     key = Ed25519PrivateKey.generate()
     src = tmp_path / "src.rec"
@@ -579,7 +579,7 @@ async def test_file_cut_back_by_the_writer_is_rescanned(s3_server, tmp_path):
 async def test_gateway_refuses_to_start_on_a_store_that_refuses(s3_server, pg_server, tmp_path):
     """A bucket that does not exist (or no Object Lock, or wrong credentials): the gateway says
     so at start instead of accepting sessions it could never store."""
-    from proxy.config import ConfigError
+    from breakglass.proxy.config import ConfigError
 
     edit = _gateway_config(s3_server, "g5")
     gw = GatewayThread(

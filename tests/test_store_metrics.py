@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from breakglass.throwaway.servers import free_port
 from tests.harness import GatewayThread
 from tests.test_metrics import _get, _value, _with_metrics
 from tests.test_store import _connect, _gateway_config
-from throwaway.servers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -133,7 +133,7 @@ async def test_reading_commands_read_the_store(s3_server, pg_server, tmp_path):
 async def test_store_option_needs_a_store(pg_server, tmp_path):
     """`--store` without a URL on a config with no [recorder.store]: a clear error, no
     traceback; an `s3://` reference to replay must name a session."""
-    from throwaway.workdir import build_local_workdir
+    from breakglass.throwaway.workdir import build_local_workdir
 
     build_local_workdir(tmp_path / "w", pg=pg_server, ssh=None)
     cfg = tmp_path / "w" / "config.toml"
@@ -157,7 +157,7 @@ async def test_rewritten_recording_in_the_store_fails_against_the_anchors(
     name, so no later version gives it away): its own chain and signatures verify, but its
     heads do not match the anchors written while the session ran, so `sessions --store`
     lists it as tampered and `replay` refuses it."""
-    from proxy.context import recorder_key
+    from breakglass.proxy.context import recorder_key
     from tests.test_store import _resign
 
     prefix = "rd2"

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from cli.main import main as cli_main
+from breakglass.cli.main import main as cli_main
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_alerts import Receiver
@@ -100,8 +100,8 @@ def run_sessions(gw: GatewayThread, *specs: tuple[str, str, bool]) -> dict[str, 
 def wait_audit_signed(gw: GatewayThread, timeout: float = 10) -> None:
     """Until the gateway's audit segment is signed to its end (its next checkpoint is due at
     most ``checkpoint_interval`` after an event): only signed audit facts fill the index."""
-    from proxy.context import trusted_recorder_keys
-    from recorder.audit import verify_audit
+    from breakglass.proxy.context import trusted_recorder_keys
+    from breakglass.recorder.audit import verify_audit
 
     gw.flush_audit()
     keys = trusted_recorder_keys(gw.cfg)
@@ -298,9 +298,9 @@ def test_verify_on_a_live_gateway_exits_0_and_says_live(gw, capsys):
 def _dead_session(gw: GatewayThread, sid: str, *, failure: str | None) -> Path:
     """A session whose writer is gone: its recording (by the real writer) has no trailer, and
     the audit log (finalized segments, so no live writer) says how it ended, if at all."""
-    from proxy.context import recorder_key
-    from recorder.audit import AuditLog
-    from recorder.writer import RecordingWriter
+    from breakglass.proxy.context import recorder_key
+    from breakglass.recorder.audit import AuditLog
+    from breakglass.recorder.writer import RecordingWriter
 
     cfg = gw.cfg
     key = recorder_key(cfg)
@@ -363,8 +363,8 @@ def test_unfinalized_recordings_storage_failure_vs_dead_writer(gw, capsys):
 def test_lines_swapped_around_a_raw_frame_are_reordered(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from recorder.verify import verify_recording
-    from recorder.writer import RecordingWriter
+    from breakglass.recorder.verify import verify_recording
+    from breakglass.recorder.writer import RecordingWriter
 
     key = Ed25519PrivateKey.generate()
     trusted = {"k": key.public_key()}
@@ -404,8 +404,8 @@ def test_lines_swapped_around_a_raw_frame_are_reordered(tmp_path):
 def test_recording_the_audit_log_never_saw_is_unaudited_while_the_gateway_runs(gw, capsys):
     """A finished recording with no session.start anywhere (the segment holding it deleted,
     or a recording planted from elsewhere) fails, even while a gateway writes the log."""
-    from proxy.context import recorder_key
-    from recorder.writer import RecordingWriter
+    from breakglass.proxy.context import recorder_key
+    from breakglass.recorder.writer import RecordingWriter
 
     sid = "20261201T000000Z-00000000a1"
     header = {

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from recorder.export import asciicast_lines
-from recorder.replay import load_events, terminal_frames
-from recorder.term_filter import MAX_SEQUENCE, TerminalFilter
+from breakglass.recorder.export import asciicast_lines
+from breakglass.recorder.replay import load_events, terminal_frames
+from breakglass.recorder.term_filter import MAX_SEQUENCE, TerminalFilter
 from tests.test_index_helpers import Recorder, make_workdir
 
 DRAWING = [

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proxy.tls_files import TlsFilesError, load_existing
+from breakglass.proxy.tls_files import TlsFilesError, load_existing
 from tests.harness import GatewayThread
 from tests.test_cli import bg
 

@@ -15,7 +15,7 @@ import asyncpg
 import asyncssh
 import pytest
 
-from recorder.audit import read_audit
+from breakglass.recorder.audit import read_audit
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 
@@ -39,7 +39,7 @@ class Watcher:
             [
                 sys.executable,
                 "-m",
-                "cli.main",
+                "breakglass.cli.main",
                 "-c",
                 str(gw.dir / "config.toml"),
                 "watch",
@@ -124,7 +124,7 @@ async def test_watch_ssh_session(gw):
     ]
     assert watched and watched[0]["actor"]
     # the read-only watcher's presence is in the recording, as the engineer saw it
-    from recorder.replay import load_events
+    from breakglass.recorder.replay import load_events
 
     events = load_events(gw.cfg.recordings_dir / f"{sid}.rec")
     assert any(e["kind"] == "notice" and "is watching" in e["message"] for e in events)

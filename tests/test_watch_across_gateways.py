@@ -14,8 +14,8 @@ import asyncpg
 import asyncssh
 import pytest
 
-from recorder.audit import read_audit
-from recorder.replay import load_events
+from breakglass.recorder.audit import read_audit
+from breakglass.recorder.replay import load_events
 from tests.harness import GatewayThread
 from tests.pg_client import client_tls
 from tests.test_service_support import drop_state_db, fresh_state_db
@@ -44,7 +44,7 @@ def cluster(pg_server, ssh_server, tmp_path_factory):
 def published(gw: GatewayThread, sid: str) -> None:
     """Bounded wait until the owning gateway has published ``sid`` to the shared state (within
     its LIVE_POLL): what `breakglass sessions --live` and a watch from elsewhere see."""
-    from cli.admin_cmds import shared_live
+    from breakglass.cli.admin_cmds import shared_live
 
     deadline = time.monotonic() + 10
     while not any(s["id"] == sid for s in shared_live(gw.cfg)):

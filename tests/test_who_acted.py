@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from recorder.audit import read_audit
-from service.identity import add_local_user
+from breakglass.recorder.audit import read_audit
+from breakglass.service.identity import add_local_user
 from tests.harness import GatewayThread
 from tests.test_service_support import PASSWORDS, Cli, ServiceThread, add_service_config
 

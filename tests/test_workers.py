@@ -13,15 +13,15 @@ import time
 import asyncpg
 import pytest
 
+from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
 from tests.pg_client import client_tls
-from throwaway.workdir import build_local_workdir, issue_local_grant
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def bg(config, *args):
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "-c", str(config), *args],
+        [sys.executable, "-m", "breakglass.cli.main", "-c", str(config), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -44,7 +44,7 @@ def two_workers(pg_server, tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "breakglass.cli.main",
             "-c",
             str(path),
             "gateway",
@@ -103,7 +103,7 @@ async def test_sessions_kill_and_cancel_across_workers(two_workers):
         for c in conns:
             c.terminate()
     recordings = list(cfg.recordings_dir.glob("*.rec"))
-    from recorder.reader import read_events
+    from breakglass.recorder.reader import read_events
 
     deadline = time.monotonic() + 10
     cancels = []

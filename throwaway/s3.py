@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from throwaway.servers import (
+from breakglass.throwaway.servers import (
     LOOPBACK,
     ServerStartError,
     _die_with_parent,

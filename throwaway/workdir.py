@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli.initdir import ISSUER_KID, init_workdir, render_config
-from policy.grants import sign_grant
-from policy.issuance import AccessRequest, build_claims
-from policy.keys import load_private_key
-from proxy.config import Config, load_config
-from throwaway.servers import PostgresServer, SshServer, free_port
+from breakglass.cli.initdir import ISSUER_KID, init_workdir, render_config
+from breakglass.policy.grants import sign_grant
+from breakglass.policy.issuance import AccessRequest, build_claims
+from breakglass.policy.keys import load_private_key
+from breakglass.proxy.config import Config, load_config
+from breakglass.throwaway.servers import PostgresServer, SshServer, free_port
 
 
 def _secret_file(path: Path, value: str) -> None:

@@ -30,13 +30,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config import ConfigError, PostgresTarget
-from proxy.logs import log
-from proxy.postgres import codec
-from proxy.postgres.auth import AuthError, UpstreamAuth
-from proxy.postgres.binary_values import FASTPATH_FUNCTIONS, decode_binary, type_name
-from proxy.postgres.codec import FunctionCall, MessageReader, ProtocolError
-from recorder.format import RecorderError
+from breakglass.proxy.config import ConfigError, PostgresTarget
+from breakglass.proxy.logs import log
+from breakglass.proxy.postgres import codec
+from breakglass.proxy.postgres.auth import AuthError, UpstreamAuth
+from breakglass.proxy.postgres.binary_values import FASTPATH_FUNCTIONS, decode_binary, type_name
+from breakglass.proxy.postgres.codec import FunctionCall, MessageReader, ProtocolError
+from breakglass.recorder.format import RecorderError
 
 __all__ = [
     "FunctionInfo",
@@ -163,7 +163,7 @@ def _data_row(body: bytes) -> list[str | None]:
 async def lookup_function(target: PostgresTarget, db_user: str, oid: int) -> FunctionInfo:
     """Ask the target's catalogue for ``oid``'s name over a connection of its own (TLS and
     credentials as the gateway's session connection). Raises ``LookupFailed``."""
-    from proxy.postgres.server import upstream_tls_context  # server imports the relay
+    from breakglass.proxy.postgres.server import upstream_tls_context  # server imports the relay
 
     try:
         password = target.password(db_user)

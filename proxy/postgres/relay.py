@@ -24,11 +24,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.postgres import codec
-from proxy.postgres.binary_values import decode_binary, type_name
-from proxy.postgres.codec import Message, ProtocolError
-from proxy.postgres.function_names import call_args, large_object_function
-from recorder.format import encode_str
+from breakglass.proxy.postgres import codec
+from breakglass.proxy.postgres.binary_values import decode_binary, type_name
+from breakglass.proxy.postgres.codec import Message, ProtocolError
+from breakglass.proxy.postgres.function_names import call_args, large_object_function
+from breakglass.recorder.format import encode_str
 
 #: Sent upstream in place of a denied statement: a syntax error, so nothing runs.
 REFUSED_PROBE = "/* breakglass: refused by policy */ breakglass_refused"

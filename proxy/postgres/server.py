@@ -18,13 +18,13 @@ import time
 from collections import Counter
 from typing import Any
 
-from policy.grants import Grant, utc_text
-from policy.sql_settings import StartupRefused
-from proxy.config import PostgresTarget
-from proxy.logs import log
-from proxy.postgres import codec
-from proxy.postgres.auth import AuthError, UpstreamAuth
-from proxy.postgres.codec import (
+from breakglass.policy.grants import Grant, utc_text
+from breakglass.policy.sql_settings import StartupRefused
+from breakglass.proxy.config import PostgresTarget
+from breakglass.proxy.logs import log
+from breakglass.proxy.postgres import codec
+from breakglass.proxy.postgres.auth import AuthError, UpstreamAuth
+from breakglass.proxy.postgres.codec import (
     CancelRequest,
     GSSENCRequest,
     MessageReader,
@@ -33,10 +33,10 @@ from proxy.postgres.codec import (
     StartupMessage,
     StartupReader,
 )
-from proxy.postgres.function_names import FunctionNames
-from proxy.postgres.relay import BOOKKEEPING, Relay, SessionBroken
-from proxy.sessions import Session, SessionRefused, Termination
-from recorder.format import RecorderError
+from breakglass.proxy.postgres.function_names import FunctionNames
+from breakglass.proxy.postgres.relay import BOOKKEEPING, Relay, SessionBroken
+from breakglass.proxy.sessions import Session, SessionRefused, Termination
+from breakglass.recorder.format import RecorderError
 
 _perf = time.perf_counter
 
@@ -299,7 +299,7 @@ class PgConnection:
         target = self.target
         assert target is not None
         gt = self.gw.target_of(grant, "postgres", target.name)
-        from policy.sql_rules import SqlChecker, SqlRules
+        from breakglass.policy.sql_rules import SqlChecker, SqlRules
 
         try:
             rules = SqlRules.from_claim(dict(grant.sql) or {"mode": "read-only"})
@@ -781,7 +781,7 @@ class PostgresListener:
         if owner == self.gw.worker:
             await self.cancel_local(req.process_id, req.secret_key)
             return
-        from proxy.admin import admin_request
+        from breakglass.proxy.admin import admin_request
 
         try:
             await admin_request(

@@ -118,7 +118,7 @@ def _read_grant(args: argparse.Namespace) -> tuple[str | None, Path | None]:
     token = os.environ.get("BREAKGLASS_GRANT", "").strip()
     if not token:
         try:
-            from cli.service_cmds import find_stored_grant
+            from breakglass.cli.service_cmds import find_stored_grant
 
             token = find_stored_grant(args.target, "ssh") or ""
         except ImportError:
@@ -136,7 +136,7 @@ def _gateway_address(args: argparse.Namespace, tmp: Path) -> tuple[str, int, Pat
     cfg = None
     if host is None or port is None or known is None:
         try:
-            from proxy.config import load_config
+            from breakglass.proxy.config import load_config
 
             cfg = load_config(getattr(args, "config", None))
         except Exception:

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from policy.commands import CommandRules, CommandVerdict, check_command
+from breakglass.policy.commands import CommandRules, CommandVerdict, check_command
 
 #: A line longer than this is not kept (it would be refused as too long anyway).
 MAX_LINE_CHARS = 8192

@@ -37,16 +37,16 @@ from asyncssh import (
     ChannelOpenError,
 )
 
-from policy.commands import CommandRules, check_command, with_safe_env
-from policy.grants import Grant, GrantTarget, Refusal, utc_text
-from policy.role_guard import SSH_RULE, SshAccessWatch
-from proxy.config import SshTarget
-from proxy.logs import log
-from proxy.sessions import SessionRefused, Termination
-from proxy.ssh.restricted_shell import LineEditor, RestrictedShell, to_crlf
-from proxy.ssh.sftp_log import SftpDecodeError, SftpLog
-from proxy.ssh.upstream import UpstreamError, connect_upstream
-from recorder.format import RecorderError
+from breakglass.policy.commands import CommandRules, check_command, with_safe_env
+from breakglass.policy.grants import Grant, GrantTarget, Refusal, utc_text
+from breakglass.policy.role_guard import SSH_RULE, SshAccessWatch
+from breakglass.proxy.config import SshTarget
+from breakglass.proxy.logs import log
+from breakglass.proxy.sessions import SessionRefused, Termination
+from breakglass.proxy.ssh.restricted_shell import LineEditor, RestrictedShell, to_crlf
+from breakglass.proxy.ssh.sftp_log import SftpDecodeError, SftpLog
+from breakglass.proxy.ssh.upstream import UpstreamError, connect_upstream
+from breakglass.recorder.format import RecorderError
 
 #: Exit status of an exec the grant does not allow (like a shell's "cannot execute").
 DENIED_STATUS = 126

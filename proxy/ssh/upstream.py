@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncssh
 
-from proxy.config import SshTarget
+from breakglass.proxy.config import SshTarget
 
 #: Flow-control tuning for the bulk path (target -> gateway): a large receive window keeps
 #: the target's sshd streaming while the gateway records and forwards.

@@ -11,6 +11,6 @@ xterm.js (never as HTML), statements are text.
 
 from __future__ import annotations
 
-from service.console.web import setup_console
+from breakglass.service.console.web import setup_console
 
 __all__ = ["setup_console"]

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from policy.drill import is_drill
-from policy.grants import utc_text
+from breakglass.policy.drill import is_drill
+from breakglass.policy.grants import utc_text
 
 CSRF_SLOT = "\x00csrf\x00"  # replaced by the CSRF token when the page is sent
 PREFIX = "/console/"
@@ -67,7 +67,7 @@ def message_page(title: str, text: str, back: str) -> str:
 
 
 def parse_filters(q: Mapping[str, str]) -> dict[str, Any]:
-    from cli.review_cmds import parse_when
+    from breakglass.cli.review_cmds import parse_when
 
     out: dict[str, Any] = {}
     for k in ("user", "target"):
@@ -181,7 +181,7 @@ def _meta(s: Any) -> str:
 def session_page(
     s: Any, result: Any, warning: str | None, events: list[Any], force: bool, live: bool = False
 ) -> str:
-    from recorder.replay import statement_timeline
+    from breakglass.recorder.replay import statement_timeline
 
     sid = quote(s.session_id)
     if result.ok:
@@ -221,7 +221,7 @@ def session_page(
 def timeline_row(x: Any, live: bool = False) -> dict[str, Any]:
     """One timeline entry as plain text fields (the page escapes them; the live view's script
     puts them in the page as text, never HTML)."""
-    from recorder.replay import _params_text
+    from breakglass.recorder.replay import _params_text
 
     err = ""
     if x.error:

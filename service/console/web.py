@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from policy.templates import is_member
-from proxy.logs import log
-from service.console import pages
-from service.identity import AuthFailed, Identity
+from breakglass.policy.templates import is_member
+from breakglass.proxy.logs import log
+from breakglass.service.console import pages
+from breakglass.service.identity import AuthFailed, Identity
 
 PREFIX = "/console/"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -270,8 +270,8 @@ class Console:
         return await self.page(request, "Sessions", pages.sessions_page(rows, q))
 
     def _query(self, flt: dict[str, Any]) -> list[Any]:
-        from cli.review_cmds import _open_index, _refresh, fetch_live
-        from recorder.index import OK, SessionFilter, merge_live
+        from breakglass.cli.review_cmds import _open_index, _refresh, fetch_live
+        from breakglass.recorder.index import OK, SessionFilter, merge_live
 
         sf = SessionFilter(
             user=flt.get("user"),
@@ -295,8 +295,8 @@ class Console:
         return rows[:500]
 
     def _resolve(self, sid: str) -> Any:
-        from cli.review_cmds import _open_index, _refresh
-        from recorder.index import SessionNotFound, valid_session_id
+        from breakglass.cli.review_cmds import _open_index, _refresh
+        from breakglass.recorder.index import SessionNotFound, valid_session_id
 
         if not valid_session_id(sid):
             raise web.HTTPNotFound(reason="no such session")
@@ -314,8 +314,8 @@ class Console:
 
     def _load(self, sid: str, force: bool) -> tuple[Any, Any, str | None, list[dict[str, Any]]]:
         """(summary, verify result, warning or refusal text, events or [] if refused)."""
-        from proxy.context import trusted_recorder_keys
-        from recorder.replay import IntegrityRefused, check_integrity, load_events
+        from breakglass.proxy.context import trusted_recorder_keys
+        from breakglass.recorder.replay import IntegrityRefused, check_integrity, load_events
 
         s = self._resolve(sid)
         try:
@@ -347,9 +347,9 @@ class Console:
     def _load_path(
         self, path: Path, force: bool
     ) -> tuple[Any, Any, str | None, list[dict[str, Any]]]:
-        from proxy.context import trusted_recorder_keys
-        from recorder.index import summarize_recording
-        from recorder.replay import IntegrityRefused, check_integrity, load_events
+        from breakglass.proxy.context import trusted_recorder_keys
+        from breakglass.recorder.index import summarize_recording
+        from breakglass.recorder.replay import IntegrityRefused, check_integrity, load_events
 
         keys = trusted_recorder_keys(self.cfg)
         s = summarize_recording(path, keys)
@@ -382,9 +382,9 @@ class Console:
     async def _remote_watch(self, sid: str, user: str) -> Any:
         """A watch of ``sid`` if it is live on another gateway sharing this config's
         PostgreSQL state (the owning gateway tells the engineer; audited here), else None."""
-        from proxy.admin import admin_request, admin_sockets
-        from proxy.gateway import LIVE_STALE
-        from proxy.watch_relay import RemoteWatch, WatchFailed
+        from breakglass.proxy.admin import admin_request, admin_sockets
+        from breakglass.proxy.gateway import LIVE_STALE
+        from breakglass.proxy.watch_relay import RemoteWatch, WatchFailed
 
         if not self.cfg.state_url or not hasattr(self.service.state, "pool"):
             return None
@@ -430,7 +430,7 @@ class Console:
     async def _watching(self, sid: str, user: str) -> None:
         """A live session opened in the console: tell the engineer (through the gateway that
         runs it, on this host) and audit the watch."""
-        from proxy.admin import admin_request, admin_sockets
+        from breakglass.proxy.admin import admin_request, admin_sockets
 
         self.audit("session.watched", session=sid, actor=user, via="console")
         for sock in admin_sockets(self.cfg.admin_socket):
@@ -454,7 +454,7 @@ class Console:
 
     async def cast(self, request: web.Request) -> web.Response:
         """The terminal frames of an SSH session, filtered, base64 (never HTML)."""
-        from recorder.replay import ssh_timeline, terminal_frames
+        from breakglass.recorder.replay import ssh_timeline, terminal_frames
 
         who = self.reviewer(request)
         sid = request.match_info["sid"]
@@ -469,7 +469,7 @@ class Console:
         live = bool(result.live) and events[-1].get("kind") != "end"
 
         def build() -> dict[str, Any]:
-            from recorder.replay import recorded_size
+            from breakglass.recorder.replay import recorded_size
 
             frames = terminal_frames(events, show_input=True)
             total = sum(len(f.data) for f in frames)
@@ -512,7 +512,7 @@ class Console:
     async def timeline(self, request: web.Request) -> web.Response:
         """The statement timeline of a PostgreSQL session as text fields (never HTML), from
         entry ``from`` on: a live view asks again from the first statement still running."""
-        from recorder.replay import statement_timeline
+        from breakglass.recorder.replay import statement_timeline
 
         who = self.reviewer(request)
         sid = request.match_info["sid"]
@@ -547,11 +547,11 @@ class Console:
         return await self.page(request, "Review queue", pages.review_page(items, request.query))
 
     def _queue(self, include_reviewed: bool) -> list[Any]:
-        from cli.review_cmds import _open_index, _refresh
-        from proxy.context import trusted_recorder_keys
-        from recorder.alerts import review_settings
-        from recorder.index import SessionFilter
-        from recorder.review import load_reviews, review_queue
+        from breakglass.cli.review_cmds import _open_index, _refresh
+        from breakglass.proxy.context import trusted_recorder_keys
+        from breakglass.recorder.alerts import review_settings
+        from breakglass.recorder.index import SessionFilter
+        from breakglass.recorder.review import load_reviews, review_queue
 
         with _open_index(self.cfg) as index:
             _refresh(self.cfg, index, with_audit=True)
@@ -564,7 +564,7 @@ class Console:
         )
 
     async def review(self, request: web.Request) -> web.StreamResponse:
-        from recorder.review import ReviewRefused, record_review
+        from breakglass.recorder.review import ReviewRefused, record_review
 
         who = self.reviewer(request)
         form = await request.post()

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncssh  # noqa: E402
 
 from bench.common import median, percentile, start_gateway_process, stop  # noqa: E402
-from tests.servers import SshServer  # noqa: E402
-from tests.ssh_gateway_fixture import GatewayHarness  # noqa: E402
+from breakglass.throwaway.servers import SshServer  # noqa: E402
+from breakglass.throwaway.ssh_gateway import GatewayHarness  # noqa: E402
 
 
 def rss_kb(pid: int) -> int:

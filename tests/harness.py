@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+
+import asyncssh
 
 from breakglass.proxy.config import Config, load_config
 from breakglass.proxy.gateway import Gateway, start_gateway, stop_gateway
@@ -137,3 +141,40 @@ def ssh_client_command(
     }.items():
         argv += ["-o", f"{k}={v}"]
     return argv + ["-l", login_target, "127.0.0.1", *remote], env
+
+
+@contextlib.asynccontextmanager
+async def ssh_connect(gw: GatewayThread, target: str, password: str):
+    """An asyncssh connection through ``gw``'s SSH listener (its real host key checked)."""
+    host_key = asyncssh.read_private_key(str(gw.cfg.ssh_host_key)).convert_to_public()
+    async with asyncssh.connect(
+        "127.0.0.1",
+        gw.ssh_port,
+        username=target,
+        password=password,
+        known_hosts=([host_key], [], []),
+        client_keys=None,
+        agent_path=None,
+        config=None,
+        preferred_auth="password",
+    ) as conn:
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def ssh_shell(gw: GatewayThread, target: str, password: str, timeout: float = 15):
+    """An interactive 100x30 pty shell through ``gw``: ``(process, until)``, where
+    ``await until(marker[, bound])`` reads the output until ``marker`` has shown (each read
+    bounded by ``bound``, default ``timeout``) and returns the time it did; ``until.output()`` is all it read so far."""
+    async with ssh_connect(gw, target, password) as conn:
+        proc = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding=None)
+        seen = b""
+
+        async def until(marker: bytes, bound: float = timeout) -> float:
+            nonlocal seen
+            while marker not in seen:
+                seen += await asyncio.wait_for(proc.stdout.read(4096), bound)
+            return time.monotonic()
+
+        until.output = lambda: seen  # type: ignore[attr-defined]
+        yield proc, until

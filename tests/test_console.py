@@ -17,14 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import asyncpg
-import asyncssh
 import pyotp
 import pytest
 
 from breakglass.recorder.audit import read_audit
 from breakglass.service.identity import add_local_user
 from tests.conftest import _unavailable
-from tests.harness import GatewayThread
+from tests.harness import GatewayThread, ssh_connect, ssh_shell
 from tests.pg_client import client_tls
 from tests.test_index_helpers import Recorder
 from tests.test_service_support import PASSWORDS, ServiceThread, add_service_config
@@ -69,26 +68,7 @@ def chromium_driver(tmp: Path):
 
 
 async def ssh_pty_session(gw: GatewayThread, target: str, token: str) -> None:
-    host_key = asyncssh.read_private_key(str(gw.cfg.ssh_host_key)).convert_to_public()
-    async with asyncssh.connect(
-        "127.0.0.1",
-        gw.ssh_port,
-        username=target,
-        password=token,
-        known_hosts=([host_key], [], []),
-        client_keys=None,
-        agent_path=None,
-        config=None,
-        preferred_auth="password",
-    ) as conn:
-        proc = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding=None)
-        seen = b""
-
-        async def until(marker: bytes) -> None:
-            nonlocal seen
-            while marker not in seen:
-                seen += await asyncio.wait_for(proc.stdout.read(4096), 10)
-
+    async with ssh_shell(gw, target, token) as (proc, until):
         proc.stdin.write(b"echo first-marker-$((6*7))\n")
         await until(b"first-marker-42")
         proc.stdin.write(b"echo second-marker-$((7*9))\n")
@@ -98,18 +78,7 @@ async def ssh_pty_session(gw: GatewayThread, target: str, token: str) -> None:
 
 
 async def ssh_exec(gw: GatewayThread, target: str, token: str) -> None:
-    host_key = asyncssh.read_private_key(str(gw.cfg.ssh_host_key)).convert_to_public()
-    async with asyncssh.connect(
-        "127.0.0.1",
-        gw.ssh_port,
-        username=target,
-        password=token,
-        known_hosts=([host_key], [], []),
-        client_keys=None,
-        agent_path=None,
-        config=None,
-        preferred_auth="password",
-    ) as conn:
+    async with ssh_connect(gw, target, token) as conn:
         assert (await conn.run("uptime")).exit_status == 0
         assert (await conn.run("rm -rf /tmp/x")).exit_status != 0  # denied
 
@@ -377,27 +346,10 @@ def test_watch_a_live_ssh_session_in_the_browser(env):
     target = next(iter(gw.cfg.ssh_targets))
 
     async def engineer() -> float:
-        host_key = asyncssh.read_private_key(str(gw.cfg.ssh_host_key)).convert_to_public()
-        async with asyncssh.connect(
-            "127.0.0.1",
-            gw.ssh_port,
-            username=target,
-            password=gw.grant("ssh-shell", target=target, user="carol"),
-            known_hosts=([host_key], [], []),
-            client_keys=None,
-            agent_path=None,
-            config=None,
-            preferred_auth="password",
-        ) as conn:
-            proc = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding=None)
-            seen = b""
-
-            async def until(marker: bytes) -> float:
-                nonlocal seen
-                while marker not in seen:
-                    seen += await asyncio.wait_for(proc.stdout.read(4096), 15)
-                return time.monotonic()
-
+        async with ssh_shell(gw, target, gw.grant("ssh-shell", target=target, user="carol")) as (
+            proc,
+            until,
+        ):
             proc.stdin.write(b"echo before-$((1+1))\n")
             await until(b"before-2")
             sid = next(s["id"] for s in gw.sessions() if s["user"] == "carol")

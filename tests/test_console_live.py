@@ -14,12 +14,11 @@ import shutil
 import time
 
 import asyncpg
-import asyncssh
 import pytest
 
 from breakglass.recorder.audit import read_audit
 from breakglass.service.identity import add_local_user
-from tests.harness import GatewayThread
+from tests.harness import GatewayThread, ssh_shell
 from tests.pg_client import client_tls
 from tests.test_console import (
     REVIEWER,
@@ -205,27 +204,10 @@ def test_live_ssh_session_on_another_gateway_in_the_browser(env):
     target = next(iter(g2.cfg.ssh_targets))
 
     async def engineer() -> tuple[str, float]:
-        host_key = asyncssh.read_private_key(str(g2.cfg.ssh_host_key)).convert_to_public()
-        async with asyncssh.connect(
-            "127.0.0.1",
-            g2.ssh_port,
-            username=target,
-            password=g1.grant("ssh-shell", target=target, user="carol"),
-            known_hosts=([host_key], [], []),
-            client_keys=None,
-            agent_path=None,
-            config=None,
-            preferred_auth="password",
-        ) as conn:
-            proc = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding=None)
-            seen = b""
-
-            async def until(marker: bytes) -> float:
-                nonlocal seen
-                while marker not in seen:
-                    seen += await asyncio.wait_for(proc.stdout.read(4096), 15)
-                return time.monotonic()
-
+        async with ssh_shell(g2, target, g1.grant("ssh-shell", target=target, user="carol")) as (
+            proc,
+            until,
+        ):
             proc.stdin.write(b"echo remote-before-$((1+1))\n")
             await until(b"remote-before-2")
             sid = await asyncio.to_thread(live_sid, g2, "carol")

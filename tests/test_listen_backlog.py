@@ -41,6 +41,23 @@ def with_gateway_settings(**settings):
     return edit
 
 
+def burst_of_logins(gw: GatewayThread, n: int) -> list:
+    """``n`` logins at once, each running ``select 1``: the results (or exceptions)."""
+    tokens = [gw.grant() for _ in range(n)]
+
+    async def burst():
+        async def one(token):
+            c = await gw.connect_pg(token, timeout=60)
+            try:
+                return await c.fetchval("select 1")
+            finally:
+                await c.close()
+
+        return await asyncio.gather(*(one(t) for t in tokens), return_exceptions=True)
+
+    return asyncio.run(burst())
+
+
 def test_configured_backlog_is_set_on_both_listeners(pg_server, tmp_path):
     gw = GatewayThread(
         tmp_path / "gw", pg=pg_server, edit_config=with_gateway_settings(listen_backlog=37)
@@ -76,19 +93,7 @@ def test_burst_of_simultaneous_logins_all_succeed(pg_server, tmp_path):
     )
     gw.start()
     try:
-        tokens = [gw.grant() for _ in range(n)]
-
-        async def burst():
-            async def one(token):
-                c = await gw.connect_pg(token, timeout=60)
-                try:
-                    return await c.fetchval("select 1")
-                finally:
-                    await c.close()
-
-            return await asyncio.gather(*(one(t) for t in tokens), return_exceptions=True)
-
-        results = asyncio.run(burst())
+        results = burst_of_logins(gw, n)
         assert results == [1] * n, [r for r in results if r != 1][:3]
     finally:
         gw.stop()
@@ -108,19 +113,7 @@ def test_burst_logins_queue_for_a_few_upstream_connects(pg_server, tmp_path, mon
     )
     gw.start()
     try:
-        tokens = [gw.grant() for _ in range(n)]
-
-        async def burst():
-            async def one(token):
-                c = await gw.connect_pg(token, timeout=60)
-                try:
-                    return await c.fetchval("select 1")
-                finally:
-                    await c.close()
-
-            return await asyncio.gather(*(one(t) for t in tokens), return_exceptions=True)
-
-        results = asyncio.run(burst())
+        results = burst_of_logins(gw, n)
         assert results == [1] * n, [r for r in results if r != 1][:3]
         listener = gw.gw.postgres
         assert 1 <= listener.peak_connecting <= 3

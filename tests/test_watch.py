@@ -12,11 +12,10 @@ import threading
 import time
 
 import asyncpg
-import asyncssh
 import pytest
 
 from breakglass.recorder.audit import read_audit
-from tests.harness import GatewayThread
+from tests.harness import GatewayThread, ssh_shell
 from tests.pg_client import client_tls
 
 pytestmark = pytest.mark.timeout(120)
@@ -82,27 +81,7 @@ def live_session(gw: GatewayThread, protocol: str) -> str:
 
 async def test_watch_ssh_session(gw):
     target = next(iter(gw.cfg.ssh_targets))
-    host_key = asyncssh.read_private_key(str(gw.cfg.ssh_host_key)).convert_to_public()
-    async with asyncssh.connect(
-        "127.0.0.1",
-        gw.ssh_port,
-        username=target,
-        password=gw.grant("ssh-shell", target=target),
-        known_hosts=([host_key], [], []),
-        client_keys=None,
-        agent_path=None,
-        config=None,
-        preferred_auth="password",
-    ) as conn:
-        proc = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding=None)
-        seen = b""
-
-        async def until(marker: bytes, timeout: float = 10) -> float:
-            nonlocal seen
-            while marker not in seen:
-                seen += await asyncio.wait_for(proc.stdout.read(4096), timeout)
-            return time.monotonic()
-
+    async with ssh_shell(gw, target, gw.grant("ssh-shell", target=target)) as (proc, until):
         proc.stdin.write(b"echo before-watch-$((3*3))\n")
         await until(b"before-watch-9")
         sid = await asyncio.to_thread(live_session, gw, "ssh")

@@ -11,12 +11,11 @@ import shutil
 import time
 
 import asyncpg
-import asyncssh
 import pytest
 
 from breakglass.recorder.audit import read_audit
 from breakglass.recorder.replay import load_events
-from tests.harness import GatewayThread
+from tests.harness import GatewayThread, ssh_shell
 from tests.pg_client import client_tls
 from tests.test_service_support import drop_state_db, fresh_state_db
 from tests.test_watch import STARTUP, Watcher, live_session
@@ -60,27 +59,7 @@ def audited(gw: GatewayThread, kind: str, sid: str) -> list[dict]:
 async def test_watch_ssh_session_on_another_gateway(cluster):
     g1, g2 = cluster
     target = next(iter(g2.cfg.ssh_targets))
-    host_key = asyncssh.read_private_key(str(g2.cfg.ssh_host_key)).convert_to_public()
-    async with asyncssh.connect(
-        "127.0.0.1",
-        g2.ssh_port,
-        username=target,
-        password=g1.grant("ssh-shell", target=target),
-        known_hosts=([host_key], [], []),
-        client_keys=None,
-        agent_path=None,
-        config=None,
-        preferred_auth="password",
-    ) as conn:
-        proc = await conn.create_process(term_type="xterm", term_size=(100, 30), encoding=None)
-        seen = b""
-
-        async def until(marker: bytes, timeout: float = 10) -> float:
-            nonlocal seen
-            while marker not in seen:
-                seen += await asyncio.wait_for(proc.stdout.read(4096), timeout)
-            return time.monotonic()
-
+    async with ssh_shell(g2, target, g1.grant("ssh-shell", target=target)) as (proc, until):
         proc.stdin.write(b"echo before-remote-$((3*3))\n")
         await until(b"before-remote-9")
         sid = await asyncio.to_thread(live_session, g2, "ssh")
@@ -102,7 +81,7 @@ async def test_watch_ssh_session_on_another_gateway(cluster):
     rc, err = await asyncio.to_thread(w.finish)
     assert rc == 0 and f"session {sid} ended" in err, err
     assert "on test-gw@" in err  # says where the session runs
-    assert b"injected-25" not in seen and b"injected-25" not in w.out
+    assert b"injected-25" not in until.output() and b"injected-25" not in w.out
     await asyncio.to_thread(g2.wait_idle)
     events = load_events(g2.cfg.recordings_dir / f"{sid}.rec")
     assert any(e["kind"] == "notice" and "is watching" in e["message"] for e in events)

@@ -595,18 +595,7 @@ class MessageReader:
 
     def feed_and_split(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Feed ``data`` and return every message now complete (possibly none)."""
-        if self._error is not None:
-            raise self._error
-        if self._pos == len(self._buf):
-            # Fast path: nothing pending, split straight out of ``data``.
-            src = data if isinstance(data, bytes) else bytes(data)
-            off = 0
-            own = False
-        else:
-            self._buf += data
-            src = self._buf
-            off = self._pos
-            own = True
+        src, off, own = self._source(data)
         out: list[Message] = []
         append = out.append
         n = len(src)
@@ -623,27 +612,9 @@ class MessageReader:
                 end = off + 1 + length
                 if end > n:
                     break
-                raw = mv[off:end].tobytes()
-                append(Message(types[t], raw))
+                append(Message(types[t], mv[off:end].tobytes()))
                 off = end
-        if own:
-            if off == n:
-                self._buf.clear()
-                self._pos = 0
-            elif off > 65536 and off * 2 > n:
-                del self._buf[:off]
-                self._pos = 0
-            else:
-                self._pos = off
-        else:
-            self._buf.clear()
-            self._buf += src[off:]
-            self._pos = 0
-        if error is not None:
-            # The stream is out of sync: fail now rather than hand out the
-            # messages before the bad header and wait for bytes that may never come.
-            self._error = error
-            raise error
+        self._keep_rest(src, off, own, error)
         return out
 
     def split_kept(
@@ -654,17 +625,7 @@ class MessageReader:
         ``end``, its end offset in those bytes). The rest (rows, descriptions) are framed
         and checked but never copied or allocated: a relay that only keeps books on a few
         message types pays nothing per row."""
-        if self._error is not None:
-            raise self._error
-        if self._pos == len(self._buf):
-            src = data if isinstance(data, bytes) else bytes(data)
-            start = 0
-            own = False
-        else:
-            self._buf += data
-            src = self._buf
-            start = self._pos
-            own = True
+        src, start, own = self._source(data)
         kept: list[Message] = []
         n = len(src)
         off = start
@@ -691,6 +652,26 @@ class MessageReader:
                 complete = src  # the whole read: forwarded without a copy
             else:
                 complete = mv[:off].tobytes()
+        self._keep_rest(src, off, own, error)
+        return complete, kept
+
+    def _source(self, data: bytes | bytearray | memoryview) -> tuple[bytes | bytearray, int, bool]:
+        """Where to split from: ``data`` itself when nothing is pending (no copy), else the
+        buffer with ``data`` appended; (bytes, offset of the first message, buffer?)."""
+        if self._error is not None:
+            raise self._error
+        if self._pos == len(self._buf):
+            return (data if isinstance(data, bytes) else bytes(data)), 0, False
+        self._buf += data
+        return self._buf, self._pos, True
+
+    def _keep_rest(
+        self, src: bytes | bytearray, off: int, own: bool, error: ProtocolError | None
+    ) -> None:
+        """Keep what follows the last whole message for the next read. A bad header fails
+        the reader for good: the stream is out of sync, so fail now rather than hand out the
+        messages before it and wait for bytes that may never come."""
+        n = len(src)
         if own:
             if off == n:
                 self._buf.clear()
@@ -707,7 +688,6 @@ class MessageReader:
         if error is not None:
             self._error = error
             raise error
-        return complete, kept
 
 
 # --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ password or a statement's text: labels are protocols, targets, rules and reasons
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -167,36 +168,70 @@ class _StoreCollector:
 
 async def start_metrics_server(gw: Any) -> Any:
     """Serve /metrics and /health/* on ``[gateway] metrics_listen`` (+ worker index)."""
+    listen = gw.cfg.metrics_listen
+    runner, _ = await serve_metrics(
+        listen.host,
+        listen.port + gw.worker if listen.port else 0,
+        gw.metrics.exposition,
+        {"status": "live", "gateway": gw.cfg.gateway_name},
+        lambda: readiness(gw),
+        "gateway",
+    )
+    return _Closer(runner)
+
+
+async def serve_metrics(
+    host: str,
+    port: int,
+    exposition: Callable[[], bytes],
+    live: dict[str, str],
+    checks: Callable[[], Awaitable[dict[str, str]]],
+    process: str,
+) -> tuple[Any, int]:
+    """An HTTP listener of its own for /metrics, /health/live (``live``) and /health/ready
+    (``checks``: each "ok" or why not; 503 unless all are ok), for the gateway and the grant
+    service alike. Returns the aiohttp runner (``cleanup`` stops it) and the bound port."""
     from aiohttp import web
 
-    listen = gw.cfg.metrics_listen
-    port = listen.port + gw.worker if listen.port else 0
-
     async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(
-            body=gw.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def live(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "live", "gateway": gw.cfg.gateway_name})
+    async def health_live(_request: web.Request) -> web.Response:
+        return web.json_response(live)
 
-    async def ready(_request: web.Request) -> web.Response:
-        checks = await readiness(gw)
-        ok = all(v == "ok" for v in checks.values())
+    async def health_ready(_request: web.Request) -> web.Response:
+        result = await checks()
+        ok = all(v == "ok" for v in result.values())
         return web.json_response(
-            {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
+            {"status": "ready" if ok else "not ready", "checks": result}, status=200 if ok else 503
         )
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/health/live", live)
-    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/health/live", health_live)
+    app.router.add_get("/health/ready", health_ready)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, listen.host, port)
-    await site.start()
-    log.info("metrics.listening", address=f"{listen.host}:{port}")
-    return _Closer(runner)
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+    log.info("metrics.listening", address=address, process=process)
+    return runner, bound
+
+
+async def state_check(state: Any) -> str:
+    """Whether the state database answers (in under 2 s): "ok" or why not."""
+    t = time.monotonic()
+    try:
+        await state.revocations_since(time.time())
+    except Exception as e:  # noqa: BLE001 - reported, never raised
+        return f"unreachable: {type(e).__name__}"
+    return "ok" if time.monotonic() - t <= 2 else "slow (over 2 s)"
 
 
 async def readiness(gw: Any) -> dict[str, str]:
@@ -207,14 +242,7 @@ async def readiness(gw: Any) -> dict[str, str]:
     checks["recordings"] = "ok" if fault is None else fault
     afault = getattr(gw.audit, "fault", None)
     checks["audit"] = "ok" if afault is None else afault
-    t = time.monotonic()
-    try:
-        await gw.state.revocations_since(time.time())
-        checks["state"] = "ok"
-    except Exception as e:  # noqa: BLE001 - reported, never raised
-        checks["state"] = f"unreachable: {type(e).__name__}"
-    if time.monotonic() - t > 2:
-        checks["state"] = "slow (over 2 s)"
+    checks["state"] = await state_check(gw.state)
     return checks
 
 

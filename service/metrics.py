@@ -18,15 +18,13 @@ reasons. Drills (ticket ``DRILL-...`` or a ``DRILL:`` reason) carry ``breakglass
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from breakglass.policy.drill import is_drill
-from breakglass.proxy.logs import log
+from breakglass.proxy.metrics import serve_metrics, state_check
 
 UNKNOWN = "unknown"
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -209,44 +207,21 @@ def route_of(request: Any) -> str | None:
 
 async def start_metrics_server(service: Any, host: str, port: int) -> MetricsServer:
     """Serve /metrics and /health/* for ``service`` on HOST:PORT (0: a free port)."""
-    from aiohttp import web
 
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(
-            body=service.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    async def checks() -> dict[str, str]:
+        return {
+            "listener": "ok" if service.listening else "not listening yet",
+            "state": await state_check(service.state),
+        }
 
-    async def live(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "live", "gateway": service.cfg.gateway_name})
-
-    async def ready(_request: web.Request) -> web.Response:
-        checks = {"listener": "ok" if service.listening else "not listening yet"}
-        t = time.monotonic()
-        try:
-            await service.state.revocations_since(time.time())
-            checks["state"] = "ok" if time.monotonic() - t <= 2 else "slow (over 2 s)"
-        except Exception as e:  # noqa: BLE001 - reported, never raised
-            checks["state"] = f"unreachable: {type(e).__name__}"
-        ok = all(v == "ok" for v in checks.values())
-        return web.json_response(
-            {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
-        )
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/health/live", live)
-    app.router.add_get("/health/ready", ready)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
-    log.info("metrics.listening", address=address, process="service")
+    runner, bound = await serve_metrics(
+        host,
+        port,
+        service.metrics.exposition,
+        {"status": "live", "gateway": service.cfg.gateway_name},
+        checks,
+        "service",
+    )
     return MetricsServer(runner, bound)
 
 

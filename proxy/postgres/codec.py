@@ -595,27 +595,7 @@ class MessageReader:
 
     def feed_and_split(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Feed ``data`` and return every message now complete (possibly none)."""
-        src, off, own = self._source(data)
-        out: list[Message] = []
-        append = out.append
-        n = len(src)
-        max_len = self.max_len
-        unpack = _HDR.unpack_from
-        types = _TYPE_BYTES
-        error: ProtocolError | None = None
-        with memoryview(src) as mv:
-            while n - off >= 5:
-                t, length = unpack(src, off)
-                if length < 4 or length > max_len:
-                    error = _length_error(t, length, max_len)
-                    break
-                end = off + 1 + length
-                if end > n:
-                    break
-                append(Message(types[t], mv[off:end].tobytes()))
-                off = end
-        self._keep_rest(src, off, own, error)
-        return out
+        return self._split(data, None)[1]
 
     def split_kept(
         self, data: bytes | bytearray | memoryview, keep: frozenset[bytes]
@@ -625,14 +605,23 @@ class MessageReader:
         ``end``, its end offset in those bytes). The rest (rows, descriptions) are framed
         and checked but never copied or allocated: a relay that only keeps books on a few
         message types pays nothing per row."""
+        return self._split(data, keep)
+
+    def _split(
+        self, data: bytes | bytearray | memoryview, keep: frozenset[bytes] | None
+    ) -> tuple[bytes, list[Message]]:
+        """Frame what is complete; messages of the types in ``keep`` (all when None) as
+        objects, and (with ``keep``) the complete messages' bytes."""
         src, start, own = self._source(data)
-        kept: list[Message] = []
+        out: list[Message] = []
+        append = out.append
         n = len(src)
         off = start
         max_len = self.max_len
         unpack = _HDR.unpack_from
         types = _TYPE_BYTES
         error: ProtocolError | None = None
+        complete = b""
         with memoryview(src) as mv:
             while n - off >= 5:
                 t, length = unpack(src, off)
@@ -643,17 +632,19 @@ class MessageReader:
                 if end > n:
                     break
                 tb = types[t]
-                if tb in keep:
-                    kept.append(Message(tb, mv[off:end].tobytes(), end - start))
+                if keep is None or tb in keep:
+                    append(Message(tb, mv[off:end].tobytes(), end - start))
                 off = end
-            if own:
+            if keep is None:
+                pass  # the caller forwards the messages' own bytes
+            elif own:
                 complete = mv[start:off].tobytes()
             elif off == n:
                 complete = src  # the whole read: forwarded without a copy
             else:
                 complete = mv[:off].tobytes()
         self._keep_rest(src, off, own, error)
-        return complete, kept
+        return complete, out
 
     def _source(self, data: bytes | bytearray | memoryview) -> tuple[bytes | bytearray, int, bool]:
         """Where to split from: ``data`` itself when nothing is pending (no copy), else the

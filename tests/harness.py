@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -178,3 +180,22 @@ async def ssh_shell(gw: GatewayThread, target: str, password: str, timeout: floa
 
         until.output = lambda: seen  # type: ignore[attr-defined]
         yield proc, until
+
+
+#: ``breakglass`` as a subprocess, from this interpreter (the installed package).
+CLI = [sys.executable, "-m", "breakglass.cli.main"]
+
+
+def run_cli(
+    config: Path | str | None, *args: str, input: str | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``breakglass [-c CONFIG] ARGS...`` to completion (bounded), capturing its output."""
+    cmd = CLI + (["-c", str(config)] if config is not None else []) + list(args)
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=60,
+        env=env if env is not None else dict(os.environ),
+    )

@@ -15,21 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import run_cli
+
 pytestmark = pytest.mark.timeout(120)
 
 
 def bg(*args: str, config: Path | None = None, input: str | None = None, env: dict | None = None):
-    cmd = [sys.executable, "-m", "breakglass.cli.main"]
-    if config is not None:
-        cmd += ["-c", str(config)]
-    return subprocess.run(
-        cmd + list(args),
-        capture_output=True,
-        text=True,
-        input=input,
-        timeout=60,
-        env=env or os.environ.copy(),
-    )
+    return run_cli(config, *args, input=input, env=env)
 
 
 @pytest.fixture(scope="module")

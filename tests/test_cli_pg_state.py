@@ -12,7 +12,7 @@ import pytest
 
 from breakglass.policy.state_pg import PgState
 from breakglass.recorder.audit import read_audit
-from tests.harness import GatewayThread
+from tests.harness import GatewayThread, run_cli
 from tests.test_service_support import drop_state_db, fresh_state_db
 
 pytestmark = pytest.mark.timeout(90)
@@ -31,14 +31,7 @@ def workdir(pg_server, tmp_path):
 
 
 def cli(gw, *argv: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "breakglass.cli.main", "-c", str(gw.dir / "config.toml"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ),
-        **kw,
-    )
+    return run_cli(gw.dir / "config.toml", *argv, **kw)
 
 
 ISSUE = ("grant", "issue", "--template", "db-readonly", "--to", "erin", "--target", "shop",

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 
 import pytest
 
 from breakglass.proxy.context import open_state
 from breakglass.recorder.audit import read_audit
 from breakglass.throwaway.workdir import build_local_workdir
+from tests.harness import run_cli
 from tests.storage import abort_ext4, ext4, fill, remount_fresh, tmpfs
 
 pytestmark = pytest.mark.timeout(120)
@@ -30,13 +30,7 @@ def issue(cfg, reason: str, *approval: str) -> subprocess.CompletedProcess:
     argv = ["grant", "issue", "--template", "db-readonly", "--to", "erin", "--target", "shop"]
     argv += ["--ttl", "10m", "--reason", reason, *(approval or ("--approved-by", "alice"))]
     env = {k: v for k, v in os.environ.items() if k != "BREAKGLASS_DEBUG"}
-    return subprocess.run(
-        [sys.executable, "-m", "breakglass.cli.main", "-c", str(cfg.path), *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    return run_cli(cfg.path, *argv, env=env)
 
 
 def stored_grants(cfg) -> list:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +16,7 @@ import pyotp
 import pytest
 
 from breakglass.service.identity import add_local_user
-from tests.harness import GatewayThread
+from tests.harness import GatewayThread, run_cli
 from tests.pg_client import client_tls
 from tests.test_service_support import ServiceThread, add_service_config, drop_state_db
 from tests.test_service_support import fresh_state_db as _fresh
@@ -44,13 +42,7 @@ def cluster(pg_server, tmp_path):
 
 
 def cli(gw, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "breakglass.cli.main", "-c", str(gw.dir / "config.toml"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ),
-    )
+    return run_cli(gw.dir / "config.toml", *argv)
 
 
 async def _open(gw, token):

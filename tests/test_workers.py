@@ -14,18 +14,14 @@ import asyncpg
 import pytest
 
 from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
+from tests.harness import run_cli
 from tests.pg_client import client_tls
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def bg(config, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "breakglass.cli.main", "-c", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(config, *args)
 
 
 def listening_sockets(port: int) -> int:

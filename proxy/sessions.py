@@ -82,6 +82,10 @@ class Session:
         # The gate runs on every read: its grant facts, read once (a grant never changes).
         self._jti = grant.jti
         self._exp = grant.expires_at
+        self._held_marked = False  # the loop recorded a not_forwarded event
+        hold_after = getattr(recorder, "hold_after", None)
+        if hold_after is not None:
+            hold_after(self._exp)
 
     @property
     def deadline(self) -> float:
@@ -122,6 +126,7 @@ class Session:
         if recorded_since is not None:
             try:
                 self.recorder.event("not_forwarded", since_seq=recorded_since, reason=why.kind)
+                self._held_marked = True
             except Exception:
                 pass
         self.end_now(why)
@@ -160,6 +165,11 @@ class Session:
         end time is the session's); fsync and close follow when the sockets are gone."""
         with self._end_lock:
             try:
+                late = getattr(self.recorder, "first_late_seq", None)
+                if late is not None and not self._held_marked:
+                    # Recorded at or after exp while the loop was between writing and its
+                    # second gate check: that check fails, but this end may come first.
+                    self.recorder.event("not_forwarded", since_seq=late, reason=termination.kind)
                 self.recorder.event(
                     "terminate", reason=termination.kind, message=termination.message
                 )

@@ -51,6 +51,7 @@ import atexit
 import binascii
 import contextlib
 import hashlib
+import math
 import os
 import secrets
 import threading
@@ -216,6 +217,10 @@ class RecordingWriter:
         self._failure_reported = False
         self._thread: threading.Thread | None = None
         self._field_cache: dict[tuple[str | None, str], bytes] = {}
+        #: ``hold_after``: events timed at or after this are never forwarded (the gate is
+        #: checked after they are written, on the same clock); the first one's seq, or -1.
+        self._late_after = math.inf
+        self._first_late = -1
         self._wall0 = time.time()
         self._mono0 = _monotonic()
         self._t_offset = self._wall0 - self._mono0
@@ -360,6 +365,8 @@ class RecordingWriter:
                 raise self._dead_error()
             if self._buffered <= self._max_buffer:
                 now = _monotonic()
+                if self._t_offset + now >= self._late_after and self._first_late < 0:
+                    self._first_late = self._seq
                 line = b'{"seq":%d,"t":%.6f,"kind":"%s","prev":"%s"%s%s' % (
                     self._seq,
                     self._t_offset + now,
@@ -463,6 +470,8 @@ class RecordingWriter:
                 raise self._dead_error()
             if self._buffered <= self._max_buffer:
                 now = _monotonic()
+                if self._t_offset + now >= self._late_after and self._first_late < 0:
+                    self._first_late = self._seq
                 line = b'{"seq":%d,"t":%.6f,"kind":%s,"prev":"%s"%s%s}\n' % (
                     self._seq,
                     self._t_offset + now,
@@ -732,6 +741,18 @@ class RecordingWriter:
             self._report_failure(err)
         if self._io_failed is not None:
             raise self._dead_error()
+
+    def hold_after(self, t: float) -> None:
+        """Note the seq of the first event appended at or after ``t`` (by this recording's
+        clock): the forwarding gate closes at ``t`` and is checked after each write, so no
+        such event can have been forwarded (``first_late_seq``)."""
+        with self._lock:
+            self._late_after = float(t)
+
+    @property
+    def first_late_seq(self) -> int | None:
+        """The seq of the first event appended at or after ``hold_after``'s time, if any."""
+        return self._first_late if self._first_late >= 0 else None
 
     def finish(self, reason: str = "closed", **fields: Any) -> None:
         """Append the ``end`` event and the signed trailer and write them, without fsync: an

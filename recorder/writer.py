@@ -12,12 +12,12 @@ Write before forward
   saw. A write that fails (ENOSPC, EIO, EROFS ...) is cut back off the file (``ftruncate`` to
   the last whole line), the chain is rolled back to what is in the file, and the writer is
   failed: nothing that could not be written is forwarded, and no torn line is left behind.
-* One background *committer* thread per live writer makes the writes durable: when the file
-  becomes dirty it fsyncs, then waits ``commit_interval`` before the next fsync (group commit),
-  so a host crash loses at most about ``commit_interval`` plus one fsync. It also writes what
-  was appended but not yet written (events of code paths that do not forward anything) and
-  signs a time-based checkpoint when a signed event would otherwise wait longer than
-  ``checkpoint_interval``.
+* The *committer* (``recorder/committer.py``: a few threads shared by every recording of the
+  process) makes the writes durable: a file written to is fsynced at most ``commit_interval``
+  later (group commit, within a recording and across recordings), so a host crash loses at most
+  about ``commit_interval`` plus one fsync. It also writes what was appended but not yet
+  written (events of code paths that do not forward anything) and signs a time-based
+  checkpoint when a signed event would otherwise wait longer than ``checkpoint_interval``.
 * Data payloads of ``raw_min`` bytes or more are written as raw frames after their line
   (format /2): hashed once, never base64-encoded or copied (the bytes object itself is
   buffered and handed to ``writev``). Smaller ones stay base64 inside their line.
@@ -35,7 +35,7 @@ Write before forward
 Failure
 -------
 If writing or fsyncing fails (disk full, EIO, ...), ``failed`` is set, ``on_failure(exc)`` is
-called exactly once - from the committer thread, or from the thread whose ``write``/``flush``/
+called exactly once - from a committer thread, or from the thread whose ``write``/``flush``/
 ``close`` failed - and every later append and ``write`` raises ``RecorderError``. The same
 happens (from the appending thread) if more than ``max_buffer`` bytes wait for a disk that
 does not keep up. When the failed write could be cut back off the file, ``close`` still tries
@@ -63,6 +63,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from . import committer
 from . import format as fmt
 from .format import RecorderError, RecorderFieldError
 
@@ -79,6 +80,7 @@ _writev = os.writev
 _b2a = binascii.b2a_base64
 _hexlify = binascii.hexlify
 _monotonic = time.monotonic
+_schedule = committer.schedule
 
 #: Data payloads this long or longer are written as raw frames (base64 and copying a 32 KiB
 #: SSH packet into a line cost more CPU than relaying it); shorter ones, keystrokes and
@@ -120,6 +122,20 @@ def _flush_all_at_exit() -> None:  # best effort: a clean interpreter exit loses
     for w in list(_live_writers):
         with contextlib.suppress(Exception):
             w.flush()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has a fresh committer (committer.py): queue its inherited recordings
+    there (they were queued, if at all, in the parent's heap)."""
+    for w in list(_live_writers):
+        w._due = math.inf
+        due = min(w._sync_due, w._ckpt_deadline if w._unsigned else math.inf)
+        if due != math.inf:
+            _schedule(w, due)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 #: JSON-encoded event kinds, so the hot path does not re-encode them.
@@ -192,9 +208,9 @@ class RecordingWriter:
 
         self._lock = threading.Lock()  # chain state + buffer
         self._io_lock = threading.Lock()  # serialises write+fsync, keeps file order = chain order
-        self._wake = threading.Event()  # the file became dirty, or stop
-        self._stop = threading.Event()
-        self._dirty = False  # written since the committer last started an fsync
+        self._serve_lock = threading.Lock()  # one committer thread at a time; close waits
+        self._due = math.inf  # when the committer is asked to serve it (committer.py)
+        self._sync_due = math.inf  # when its written bytes are to be fsynced (inf: clean)
         self._buf: list[bytes] = []
         self._buffered = 0  # bytes in _buf
         self._durable = 0  # lines written and fsynced
@@ -210,12 +226,12 @@ class RecordingWriter:
         self._trailer_written = False  # ... and handed to the kernel
         self._unsigned = 0  # events appended since the last checkpoint
         self._ckpt_deadline = 0.0  # monotonic time the oldest unsigned event must be signed by
+        self._signed_at = 0.0  # monotonic time of the last checkpoint
         self._dead = False  # closed or failed: appends raise
         self._closed = False
         self._failed: Exception | None = None  # first failure of any kind
         self._io_failed: OSError | None = None  # the file cannot be written any more
         self._failure_reported = False
-        self._thread: threading.Thread | None = None
         self._field_cache: dict[tuple[str | None, str], bytes] = {}
         #: ``hold_after``: events timed at or after this are never forwarded (the gate is
         #: checked after they are written, on the same clock); the first one's seq, or -1.
@@ -256,11 +272,6 @@ class RecordingWriter:
                 os.unlink(self.path)
             raise RecorderError(f"cannot write recording {self.path}: {err}") from err
 
-        self._wake.clear()  # the header is on disk already
-        self._thread = threading.Thread(
-            target=self._run, name=f"recorder-commit:{self.path.name}", daemon=True
-        )
-        self._thread.start()
         _live_writers.add(self)
         return self
 
@@ -487,7 +498,7 @@ class RecordingWriter:
                 n = self._unsigned
                 if n == 0:
                     self._ckpt_deadline = now + self._ckpt_interval
-                    self._wake.set()  # the committer sets its timer for the checkpoint
+                    _schedule(self, self._ckpt_deadline)  # sign it by then if no append does
                 self._unsigned = n + 1
                 if n + 1 >= self._ckpt_events or now >= self._ckpt_deadline:
                     self._checkpoint_locked(self._t_offset + now)
@@ -517,7 +528,7 @@ class RecordingWriter:
         n = self._unsigned
         if n == 0:
             self._ckpt_deadline = now + self._ckpt_interval
-            self._wake.set()  # the committer sets its timer for the time-based checkpoint
+            _schedule(self, self._ckpt_deadline)  # sign it by then if no append does
         self._unsigned = n + 1
         if n + 1 >= self._ckpt_events or now >= self._ckpt_deadline:
             self._checkpoint_locked(self._t_offset + now)
@@ -537,6 +548,7 @@ class RecordingWriter:
     def _checkpoint_locked(self, t: float) -> None:
         self._signed_line_locked(fmt.CHECKPOINT, t)
         self._unsigned = 0
+        self._signed_at = t - self._t_offset
 
     def _signed_line_locked(self, kind: str, t: float | None) -> None:
         seq = self._seq
@@ -627,10 +639,20 @@ class RecordingWriter:
             stats.writes += 1
             stats.bytes_written += size
             stats.write_seconds += _perf() - t0
-        if not self._dirty:
-            self._dirty = True
-            self._wake.set()
+            if self._sync_due == math.inf:
+                self._sync_due = due = self._commit_due()
+                _schedule(self, due)
         return None
+
+    def _commit_due(self) -> float:
+        """When bytes written now are to be fsynced: within ``commit_interval``, on a grid of
+        half that interval so that one committer wake-up serves every recording written in
+        the same stretch (group commit across recordings)."""
+        step = self._commit_interval / 2
+        now = _monotonic()
+        if step <= 0:
+            return now
+        return (now // step + 2) * step
 
     def _cut_back_locked(self, start: int, exc: OSError) -> None:
         """A write failed: cut what it left of its lines off the file, roll the chain back to
@@ -655,7 +677,7 @@ class RecordingWriter:
     def _sync(self) -> OSError | None:
         """fsync what is written (without the io lock: writes go on meanwhile) and drop the
         synced pages from the page cache. Returns the I/O error, if any."""
-        self._dirty = False
+        self._sync_due = math.inf
         upto, size = self._written_seq, self._file_size
         if upto <= self._durable or self._fd < 0:
             return None
@@ -697,41 +719,51 @@ class RecordingWriter:
                 return
             self._failure_reported = True
         STATS.failures += 1
-        self._wake.set()
         if self._on_failure is not None:
             try:
                 self._on_failure(exc)
             except Exception:  # noqa: BLE001 - a broken callback must not kill the committer
                 pass
 
-    def _run(self) -> None:
-        try:
-            while True:
+    def _serve(self) -> float | None:
+        """The committer's work for this recording (committer.py calls it on one of its threads):
+        sign the time-based checkpoint and fsync, each when due. Returns when it is due next."""
+        err: Exception | None = None
+        with self._serve_lock:
+            if self._closed or self._io_failed is not None:
+                return None
+            try:
+                now = _monotonic()
+                sync = now >= self._sync_due
                 with self._lock:
-                    timeout = None
-                    if self._unsigned and not self._dead:
-                        timeout = max(0.0, self._ckpt_deadline - _monotonic())
-                self._wake.wait(timeout)
-                self._wake.clear()
-                if self._stop.is_set():
-                    return
+                    # Sign when the oldest unsigned event is due; or with this fsync, so that
+                    # one fsync makes both durable, unless a checkpoint was signed lately (a
+                    # busy recording is signed at most twice per checkpoint interval this way)
+                    if (
+                        self._unsigned
+                        and not self._dead
+                        and (
+                            now >= self._ckpt_deadline
+                            or (sync and now - self._signed_at >= self._ckpt_interval / 2)
+                        )
+                    ):
+                        self._checkpoint_locked(self._t_offset + now)
+                err = self._write_out()
+                if err is None and sync:
+                    err = self._sync()
+            except Exception as exc:  # noqa: BLE001 - e.g. signing failed: the recording failed
                 with self._lock:
-                    if self._unsigned and not self._dead and _monotonic() >= self._ckpt_deadline:
-                        self._checkpoint_locked(self._now())
-                err = self._write_out() or self._sync()
-                if err is not None:
-                    self._report_failure(err)
-                    return
-                if self._io_failed is not None:
-                    return
-                if self._commit_interval and self._stop.wait(self._commit_interval):
-                    return  # group commit: gather writes for an interval
-        except Exception as exc:  # noqa: BLE001 - e.g. signing failed: the recording has failed
-            with self._lock:
-                self._dead = True
-                if self._failed is None:
-                    self._failed = exc
-            self._report_failure(exc)
+                    self._dead = True
+                    if self._failed is None:
+                        self._failed = exc
+                err = exc
+            if err is None and self._io_failed is None:
+                again = self._sync_due
+                if self._unsigned and not self._dead:
+                    again = min(again, self._ckpt_deadline)
+                return None if again == math.inf else again
+        self._report_failure(err or self._io_failed)
+        return None
 
     def flush(self) -> None:
         """Write and fsync everything appended so far. Blocking. Raises ``RecorderError`` if
@@ -801,13 +833,9 @@ class RecordingWriter:
             self._closed = True
             self._dead = True
             finalized = self._trailer_written
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
         _live_writers.discard(self)
         err: OSError | None = None
-        with self._io_lock:
+        with self._serve_lock, self._io_lock:  # after the committer's last turn, if it had one
             if finalized and self._fd >= 0:
                 try:
                     os.fsync(self._fd)

@@ -205,6 +205,7 @@ class RecordingWriter:
         self._max_buffer = int(max_buffer)
         self._raw_min = max(1, int(raw_min))
         self._write_through = bool(write_through)
+        self._early_sign_after = 0.0 if write_through else self._ckpt_interval / 2
 
         self._lock = threading.Lock()  # chain state + buffer
         self._io_lock = threading.Lock()  # serialises write+fsync, keeps file order = chain order
@@ -738,13 +739,16 @@ class RecordingWriter:
                 with self._lock:
                     # Sign when the oldest unsigned event is due; or with this fsync, so that
                     # one fsync makes both durable, unless a checkpoint was signed lately (a
-                    # busy recording is signed at most twice per checkpoint interval this way)
+                    # busy recording is signed at most twice per checkpoint interval this way).
+                    # A log of rare events (write_through: the audit log) is signed with every
+                    # fsync: what it says (a session started) is signed, and can be uploaded,
+                    # before the recording it speaks of.
                     if (
                         self._unsigned
                         and not self._dead
                         and (
                             now >= self._ckpt_deadline
-                            or (sync and now - self._signed_at >= self._ckpt_interval / 2)
+                            or (sync and now - self._signed_at >= self._early_sign_after)
                         )
                     ):
                         self._checkpoint_locked(self._t_offset + now)

@@ -148,3 +148,18 @@ def test_an_earlier_request_supersedes_a_later_one():
     c.schedule(one, t0 + 0.05)  # the waiting thread wakes for it, not in a minute
     assert served.wait(10)
     assert times[0] - t0 < 5 and len(times) == 1
+
+
+def test_a_log_of_rare_events_is_signed_with_every_fsync(tmp_path):
+    """The audit log (write_through): a session.start is signed at its fsync, so it can
+    reach the store before the recording it speaks of does."""
+    w = RecordingWriter.create(
+        tmp_path / "a.audit", HEADER, KEY, "rec-1", checkpoint_interval=30, write_through=True
+    )
+    for i in range(3):
+        w.event("audit", type="session.start", session=f"s-{i}")
+        seq = w.event_count - 1
+        assert w.wait_durable(seq + 2, timeout=10)  # long before the 30 s deadline
+        assert _lines(w.path)[seq + 1]["kind"] == "checkpoint"
+    w.close()
+    assert verify_recording(w.path, TRUSTED).ok

@@ -15,6 +15,25 @@ from tests.test_store import _acli, _connect, _gateway_config, _objects, _segmen
 pytestmark = pytest.mark.timeout(120)
 
 
+def _audit_start_in_store(s3, prefix: str, gw: GatewayThread, sid: str) -> bool:
+    """The store holds the local audit log through the signed line after ``sid``'s start."""
+    for log in gw.cfg.audit_dir.glob("*.audit"):
+        data = log.read_bytes()
+        at = data.find(b'"session.start"')
+        while at >= 0 and sid.encode() not in data[at : data.find(b"\n", at)]:
+            at = data.find(b'"session.start"', at + 1)
+        if at < 0:
+            continue
+        signed = data.find(b'"kind":"checkpoint"', at)
+        if signed < 0:
+            return False
+        covered = data.find(b"\n", signed) + 1
+        base = f"{prefix}/audit/{log.name}/"
+        ends = [int(k.rsplit("-", 1)[1]) for k in _objects(s3, prefix) if k.startswith(base)]
+        return bool(ends) and max(ends) >= covered
+    return False
+
+
 async def _recorded_session(s3, pg, tmp_path, prefix: str, needle: str, live_check=False):
     """A psql session through a real gateway streaming to the store, all of it uploaded;
     the gateway stopped. Returns (gateway, session id, local recording)."""
@@ -26,6 +45,9 @@ async def _recorded_session(s3, pg, tmp_path, prefix: str, needle: str, live_che
         assert await conn.fetchval(f"select count(*) /* {needle} */ from orders") >= 0
         if live_check:  # the store while the session runs: listed, live, not called ok
             await _wait(lambda: _segment_ends(s3, prefix, f"{sid}.rec"), what="a first segment")
+            # the store's audit log says the session started (its upload can trail the
+            # recording's: until then the store alone cannot tell running from truncated)
+            await _wait(lambda: _audit_start_in_store(s3, prefix, gw, sid), what="the audit")
             env = {**s3.env("reader"), "XDG_CACHE_HOME": str(tmp_path / "cache-live")}
             r = await _acli(gw.dir / "config.toml", "sessions", "--store", "--json", env=env)
             assert r.returncode == 0, r.stdout + r.stderr

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from breakglass.proxy.logs import log
+from breakglass.recorder import committer
 from breakglass.recorder.writer import STATS as RECORDER_STATS
 
 #: Seconds the gateway adds to a statement (judging, recording, the write): small buckets.
@@ -120,6 +121,10 @@ class _RecorderCollector:
          GaugeMetricFamily, lambda s: s.pending_bytes()),
         ("failures", "Recordings that failed to write", CounterMetricFamily,
          lambda s: s.failures),
+        ("committer_threads", "Threads fsyncing and signing recordings (more than 1: behind)",
+         GaugeMetricFamily, lambda s: committer.threads()),
+        ("commit_lag_seconds", "How long the most overdue fsync or checkpoint is past its time",
+         GaugeMetricFamily, lambda s: committer.lag()),
     )  # fmt: skip
 
     def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol

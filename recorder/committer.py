@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Protocol
 
-__all__ = ["BEHIND", "THREADS", "schedule", "threads"]
+__all__ = ["BEHIND", "THREADS", "lag", "schedule", "threads"]
 
 #: Threads serving all recordings, at most. One does the work while it keeps up: every thread
 #: that waits for the GIL after an fsync takes it from the event loop (1,000 sessions, four
@@ -68,6 +68,13 @@ class _Committer:
                 self._start_thread()
             elif when < head:
                 self._cond.notify()  # waiting threads sleep until the old head: wake one
+
+    def lag(self) -> float:
+        with self._cond:
+            heap = self._heap
+            while heap and heap[0][0] != heap[0][2]._due:
+                heapq.heappop(heap)  # superseded entries say nothing about lateness
+            return max(0.0, _monotonic() - heap[0][0]) if heap else 0.0
 
     def _start_thread(self) -> None:
         self._threads += 1
@@ -114,7 +121,10 @@ class _Committer:
             writer = self._next()
             if writer is None:
                 return
-            again = writer._serve()  # never raises: failures are the writer's to report
+            try:
+                again = writer._serve()  # failures are the writer's to report (on_failure)
+            except Exception:  # noqa: BLE001 - a bug there must not stop every recording's commits
+                continue
             if again is not None:
                 self.schedule(writer, again)
 
@@ -129,8 +139,14 @@ schedule = _COMMITTER.schedule
 
 
 def threads() -> int:
-    """Committer threads started in this process (metrics, tests)."""
+    """Committer threads running in this process (a metric)."""
     return _COMMITTER._threads
+
+
+def lag() -> float:
+    """Seconds the most overdue fsync or checkpoint has waited past its time (a metric: above
+    ``commit_interval`` the disk is not keeping up, and a host crash would lose that much)."""
+    return _COMMITTER.lag()
 
 
 if hasattr(os, "register_at_fork"):

@@ -77,6 +77,8 @@ def test_metrics_count_sessions_refusals_denials_and_recorder_work(pg_server, tm
         assert _value(text, "breakglass_denials_total", protocol="postgres") == 1
         assert _value(text, "breakglass_recorder_written_bytes_total") > 0
         assert _value(text, "breakglass_recorder_fsyncs_total") > 0
+        assert _value(text, "breakglass_recorder_committer_threads") >= 1
+        assert 0 <= _value(text, "breakglass_recorder_commit_lag_seconds") < 1  # keeping up
         assert _value(text, "breakglass_statement_added_seconds_count", protocol="postgres") >= 2
         assert token not in text and "delete from orders" not in text  # no secrets, no SQL
         status, body = _get(base + "/health/live")

@@ -163,3 +163,32 @@ def test_a_log_of_rare_events_is_signed_with_every_fsync(tmp_path):
         assert _lines(w.path)[seq + 1]["kind"] == "checkpoint"
     w.close()
     assert verify_recording(w.path, TRUSTED).ok
+
+
+def test_lag_says_how_late_the_most_overdue_work_is():
+    c = committer._Committer()
+    started, release = threading.Event(), threading.Event()
+
+    class Blocking:
+        _due = float("inf")
+
+        def _serve(self) -> float | None:
+            started.set()
+            release.wait(10)  # an fsync that does not return
+            return None
+
+    class Waiting:
+        _due = float("inf")
+
+        def _serve(self) -> float | None:
+            return None
+
+    assert c.lag() == 0.0
+    now = time.monotonic()
+    c.schedule(Blocking(), now)
+    assert started.wait(10)
+    c.schedule(Waiting(), now)  # due now, but the only thread is stuck
+    c.schedule(Waiting(), now + 3600)  # not due: says nothing about lateness
+    time.sleep(0.2)  # the time that makes it late
+    assert 0.2 <= c.lag() < 5
+    release.set()

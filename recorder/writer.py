@@ -212,6 +212,7 @@ class RecordingWriter:
         self._serve_lock = threading.Lock()  # one committer thread at a time; close waits
         self._due = math.inf  # when the committer is asked to serve it (committer.py)
         self._sync_due = math.inf  # when its written bytes are to be fsynced (inf: clean)
+        self._synced_at = -math.inf  # when the last fsync ended (monotonic)
         self._buf: list[bytes] = []
         self._buffered = 0  # bytes in _buf
         self._durable = 0  # lines written and fsynced
@@ -648,12 +649,16 @@ class RecordingWriter:
     def _commit_due(self) -> float:
         """When bytes written now are to be fsynced: within ``commit_interval``, on a grid of
         half that interval so that one committer wake-up serves every recording written in
-        the same stretch (group commit across recordings)."""
+        the same stretch (group commit across recordings), and not sooner than
+        ``commit_interval`` after this recording's last fsync ended (``_serve`` holds to that
+        too, for bytes written while an fsync ran)."""
         step = self._commit_interval / 2
         now = _monotonic()
         if step <= 0:
             return now
-        return (now // step + 2) * step
+        # and not sooner than commit_interval after the last fsync ended: a busy recording
+        # is fsynced once per interval plus one fsync (as a thread of its own did before)
+        return max((now // step + 2) * step, self._synced_at + self._commit_interval)
 
     def _cut_back_locked(self, start: int, exc: OSError) -> None:
         """A write failed: cut what it left of its lines off the file, roll the chain back to
@@ -685,6 +690,7 @@ class RecordingWriter:
         try:
             t0 = _perf()
             os.fsync(self._fd)
+            self._synced_at = _monotonic()
             took = _perf() - t0
             STATS.fsyncs += 1
             STATS.fsync_seconds += took
@@ -735,7 +741,10 @@ class RecordingWriter:
                 return None
             try:
                 now = _monotonic()
-                sync = now >= self._sync_due
+                # fsync when due, and commit_interval after the last one ended at the earliest
+                # (bytes written during that one were given a time before it ended)
+                sync_at = max(self._sync_due, self._synced_at + self._commit_interval)
+                sync = now >= sync_at
                 with self._lock:
                     # Sign when the oldest unsigned event is due; or with this fsync, so that
                     # one fsync makes both durable, unless a checkpoint was signed lately (a
@@ -763,6 +772,8 @@ class RecordingWriter:
                 err = exc
             if err is None and self._io_failed is None:
                 again = self._sync_due
+                if again != math.inf:
+                    again = max(again, self._synced_at + self._commit_interval)
                 if self._unsigned and not self._dead:
                     again = min(again, self._ckpt_deadline)
                 return None if again == math.inf else again

@@ -317,8 +317,8 @@ async def _connect(cfg, token: str) -> asyncpg.Connection:
     )
 
 
-def _segment_ends(s3, prefix: str, name: str) -> list[int]:
-    base = f"{prefix}/recordings/{name}/"
+def _segment_ends(s3, prefix: str, name: str, area: str = "recordings") -> list[int]:
+    base = f"{prefix}/{area}/{name}/"
     return sorted(int(k.rsplit("-", 1)[1]) for k in _objects(s3, prefix) if k.startswith(base))
 
 

@@ -28,9 +28,8 @@ def _audit_start_in_store(s3, prefix: str, gw: GatewayThread, sid: str) -> bool:
         if signed < 0:
             return False
         covered = data.find(b"\n", signed) + 1
-        base = f"{prefix}/audit/{log.name}/"
-        ends = [int(k.rsplit("-", 1)[1]) for k in _objects(s3, prefix) if k.startswith(base)]
-        return bool(ends) and max(ends) >= covered
+        ends = _segment_ends(s3, prefix, log.name, area="audit")
+        return bool(ends) and ends[-1] >= covered
     return False
 
 

@@ -54,7 +54,8 @@ class _Committer:
         self._order = itertools.count()
         self._threads = 0  # running
         self._waiting = 0
-        self._started: list[threading.Thread] = []
+        self._started: list[threading.Thread] = []  # those still running (and tests' view)
+        self._names = itertools.count(1)
 
     def schedule(self, writer: Served, when: float) -> None:
         with self._cond:
@@ -79,8 +80,11 @@ class _Committer:
     def _start_thread(self) -> None:
         self._threads += 1
         thread = threading.Thread(
-            target=self._run, name=f"recorder-commit-{len(self._started) + 1}", daemon=True
+            target=self._run, name=f"recorder-commit-{next(self._names)}", daemon=True
         )
+        # threads that ended (idle) are dropped: a gateway that falls behind now and then
+        # for months does not keep a list of them
+        self._started = [t for t in self._started if t.is_alive()]
         self._started.append(thread)
         thread.start()
 

@@ -732,6 +732,12 @@ class RecordingWriter:
             except Exception:  # noqa: BLE001 - a broken callback must not kill the committer
                 pass
 
+    def _sync_at(self) -> float:
+        """When to fsync what is written: when due, and not sooner than ``commit_interval``
+        after the last fsync ended (bytes written during that fsync were given a due time
+        before it ended). inf: nothing to fsync."""
+        return max(self._sync_due, self._synced_at + self._commit_interval)
+
     def _serve(self) -> float | None:
         """The committer's work for this recording (committer.py calls it on one of its threads):
         sign the time-based checkpoint and fsync, each when due. Returns when it is due next."""
@@ -741,10 +747,7 @@ class RecordingWriter:
                 return None
             try:
                 now = _monotonic()
-                # fsync when due, and commit_interval after the last one ended at the earliest
-                # (bytes written during that one were given a time before it ended)
-                sync_at = max(self._sync_due, self._synced_at + self._commit_interval)
-                sync = now >= sync_at
+                sync = now >= self._sync_at()
                 with self._lock:
                     # Sign when the oldest unsigned event is due; or with this fsync, so that
                     # one fsync makes both durable, unless a checkpoint was signed lately (a
@@ -771,9 +774,7 @@ class RecordingWriter:
                         self._failed = exc
                 err = exc
             if err is None and self._io_failed is None:
-                again = self._sync_due
-                if again != math.inf:
-                    again = max(again, self._synced_at + self._commit_interval)
+                again = self._sync_at()
                 if self._unsigned and not self._dead:
                     again = min(again, self._ckpt_deadline)
                 return None if again == math.inf else again

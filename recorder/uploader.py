@@ -409,8 +409,11 @@ class Uploader:
         )
         if f.uploaded:
             log.info("store.resume", file=path.name, uploaded=f.uploaded)
-        # What is in the file already was written before we looked: it is due now.
-        f.pending_since = time.monotonic() - self.cfg.upload_lag
+        # What is in the file already was written before we looked: it is due now. An empty
+        # file (a session that just started) has nothing waiting: its bytes wait upload_lag.
+        with contextlib.suppress(OSError):
+            if path.stat().st_size > f.uploaded:
+                f.pending_since = time.monotonic() - self.cfg.upload_lag
         return f
 
     def _release(self, f: _File) -> None:

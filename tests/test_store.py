@@ -561,16 +561,21 @@ async def test_file_cut_back_by_the_writer_is_rescanned(s3_server, tmp_path):
     rec_dir = tmp_path / "recordings"
     rec_dir.mkdir()
     path = rec_dir / "s4.rec"
-    path.write_bytes(data[: heads[-2].end])  # live: no trailer yet
+    path.write_bytes(b"")  # a session just started: its bytes wait upload_lag from here
     cfg = _store(s3_server, "t4", upload_lag=60)
     up = await Uploader(cfg, [(rec_dir, ".rec")], poll=0.05).start()
     try:
+        await _wait(lambda: path in up.files, what="the uploader to follow the file")
+        path.write_bytes(data[: heads[-2].end])  # live: no trailer yet
         await _wait(
             lambda: path in up.files and up.files[path].scan.offset == heads[-2].end,
             what="the scan",
         )
+        f = up.files[path]  # let the pass that scanned it finish its anchor (and upload)
+        await _wait(lambda: up.anchors >= 1 and f.task is not None and f.task.done(), what="ship")
         os.truncate(path, heads[1].end)
         await _wait(lambda: up.files[path].scan.offset == heads[1].end, what="the re-scan")
+        assert up.uploads == 0  # nothing went up before the lag: the cut is mended locally
     finally:
         await up.close()
     assert _segment_ends(s3_server, "t4", "s4.rec") == [heads[1].end]

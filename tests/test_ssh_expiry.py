@@ -8,6 +8,7 @@ import time
 
 import pexpect
 import pytest
+from structlog.testing import capture_logs
 
 from tests.ssh_gateway_fixture import GatewayHarness, ssh_gateway  # noqa: F401
 
@@ -83,6 +84,23 @@ def test_exec_sleep_600_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: 
     evs = ssh_gateway.events(claims["jti"])
     assert [e for e in evs if e["kind"] == "terminate"][0]["reason"] == "expired"
     assert evs[-1]["kind"] == "end" and evs[-1]["reason"] == "expired"
+
+
+def test_expiry_is_not_reported_as_a_recording_failure(ssh_gateway: GatewayHarness):  # noqa: F811
+    """The target's exit status arrives after the recording ended with the session: that is
+    the end of a session, not a failed recording, so the gateway raises no error about it."""
+    claims = ssh_gateway.claims(commands=["sleep *"], ttl=3)
+    with capture_logs() as logs:
+        c = Client(ssh_gateway, ssh_gateway.sign(claims), "sleep 600")
+        c.wait(10)
+        ssh_gateway.wait_session_ended(claims["jti"])
+    events = [e["event"] for e in logs]
+    assert "session.terminate" in events  # the gateway's log is what this reads
+    assert "ssh.recording_failed" not in events
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+    evs = ssh_gateway.events(claims["jti"])
+    assert evs[-1]["kind"] == "end" and evs[-1]["reason"] == "expired"
+    assert "recorder_error" not in evs[-1]
 
 
 def test_streaming_yes_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: F811

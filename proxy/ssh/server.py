@@ -1393,6 +1393,8 @@ class GatewayConnection(asyncssh.SSHServer):
     def recording_failed(self) -> None:
         if self._failed_recording or self.session is None:
             return
+        if self.recorder.failed is None and self.session.ended_by() is not None:
+            return  # the recording ended with the session (e.g. an exit status after exp)
         self._failed_recording = True
         log.error("ssh.recording_failed", session=self.session.id)
         for ch in list(self.channels):

@@ -10,6 +10,7 @@ import subprocess
 import threading
 
 import pytest
+from structlog.testing import capture_logs
 
 from breakglass.recorder.reader import read_events
 from breakglass.recorder.verify import verify_recording
@@ -212,7 +213,9 @@ def test_ssh_disk_full_client_never_gets_more_than_the_recording(ssh_server, tmp
         try:
             fill(gw.cfg.recordings_dir, leave=512 * 1024)
             token = gw.token(shell=True)
-            r = gw.ssh(token, "cat", str(big))
+            with capture_logs() as logs:
+                r = gw.ssh(token, "cat", str(big))
+            assert "ssh.recording_failed" in [e["event"] for e in logs]  # a real failure says so
             assert r.returncode != 0
             assert b"recording" in r.stderr, r.stderr
             received = r.stdout

@@ -21,6 +21,7 @@ from typing import Any
 
 from breakglass.policy.drill import is_drill
 from breakglass.policy.grants import Grant, GrantTarget, utc_text
+from breakglass.proxy.held_sockets import HeldSockets
 from breakglass.proxy.logs import log
 from breakglass.recorder import alerts
 from breakglass.recorder.format import RecorderError
@@ -28,6 +29,9 @@ from breakglass.recorder.space import SpaceReserve, is_storage_error
 
 #: A terminating handler gets this long to say goodbye before the connection is aborted.
 TERMINATE_GRACE = 0.5
+#: A session's connections still open this long after its ``exp`` (or after it was ended on
+#: the loop) are shut down by the expiry watch thread: the loop did not get to them.
+CUT_AFTER = 0.8
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,9 @@ class Session:
         #: tell the engineer something from the gateway (e.g. that someone is watching)
         self.on_notice: Callable[[str], None] | None = None
         self.abort: Callable[[], None] | None = None
+        #: the client and upstream sockets, for the expiry watch to cut off (``CUT_AFTER``)
+        self.sockets = HeldSockets()
+        self._cut_scheduled = False
         self._timers: list[asyncio.TimerHandle] = []
         self._loop = asyncio.get_running_loop()
         self._end_lock = threading.Lock()  # the recording's end: loop or expiry watch
@@ -155,6 +162,7 @@ class Session:
         self.termination = termination
         log.info("session.terminate", session=self.id, kind=termination.kind)
         self._end_recording(termination)
+        self.schedule_cut(time.time() + CUT_AFTER)
         task = asyncio.ensure_future(self._terminate(termination))
         self.registry._closing.add(task)
         task.add_done_callback(self.registry._closing.discard)
@@ -186,10 +194,30 @@ class Session:
             return False
         why = self.expiry()
         self._end_recording(why)
+        self.schedule_cut(self._exp + CUT_AFTER)
         try:
             self._loop.call_soon_threadsafe(self.end_now, why)
         except RuntimeError:
             pass  # the loop is closed: the gateway is gone
+
+    def schedule_cut(self, at: float) -> None:
+        """Have the expiry watch cut the connections off at ``at`` (wall clock) unless the
+        session has ended by then. Once per session; from the loop or the watch."""
+        watch = getattr(self.registry, "expiry", None)
+        if self._cut_scheduled or self.ended or watch is None:
+            return
+        self._cut_scheduled = True
+        watch.cut_at(self, at)
+
+    def cut_off_loop(self) -> None:
+        """Called by the expiry watch at the time ``schedule_cut`` set: the loop has not
+        closed the connections yet (it is saturated or starved of CPU); shut them down."""
+        if self.ended:
+            return
+        cut = self.sockets.shutdown()
+        if cut:
+            why = self.termination or self.expiry()
+            log.warning("session.cut_off_loop", session=self.id, kind=why.kind, sockets=cut)
 
     async def terminate(self, termination: Termination) -> None:
         """End the session for ``termination``; bounded in time, safe to call twice."""
@@ -212,6 +240,7 @@ class Session:
         if self.ended:
             return
         self.ended = True
+        self.sockets.release()
         for t in self._timers:
             t.cancel()
         end = reason or (self.termination.kind if self.termination else "closed")
@@ -285,10 +314,11 @@ class ExpiryWatch:
     loop (timers running late) cannot delay the end of a recording: once its end event and
     trailer are written, nothing more can be recorded, and the loop's gate forwards nothing
     that is not recorded. The loop then says goodbye and closes the sockets when it gets to
-    them (``Session.end_now``)."""
+    them (``Session.end_now``); connections it has not closed ``CUT_AFTER`` later, this
+    thread shuts down (``Session.cut_off_loop``)."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Session]] = []
+        self._heap: list[tuple[float, int, Session, bool]] = []  # (when, n, session, cut)
         self._cond = threading.Condition()
         self._n = 0
         self._stopped = False
@@ -300,7 +330,15 @@ class ExpiryWatch:
                 self._thread = threading.Thread(target=self._run, name="expiry-watch", daemon=True)
                 self._thread.start()
             self._n += 1
-            heapq.heappush(self._heap, (session.deadline, self._n, session))
+            heapq.heappush(self._heap, (session.deadline, self._n, session, False))
+            self._cond.notify()
+
+    def cut_at(self, session: Session, at: float) -> None:
+        with self._cond:
+            if self._stopped or self._thread is None:
+                return
+            self._n += 1
+            heapq.heappush(self._heap, (at, self._n, session, True))
             self._cond.notify()
 
     def stop(self) -> None:
@@ -316,10 +354,12 @@ class ExpiryWatch:
                     self._cond.wait(None if not self._heap else self._heap[0][0] - time.time())
                 if self._stopped:
                     return
-                deadline, n, session = heapq.heappop(self._heap)
-            if session.expired_off_loop() is False:  # its recording's clock is a hair behind
+                deadline, n, session, cut = heapq.heappop(self._heap)
+            if cut:
+                session.cut_off_loop()
+            elif session.expired_off_loop() is False:  # its recording's clock is a hair behind
                 with self._cond:
-                    heapq.heappush(self._heap, (deadline + 0.001, n, session))
+                    heapq.heappush(self._heap, (deadline + 0.001, n, session, False))
 
 
 class SessionRegistry:

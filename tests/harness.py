@@ -110,6 +110,17 @@ class GatewayThread:
         return self.call(_list())
 
 
+def stall_loop(loop: asyncio.AbstractEventLoop, at: float, seconds: float) -> None:
+    """Block a gateway's event loop thread from ``at`` (wall clock) for ``seconds``, as a
+    loop saturated by other sessions or starved of CPU by the host would be: it runs no
+    callbacks meanwhile (the GIL stays free for other threads, as it would be)."""
+
+    def arm() -> None:
+        loop.call_later(max(0.0, at - time.time()), time.sleep, seconds)
+
+    loop.call_soon_threadsafe(arm)
+
+
 def ssh_client_command(
     directory: Path, cfg: Config, token: str, *remote: str, login_target: str = "web-1"
 ) -> tuple[list[str], dict[str, str]]:

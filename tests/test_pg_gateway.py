@@ -10,9 +10,10 @@ import time
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from breakglass.proxy.postgres import codec
-from tests.harness import GatewayThread
+from tests.harness import GatewayThread, stall_loop
 from tests.pg_client import RawClient, error_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -346,6 +347,43 @@ async def test_expiry_kills_idle_and_busy_sessions(gw, pg_server):
     direct = await asyncpg.connect(**pg_server.connect_kwargs("postgres"))
     try:
         for _ in range(40):
+            running = await direct.fetchval(
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'"
+            )
+            if running == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert running == 0
+    finally:
+        await direct.close()
+
+
+async def test_expiry_closes_the_connection_while_the_event_loop_is_stalled(gw, pg_server):
+    """A gateway loop that is saturated or starved of CPU at exp: the expiry watch thread
+    shuts the client and upstream connections down, so the client sees its connection closed
+    within a second of exp; when the loop runs again it ends the session as usual and
+    cancels the statement still running upstream."""
+    exp = time.time() + 2.5
+    before = {s["id"] for s in gw.sessions()}
+    conn = await connect(gw, gw.grant(ttl=120, exp=exp))
+    (sid,) = {s["id"] for s in gw.sessions()} - before
+    busy = asyncio.ensure_future(conn.fetchval("select pg_sleep(60)"))
+    await asyncio.sleep(0)  # the query is on its way before the loop stalls
+    with capture_logs() as logs:
+        stall_loop(gw.loop, exp - 0.2, 3.0)
+        with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+            await busy
+        closed = time.time()
+        gw.wait_idle(15)
+    assert exp <= closed < exp + 1.0, closed - exp
+    cut = [e for e in logs if e["event"] == "session.cut_off_loop"]
+    assert len(cut) == 1 and cut[0]["kind"] == "expired" and cut[0]["sockets"] == 2, cut
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+    events = recording(gw, sid)
+    assert events[-1]["kind"] == "end" and events[-1]["reason"] == "expired"
+    direct = await asyncpg.connect(**pg_server.connect_kwargs("postgres"))
+    try:
+        for _ in range(100):  # bounded: the loop's termination cancels it once it runs
             running = await direct.fetchval(
                 "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'"
             )

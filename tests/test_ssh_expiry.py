@@ -10,6 +10,7 @@ import pexpect
 import pytest
 from structlog.testing import capture_logs
 
+from tests.harness import stall_loop
 from tests.ssh_gateway_fixture import GatewayHarness, ssh_gateway  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
@@ -111,6 +112,29 @@ def test_streaming_yes_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: F
     assert claims["exp"] <= exited < claims["exp"] + LIMIT, exited - claims["exp"]
     assert c.stdout_bytes > 0
     ssh_gateway.wait_session_ended(claims["jti"])
+
+
+def test_closed_at_expiry_while_the_event_loop_is_stalled(ssh_gateway: GatewayHarness):  # noqa: F811
+    """A loop saturated by other sessions, or starved of CPU by the host, gets to a session's
+    end late (200 sessions on a 2-core box whose target shells kept 30-70 processes runnable:
+    closed 3.3-4.0 s after exp). The expiry watch thread then shuts the connections down:
+    the client is closed within a second of exp all the same, and got nothing unrecorded."""
+    claims = ssh_gateway.claims(commands=["yes"], ttl=3)
+    with capture_logs() as logs:
+        c = Client(ssh_gateway, ssh_gateway.sign(claims), "yes")
+        assert c.first_output.wait(10)
+        stall_loop(ssh_gateway.loop, claims["exp"] - 0.2, 3.0)
+        exited = c.wait(10)
+        ssh_gateway.wait_session_ended(claims["jti"])
+    assert claims["exp"] <= exited < claims["exp"] + LIMIT, exited - claims["exp"]
+    assert c.proc.returncode == 255
+    cut = [e for e in logs if e["event"] == "session.cut_off_loop"]
+    assert len(cut) == 1 and cut[0]["kind"] == "expired" and cut[0]["sockets"] == 2, cut
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+    evs = ssh_gateway.events(claims["jti"])
+    assert evs[-1]["kind"] == "end" and evs[-1]["reason"] == "expired"
+    recorded = sum(len(e["data"]) for e in evs if e["kind"] == "output")
+    assert 0 < c.stdout_bytes <= recorded
 
 
 def test_idle_shell_warned_then_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: F811

@@ -493,6 +493,9 @@ class PgConnection:
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         client_t, up_t = self.writer.transport, self.up_writer.transport
+        if self.session is not None:  # for the expiry watch, should this loop fall behind
+            self.session.sockets.hold(client_t)
+            self.session.sockets.hold(up_t)
         client_side = _Side(self, relay.from_client, up_t, "client")
         up_side = _Side(self, relay.from_server, client_t, "upstream")
         client_side.peer, up_side.peer = up_side, client_side
@@ -614,6 +617,8 @@ class PgConnection:
             with contextlib.suppress(Exception):
                 self.up_writer.write(codec.encode_terminate())
         self._abort()
+        if self.session is not None:
+            self.session.sockets.release()  # closed by this loop: the peers see it now
         if self.relay is not None and self.relay.function_names is not None:
             await self.relay.function_names.settle()  # names of the last calls, if still due
         if self.relay is not None and self.session is not None:

@@ -895,6 +895,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.closed = False
         self.terminating: Termination | None = None
         self._upstream_closing = False
+        self._upstream_held: int | None = None  # key of the upstream socket in session.sockets
         self._chan_seq = 0
         self._tasks: set[asyncio.Task] = set()
         self._channels_gone = asyncio.Event()
@@ -967,6 +968,8 @@ class GatewayConnection(asyncssh.SSHServer):
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.upstream is None:  # a failed connect attempt: reported by _authenticate
             return
+        if self.session is not None:  # its socket is closed: the target sees it at once
+            self.session.sockets.drop(self._upstream_held)
         if self._upstream_closing or self.closed or self.terminating is not None:
             return
         self._upstream_closing = True
@@ -1121,6 +1124,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self.upstream = upstream
         self.session = session
         self.recorder = session.recorder
+        session.sockets.hold(self.conn)
+        self._upstream_held = session.sockets.hold(upstream)
         session.on_terminate = self._on_terminate
         session.on_warn = self._on_warn
         session.on_notice = self._on_notice

@@ -31,7 +31,7 @@ from breakglass.recorder.space import SpaceReserve, is_storage_error
 TERMINATE_GRACE = 0.5
 #: A session's connections still open this long after its ``exp`` (or after it was ended on
 #: the loop) are shut down by the expiry watch thread: the loop did not get to them.
-CUT_AFTER = 0.8
+CUT_AFTER = 0.6
 
 
 @dataclass(frozen=True)

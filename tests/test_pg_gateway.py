@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from breakglass.proxy.postgres import codec
-from tests.harness import GatewayThread, stall_loop
+from tests.harness import GatewayThread, established, stall_loop
 from tests.pg_client import RawClient, error_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -393,6 +393,25 @@ async def test_expiry_closes_the_connection_while_the_event_loop_is_stalled(gw, 
         assert running == 0
     finally:
         await direct.close()
+
+
+async def test_expiry_closes_a_client_that_stopped_reading(gw):
+    """A client that stops reading in the middle of a large result leaves megabytes queued
+    in the gateway: its connection is closed within a second of exp all the same, instead of
+    staying open until the client reads what was queued."""
+    exp = time.time() + 2.5
+    c = await RawClient.connect(gw.pg_port, gw.dir / "keys/gateway_tls.crt")
+    await c.login("erin", gw.grant(ttl=120, exp=exp))
+    peer_port = c.writer.get_extra_info("sockname")[1]
+    c.send(codec.encode_query("select repeat('x', 100000) from generate_series(1, 2000)"))
+    assert established(gw.pg_port, peer_port)
+    while established(gw.pg_port, peer_port) and time.time() < exp + 1.0:
+        await asyncio.sleep(0.05)  # bounded: until the gateway closes its side
+    closed = time.time()
+    assert not established(gw.pg_port, peer_port), "still open a second after exp"
+    assert exp <= closed < exp + 1.0, closed - exp
+    c.writer.transport.abort()
+    gw.wait_idle(10)
 
 
 async def test_revoke_and_kill_end_live_sessions(gw):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -10,7 +12,7 @@ import pexpect
 import pytest
 from structlog.testing import capture_logs
 
-from tests.harness import stall_loop
+from tests.harness import established, local_port_of, stall_loop
 from tests.ssh_gateway_fixture import GatewayHarness, ssh_gateway  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,6 +104,28 @@ def test_expiry_is_not_reported_as_a_recording_failure(ssh_gateway: GatewayHarne
     evs = ssh_gateway.events(claims["jti"])
     assert evs[-1]["kind"] == "end" and evs[-1]["reason"] == "expired"
     assert "recorder_error" not in evs[-1]
+
+
+def test_client_that_stopped_reading_is_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: F811
+    """An ssh client stopped (SIGSTOP) while output streams reads nothing more: its socket
+    fills and output queues in the gateway. Its connection is closed within a second of exp
+    all the same, not left open until the client reads."""
+    claims = ssh_gateway.claims(commands=["yes"], ttl=3)
+    c = Client(ssh_gateway, ssh_gateway.sign(claims), "yes")
+    assert c.first_output.wait(10)
+    peer_port = local_port_of(c.proc.pid, ssh_gateway.port)
+    os.kill(c.proc.pid, signal.SIGSTOP)
+    try:
+        assert established(ssh_gateway.port, peer_port)
+        while established(ssh_gateway.port, peer_port) and time.time() < claims["exp"] + LIMIT:
+            time.sleep(0.05)  # bounded: until the gateway closes its side
+        closed = time.time()
+        assert not established(ssh_gateway.port, peer_port), "still open a second after exp"
+        assert claims["exp"] <= closed < claims["exp"] + LIMIT, closed - claims["exp"]
+    finally:
+        os.kill(c.proc.pid, signal.SIGCONT)
+    c.wait(10)
+    ssh_gateway.wait_session_ended(claims["jti"])
 
 
 def test_streaming_yes_closed_at_expiry(ssh_gateway: GatewayHarness):  # noqa: F811

@@ -46,6 +46,8 @@ MAX_UNAUTHENTICATED_PER_SOURCE = 32  # the default of gateway.preauth_per_source
 #: Query/Parse messages larger than this are judged on a worker thread (parsing costs ~1 µs/byte).
 LARGE_STATEMENT = 4 * 1024
 UPSTREAM_TIMEOUT = 10.0
+#: A closing connection still flushing to a peer that stopped reading is aborted after this.
+CLOSE_FLUSH = 0.3
 #: Logins connecting to one target at once (the rest queue): a burst of 1,000 logins would
 #: otherwise ask the server for 1,000 backends together and most would time out at once.
 UPSTREAM_CONNECTS = 32
@@ -149,6 +151,7 @@ class PgConnection:
         self.settings: dict[str, str] = {}
         self.login_params: dict[str, str] = {}  # the upstream's ParameterStatus at login
         self.done: asyncio.Future | None = None
+        self.sides: tuple[_Side, _Side] | None = None  # (client, upstream) while relaying
         self.early = b""
         self.closing = False
 
@@ -500,6 +503,7 @@ class PgConnection:
         up_side = _Side(self, relay.from_server, client_t, "upstream")
         client_side.peer, up_side.peer = up_side, client_side
         client_side.source, up_side.source = client_t, up_t
+        self.sides = (client_side, up_side)
         pending_client = self.early + _take_stream_buffer(self.reader)
         pending_up = _take_stream_buffer(self.up_reader)
         client_t.set_protocol(client_side)
@@ -617,19 +621,36 @@ class PgConnection:
             with contextlib.suppress(Exception):
                 self.up_writer.write(codec.encode_terminate())
         self._abort()
-        if self.session is not None:
-            self.session.sockets.release()  # closed by this loop: the peers see it now
-        if self.relay is not None and self.relay.function_names is not None:
-            await self.relay.function_names.settle()  # names of the last calls, if still due
-        if self.relay is not None and self.session is not None:
-            with contextlib.suppress(Exception):  # a dead recorder already ended the session
-                self.relay.finish()  # portals left suspended: the rows they fetched
-        if self.session is not None:
-            self.session.finish()
-        for w in (self.writer, self.up_writer):
-            if w is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(w.wait_closed(), 1)
+        try:
+            await self._closed()
+            if self.session is not None:
+                self.session.sockets.release()  # closed by this loop: the peers saw it
+            if self.relay is not None and self.relay.function_names is not None:
+                await self.relay.function_names.settle()  # names of the last calls, if due
+        finally:  # also when cancelled (gateway stopping): the recording is closed
+            if self.relay is not None and self.session is not None:
+                with contextlib.suppress(Exception):  # a dead recorder ended the session
+                    self.relay.finish()  # portals left suspended: the rows they fetched
+            if self.session is not None:
+                self.session.finish()
+
+    async def _closed(self) -> None:
+        """Wait until both connections are closed; abort them after ``CLOSE_FLUSH`` when one
+        is still flushing what was queued for a peer that stopped reading (it would stay
+        open until that peer read it all)."""
+        writers = [w for w in (self.writer, self.up_writer) if w is not None]
+        if self.sides is not None:  # the relay's protocols see the transports go
+            waits = [asyncio.shield(side.gone) for side in self.sides]
+        else:
+            waits = [w.wait_closed() for w in writers]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), CLOSE_FLUSH)
+        except TimeoutError:
+            log.info("postgres.close_cut", session=self.session.id if self.session else None)
+            if self.session is not None:  # through whatever layers sit on them (TLS)
+                self.session.sockets.shutdown()
+            for w in writers:
+                w.transport.abort()  # a no-op for one already closed
 
 
 def _take_stream_buffer(reader: asyncio.StreamReader) -> bytes:
@@ -659,6 +680,7 @@ class _Side(asyncio.Protocol):
         #: histogram of the time the gateway adds on the way upstream (client side only)
         self.added = metrics.pg_added if metrics is not None and name == "client" else None
         self.peer: _Side | None = None
+        self.gone = asyncio.get_running_loop().create_future()  # the transport is closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover
         self.transport = transport  # type: ignore[assignment]
@@ -732,6 +754,8 @@ class _Side(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
         self.conn.side_failed(None)
 
     def pause_writing(self) -> None:

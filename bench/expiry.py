@@ -20,7 +20,8 @@ Reported for each run, all from this process's own clock and the gateway's recor
   gateway process and summed over them with workers > 1;
 - expiry: statements answered from an execution at or after their grant's exp, query events
   recorded and forwarded at or after exp (both must be 0), recording end - exp p50/p99/p100
-  (p100 must stay <= 1 s), statements failing before their exp (must be 0).
+  and connection closed - exp as the client sees it (asyncpg's termination listener, which it
+  does not call for a connection it was already closing), both p100 <= 1 s, statements failing before their exp (must be 0).
 Exit status 1 if any target is missed.
 """
 
@@ -83,6 +84,7 @@ class Sessions:
         self.late: list[float] = []  # answered from an execution at/after exp
         self.stmt_failures: Counter[str] = Counter()  # before exp: not an expiry
         self.ended = 0
+        self.closed: list[float] = []  # connection closed by the gateway - exp (client's view)
 
     async def connect(self, password: str | None = None):
         import asyncpg
@@ -109,6 +111,13 @@ class Sessions:
         a random phase so that the sessions do not fire together."""
         if conn is None:
             return
+        ours = False  # the close we make ourselves (finally) is not the gateway's
+
+        def closed(_conn) -> None:
+            if not ours:
+                self.closed.append(time.time() - exp)
+
+        conn.add_termination_listener(closed)
         interval = self.args.interval
         nxt = time.monotonic() + random.random() * interval
         try:
@@ -124,12 +133,15 @@ class Sessions:
                         self.stmt_failures[_kind(e)] += 1
                     else:
                         self.ended += 1
+                        conn = None  # ended by the gateway: its listener call may be pending
                     return
                 self.done.append((time.time(), time.monotonic() - t))
                 if ran >= exp:
                     self.late.append(ran - exp)
         finally:
-            conn.terminate()
+            if conn is not None:
+                ours = True
+                conn.terminate()
 
     def latencies(self, t0: float = 0.0, t1: float = float("inf")) -> list[float]:
         return [lat for t, lat in self.done if t0 <= t < t1]
@@ -301,6 +313,7 @@ async def gateway_run(
         "late": s.late,
         "late_q": late_q,
         "ends": ends,
+        "closed": s.closed,
         "ended": s.ended,
         "load": load_during,
         "logged": logged,
@@ -369,6 +382,13 @@ def report(r: dict, direct: dict | None) -> bool:
         f"  recording end - exp: p50 {percentile(ends, 50):.3f}s p99 {percentile(ends, 99):.3f}s"
         f" p100 {max(ends, default=float('nan')):.3f}s over {len(ends)} recordings; load average {r['load']:.1f}"
     )
+    closed = r["closed"]
+    print(
+        f"  connection closed - exp (client's view): p50 {percentile(closed, 50):.3f}s"
+        f" p99 {percentile(closed, 99):.3f}s p100 {max(closed, default=float('nan')):.3f}s"
+        f" over {len(closed)} connections (asyncpg skips its listener for a connection it"
+        " was already closing, e.g. on the gateway's FATAL message)"
+    )
     failures = sum(r["connect_failures"].values()) + sum(r["stmt_failures"].values())
     if r["rate"] < 0.9 * offered(r):
         print(f"  the gateway did not keep up: {r['rate']:.0f} of {offered(r):.0f} statements/s")
@@ -379,6 +399,8 @@ def report(r: dict, direct: dict | None) -> bool:
         and ends
         and len(ends) == r["connected"]
         and max(ends) <= 1.0
+        and closed
+        and max(closed) <= 1.0
         and not failures
         and r["queue"][0] < r["queue"][1]
     )
@@ -439,6 +461,12 @@ def table(runs: list[dict], direct: dict | None) -> None:
         "recording end − exp p50 / p99 / p100",
         lambda r: (
             f"{percentile(r['ends'], 50):.3f} / {percentile(r['ends'], 99):.3f} / {max(r['ends'], default=float('nan')):.3f} s"
+        ),
+    )
+    row(
+        "connection closed − exp p50 / p99 / p100 (client's view)",
+        lambda r: (
+            f"{percentile(r['closed'], 50):.3f} / {percentile(r['closed'], 99):.3f} / {max(r['closed'], default=float('nan')):.3f} s"
         ),
     )
     row("late statements (answered / recorded)", lambda r: f"{len(r['late'])} / {r['late_q']}")

@@ -215,9 +215,12 @@ class Session:
         if self.ended:
             return
         cut = self.sockets.shutdown()
-        if cut:
-            why = self.termination or self.expiry()
-            log.warning("session.cut_off_loop", session=self.id, kind=why.kind, sockets=cut)
+        if not cut:
+            return
+        if self.termination is None:  # the loop has not even begun to end it: it is behind
+            log.warning("session.cut_off_loop", session=self.id, kind="expired", sockets=cut)
+        else:  # the loop is ending it, still waiting on a peer (e.g. its TLS close)
+            log.info("session.cut_while_closing", session=self.id, kind=self.termination.kind)
 
     async def terminate(self, termination: Termination) -> None:
         """End the session for ``termination``; bounded in time, safe to call twice."""

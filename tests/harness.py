@@ -121,26 +121,20 @@ def stall_loop(loop: asyncio.AbstractEventLoop, at: float, seconds: float) -> No
     loop.call_soon_threadsafe(arm)
 
 
+def _ss(*args: str) -> str:
+    return subprocess.run(["ss", "-tnH", *args], capture_output=True, text=True, check=True).stdout
+
+
 def established(port: int, peer_port: int) -> bool:
     """A gateway's side (local ``port``) of the connection from ``peer_port`` is open (``ss``)."""
-    out = subprocess.run(
-        ["ss", "-tnH", "state", "established", f"( sport = :{port} and dport = :{peer_port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return bool(out.strip())
+    return bool(
+        _ss("state", "established", f"( sport = :{port} and dport = :{peer_port} )").strip()
+    )
 
 
 def local_port_of(pid: int, port: int) -> int:
     """The local port of process ``pid``'s connection to ``port`` on loopback (``ss``)."""
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( dport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
+    for line in _ss("-p", "state", "established", f"( dport = :{port} )").splitlines():
         if f"pid={pid}," in line:
             return int(line.split()[2].rsplit(":", 1)[1])
     raise AssertionError(f"process {pid} has no connection to port {port}")

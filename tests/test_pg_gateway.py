@@ -326,6 +326,22 @@ async def test_wrong_cancel_key_does_nothing(gw):
         await conn.close()
 
 
+async def _wait_sleep_stopped(pg_server, tries: int) -> None:
+    """Bounded wait until no ``select pg_sleep(60)`` runs on the target any more."""
+    direct = await asyncpg.connect(**pg_server.connect_kwargs("postgres"))
+    try:
+        for _ in range(tries):
+            running = await direct.fetchval(
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'"
+            )
+            if running == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert running == 0
+    finally:
+        await direct.close()
+
+
 async def test_expiry_kills_idle_and_busy_sessions(gw, pg_server):
     exp_idle = time.time() + 2
     idle = await connect(gw, gw.grant(ttl=2))
@@ -344,18 +360,7 @@ async def test_expiry_kills_idle_and_busy_sessions(gw, pg_server):
         await asyncio.sleep(0.05)
     assert idle.is_closed()
     assert t_busy - ttl_deadline < 1.2
-    direct = await asyncpg.connect(**pg_server.connect_kwargs("postgres"))
-    try:
-        for _ in range(40):
-            running = await direct.fetchval(
-                "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'"
-            )
-            if running == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert running == 0
-    finally:
-        await direct.close()
+    await _wait_sleep_stopped(pg_server, tries=40)
 
 
 async def test_expiry_closes_the_connection_while_the_event_loop_is_stalled(gw, pg_server):
@@ -381,18 +386,7 @@ async def test_expiry_closes_the_connection_while_the_event_loop_is_stalled(gw, 
     assert not [e for e in logs if e["log_level"] == "error"], logs
     events = recording(gw, sid)
     assert events[-1]["kind"] == "end" and events[-1]["reason"] == "expired"
-    direct = await asyncpg.connect(**pg_server.connect_kwargs("postgres"))
-    try:
-        for _ in range(100):  # bounded: the loop's termination cancels it once it runs
-            running = await direct.fetchval(
-                "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'"
-            )
-            if running == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert running == 0
-    finally:
-        await direct.close()
+    await _wait_sleep_stopped(pg_server, tries=100)  # the loop's termination cancels it
 
 
 async def test_expiry_closes_a_client_that_stopped_reading(gw):

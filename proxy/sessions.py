@@ -211,7 +211,8 @@ class Session:
 
     def cut_off_loop(self) -> None:
         """Called by the expiry watch at the time ``schedule_cut`` set: the loop has not
-        closed the connections yet (it is saturated or starved of CPU); shut them down."""
+        closed the connections yet (it is behind, or still waiting on a peer); shut them
+        down."""
         if self.ended:
             return
         cut = self.sockets.shutdown()
@@ -293,14 +294,22 @@ class Session:
             protocol=self.protocol,
         )
 
+    def recording_ended_on_purpose(self) -> bool:
+        """A write to the recording was refused because the session is over (``exp``, revoke,
+        kill: the recording was ended for it), not because it failed: make sure the session
+        ends, and say so (the caller forwards nothing and reports no failure)."""
+        ended = self.ended_by()
+        if ended is None or self.recorder.failed is not None:
+            return False
+        self.end_now(ended)
+        return True
+
     def recorder_failed(self, exc: BaseException) -> None:
         """The recording cannot be written: no recording, no access. A storage error (disk
         full, EIO, read-only) ends every session writing there: their next write would fail."""
         if self.ended or (self.termination and self.termination.kind == "recorder-failed"):
             return
-        ended = self.ended_by()
-        if ended is not None and self.recorder.failed is None:
-            self.end_now(ended)  # the recording was ended on purpose (expiry watch): not a failure
+        if self.recording_ended_on_purpose():
             return
         log.error("recording.failed", session=self.id, error=str(exc))
         try:

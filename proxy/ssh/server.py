@@ -1398,8 +1398,8 @@ class GatewayConnection(asyncssh.SSHServer):
     def recording_failed(self) -> None:
         if self._failed_recording or self.session is None:
             return
-        if self.recorder.failed is None and self.session.ended_by() is not None:
-            return  # the recording ended with the session (e.g. an exit status after exp)
+        if self.session.recording_ended_on_purpose():
+            return  # e.g. an exit status that arrives after exp
         self._failed_recording = True
         log.error("ssh.recording_failed", session=self.session.id)
         for ch in list(self.channels):

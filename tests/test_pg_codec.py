@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import struct
 import time
 
@@ -843,3 +844,81 @@ def test_split_kept_refuses_a_bad_length_like_feed_and_split():
     reader = c.MessageReader()
     with pytest.raises(c.ProtocolError):
         reader.split_kept(b"D" + struct.pack("!I", 2), _KEEP)
+
+
+def _checked_or_error(decode, data):
+    try:
+        return decode(data)
+    except ProtocolError as e:
+        return e
+
+
+_name = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=8)
+_bind_body = st.builds(
+    lambda portal, statement, formats, params, results: bytes(
+        body_of(c.encode_bind(portal, statement, formats, params, results), b"B")
+    ),
+    _name,
+    _name,
+    st.lists(st.sampled_from([0, 1]), max_size=3),
+    st.lists(st.one_of(st.none(), st.binary(max_size=6)), max_size=3),
+    st.lists(st.sampled_from([0, 1]), max_size=3),
+)
+
+
+def _mutated(body: st.SearchStrategy) -> st.SearchStrategy:
+    """Well-formed bodies, and the same cut short, extended, or with one byte changed."""
+    return st.one_of(
+        body,
+        st.tuples(body, st.integers(0, 64)).map(lambda x: x[0][: x[1]]),
+        st.tuples(body, st.binary(min_size=1, max_size=3)).map(lambda x: x[0] + x[1]),
+        st.tuples(body, st.integers(0, 64), st.integers(0, 255)).map(
+            lambda x: x[0][: x[1]] + bytes([x[2]]) + x[0][x[1] + 1 :] if x[0] else x[0]
+        ),
+        st.binary(max_size=40),
+    )
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=_mutated(_bind_body))
+def test_flat_bind_decoder_agrees_with_the_checked_one(data):
+    """The hot path's flat Bind decoder accepts exactly what the checked decoder accepts,
+    with the same result; for anything else the checked decoder gives the error."""
+    flat, checked = c._bind_flat(data), _checked_or_error(c._decode_bind_checked, data)
+    if isinstance(checked, ProtocolError):
+        assert flat is None
+        with pytest.raises(ProtocolError, match=re.escape(str(checked))):
+            c.decode_bind(data)
+    else:
+        assert flat == checked == c.decode_bind(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    data=_mutated(
+        st.one_of(
+            st.builds(
+                lambda p, n: bytes(body_of(c.encode_execute(p, n), b"E")),
+                _name,
+                st.integers(-(2**31), 2**31 - 1),
+            ),
+            st.builds(
+                lambda k, n: bytes(body_of(c.encode_describe(k, n), b"D")),
+                st.sampled_from("SP"),
+                _name,
+            ),
+        )
+    )
+)
+def test_flat_execute_describe_close_decoders_agree_with_the_checked_ones(data):
+    for flat, checked, public in (
+        (c._execute_flat, c._decode_execute_checked, c.decode_execute),
+        (c._kind_name_flat, lambda d: c._kind_name_checked(d, "Describe"), c.decode_describe),
+    ):
+        got, want = flat(data), _checked_or_error(checked, data)
+        if isinstance(want, ProtocolError):
+            assert got is None
+            with pytest.raises(ProtocolError, match=re.escape(str(want))):
+                public(data)
+        else:
+            assert got == want == public(data)

@@ -857,6 +857,59 @@ def decode_parse(body: bytes | memoryview) -> Parse:
 
 
 def decode_bind(body: bytes | memoryview) -> Bind:
+    data = body if isinstance(body, bytes) else bytes(body)
+    return _bind_flat(data) or _decode_bind_checked(data)
+
+
+def _format_codes_flat(data: bytes, pos: int) -> tuple[tuple[int, ...], int]:
+    """Format codes at ``pos`` and the position after them; raises ValueError for a code
+    other than 0 or 1 (struct.error when truncated)."""
+    (n,) = _U16.unpack_from(data, pos)
+    pos += 2
+    if not n:
+        return (), pos
+    codes = struct.unpack_from(f"!{n}h", data, pos)
+    if min(codes) < 0 or max(codes) > 1:
+        raise ValueError("format code")
+    return codes, pos + 2 * n
+
+
+def _bind_flat(data: bytes) -> Bind | None:
+    """A Bind body decoded without a cursor (the hot path of every extended-protocol
+    statement), or None when it is not well formed: ``_decode_bind_checked`` then says why.
+    Accepts exactly what the checked decoder accepts, with the same result (tested)."""
+    try:
+        a = data.index(0)
+        b = data.index(0, a + 1)
+        portal = data[:a].decode("utf-8")
+        statement = data[a + 1 : b].decode("utf-8")
+        param_formats, pos = _format_codes_flat(data, b + 1)
+        (n,) = _U16.unpack_from(data, pos)
+        pos += 2
+        params: list[bytes | None] = []
+        unpack = _I32.unpack_from
+        for _ in range(n):
+            (size,) = unpack(data, pos)
+            pos += 4
+            if size == -1:
+                params.append(None)
+                continue
+            end = pos + size
+            if size < 0 or end > len(data):
+                return None
+            params.append(data[pos:end])
+            pos = end
+        if len(param_formats) > 1 and len(param_formats) != n:
+            return None
+        result_formats, pos = _format_codes_flat(data, pos)
+    except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
+        return None
+    if pos != len(data):
+        return None
+    return Bind(portal, statement, param_formats, params, result_formats)
+
+
+def _decode_bind_checked(body: bytes | memoryview) -> Bind:
     c = _Cursor(body, "Bind")
     portal = c.cstr()
     statement = c.cstr()
@@ -870,7 +923,23 @@ def decode_bind(body: bytes | memoryview) -> Bind:
 
 
 def decode_execute(body: bytes | memoryview) -> Execute:
-    c = _Cursor(body, "Execute")
+    data = body if isinstance(body, bytes) else bytes(body)
+    return _execute_flat(data) or _decode_execute_checked(data)
+
+
+def _execute_flat(data: bytes) -> Execute | None:
+    """An Execute body decoded without a cursor, or None when it is not well formed."""
+    nul = data.find(b"\0")
+    if nul < 0 or len(data) != nul + 5:
+        return None
+    try:
+        return Execute(data[:nul].decode("utf-8"), _I32.unpack_from(data, nul + 1)[0])
+    except UnicodeDecodeError:
+        return None
+
+
+def _decode_execute_checked(data: bytes) -> Execute:
+    c = _Cursor(data, "Execute")
     portal = c.cstr()
     max_rows = c.i32()
     c.end()
@@ -878,7 +947,22 @@ def decode_execute(body: bytes | memoryview) -> Execute:
 
 
 def _kind_name(body: bytes | memoryview, what: str) -> tuple[str, str]:
-    c = _Cursor(body, what)
+    data = body if isinstance(body, bytes) else bytes(body)
+    return _kind_name_flat(data) or _kind_name_checked(data, what)
+
+
+def _kind_name_flat(data: bytes) -> tuple[str, str] | None:
+    """A Describe or Close body decoded without a cursor, or None when not well formed."""
+    if len(data) < 2 or data[0] not in (0x53, 0x50) or data.find(b"\0", 1) != len(data) - 1:
+        return None
+    try:
+        return chr(data[0]), data[1:-1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _kind_name_checked(data: bytes, what: str) -> tuple[str, str]:
+    c = _Cursor(data, what)
     kind = c.byte()
     if kind not in (0x53, 0x50):  # 'S', 'P'
         raise c.error(f"invalid target type {_tname(kind)}")

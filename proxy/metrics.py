@@ -14,11 +14,12 @@ password or a statement's text: labels are protocols, targets, rules and reasons
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from breakglass.proxy.logs import log
@@ -62,13 +63,13 @@ class GatewayMetrics:
             ["protocol", "rule"],
             registry=r,
         )
-        self.added = Histogram(
+        self.pg_added = LoopHistogram(
             "breakglass_statement_added_seconds",
             "Time the gateway adds to a client message on its way upstream (judge, record, write)",
-            ["protocol"],
-            buckets=_ADDED_BUCKETS,
-            registry=r,
+            {"protocol": "postgres"},
+            _ADDED_BUCKETS,
         )
+        r.register(self.pg_added)
         self.refused_sessions = Counter(
             "breakglass_sessions_refused",
             "Sessions refused after a valid grant (storage or audit log unavailable)",
@@ -82,7 +83,6 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(_RecorderCollector())
-        self.pg_added = self.added.labels("postgres")
 
     def watch_store(self, uploader: Any) -> None:
         """Expose the upload lag to ``[recorder.store]`` (recorder.uploader.Uploader)."""
@@ -101,6 +101,33 @@ class GatewayMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LoopHistogram:
+    """A histogram observed on the event loop's thread only (once per PostgreSQL client
+    message), without prometheus-client's per-observation lock and bucket loop; exposed as a
+    Prometheus histogram at scrape time."""
+
+    def __init__(
+        self, name: str, text: str, labels: dict[str, str], buckets: tuple[float, ...]
+    ) -> None:
+        self.name, self.text, self.labels = name, text, labels
+        self.bounds = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # the first bound >= seconds
+        self.sum += seconds
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        m = HistogramMetricFamily(self.name, self.text, labels=list(self.labels))
+        buckets, total = [], 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            total += n
+            buckets.append((bound, total))
+        m.add_metric(list(self.labels.values()), buckets, self.sum)
+        yield m
 
 
 class _RecorderCollector:

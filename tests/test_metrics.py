@@ -111,3 +111,28 @@ def test_ready_reports_a_full_recordings_directory(pg_server, tmp_path):
             assert _value(text, "breakglass_sessions_refused_total", reason="recordings") >= 1
         finally:
             gw.stop()
+
+
+def test_loop_histogram_exposes_what_a_prometheus_histogram_would():
+    """The statement-added histogram (observed once per client message, without
+    prometheus-client's lock) reads the same as prometheus-client's own Histogram."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from breakglass.proxy.metrics import _ADDED_BUCKETS, LoopHistogram
+
+    registry = CollectorRegistry()
+    reference = Histogram("added", "help", ["protocol"], buckets=_ADDED_BUCKETS, registry=registry)
+    ours = LoopHistogram("added", "help", {"protocol": "postgres"}, _ADDED_BUCKETS)
+    theirs = CollectorRegistry()
+    theirs.register(ours)
+    values = [0.0, 0.00005, 0.00005000001, 0.0001, 0.00049, 0.001, 0.7, 1.0, 1.5, 30.0]
+    for v in values:  # bounds are inclusive ("le"), one above every bound
+        reference.labels("postgres").observe(v)
+        ours.observe(v)
+
+    def samples(reg):
+        lines = generate_latest(reg).decode().splitlines()
+        return sorted(x for x in lines if x.startswith("added_") and "_created" not in x)
+
+    assert samples(theirs) == samples(registry)
+    assert f'added_bucket{{le="5e-05",protocol="postgres"}} 2.0' in samples(theirs)

@@ -143,7 +143,8 @@ def start_gateway_process(
     its log goes to gateway.log beside the config (a pipe nobody reads would stall it once
     full). An older tree (top-level ``proxy``) runs from PYTHONPATH; a tree with the
     breakglass namespace through a finder (its worker processes would use the installed
-    package: compare such trees with ``workers = 1``)."""
+    package: compare such trees with ``workers = 1``); a tree in the installed layout
+    (``breakglass/proxy/...``, e.g. one built with mypyc) from PYTHONPATH."""
     args = ["-c", str(config), "gateway", "--log-level", "warning"]
     env = dict(os.environ)
     if workers:
@@ -151,6 +152,9 @@ def start_gateway_process(
     root = root or ROOT
     if root == ROOT:
         cmd = [sys.executable, "-m", "breakglass.cli.main", *args]
+    elif (root / "breakglass" / "proxy").is_dir():  # an installed layout (e.g. a compiled build)
+        cmd = [sys.executable, "-m", "breakglass.cli.main", *args]
+        env["PYTHONPATH"] = str(root)
     elif (root / "breakglass" / "__init__.py").exists():
         cmd = [sys.executable, "-c", _FROM_TREE, str(root), *args]
     else:

@@ -137,20 +137,27 @@ runpy.run_module("breakglass.cli.main", run_name="__main__", alter_sys=True)
 
 
 def start_gateway_process(
-    config: Path, port: int, workers: int | None = None, root: Path | None = None
+    config: Path,
+    port: int,
+    workers: int | None = None,
+    root: Path | None = None,
+    python: str | None = None,
 ) -> subprocess.Popen:
     """``breakglass gateway`` from the source tree ``root`` (default: the installed package);
     its log goes to gateway.log beside the config (a pipe nobody reads would stall it once
     full). An older tree (top-level ``proxy``) runs from PYTHONPATH; a tree with the
     breakglass namespace through a finder (its worker processes would use the installed
     package: compare such trees with ``workers = 1``); a tree in the installed layout
-    (``breakglass/proxy/...``, e.g. one built with mypyc) from PYTHONPATH."""
+    (``breakglass/proxy/...``, e.g. one built with mypyc) from PYTHONPATH. ``python``: an
+    interpreter with breakglass installed (another Python version's venv), run as is."""
     args = ["-c", str(config), "gateway", "--log-level", "warning"]
     env = dict(os.environ)
     if workers:
         env["BREAKGLASS_WORKERS"] = str(workers)
     root = root or ROOT
-    if root == ROOT:
+    if python:  # its own installed package; not started in a tree, which -m would import
+        cmd, root = [python, "-m", "breakglass.cli.main", *args], config.parent
+    elif root == ROOT:
         cmd = [sys.executable, "-m", "breakglass.cli.main", *args]
     elif (root / "breakglass" / "proxy").is_dir():  # an installed layout (e.g. a compiled build)
         cmd = [sys.executable, "-m", "breakglass.cli.main", *args]

@@ -173,6 +173,11 @@ def main() -> None:
         "commit) as 'baseline', in the same run",
     )
     ap.add_argument(
+        "--baseline-python",
+        help="run the baseline gateway with this Python interpreter, from the breakglass "
+        "installed for it (e.g. a venv of another Python version), instead of a tree",
+    )
+    ap.add_argument(
         "--store",
         action="store_true",
         help="also run a gateway streaming its recordings to a throwaway SeaweedFS "
@@ -208,7 +213,7 @@ def main() -> None:
         gw_proc = start_gateway_process(cfg_path, cfg.postgres_listen.port)
         procs.append(gw_proc)
         cpu_pid = {"gateway": gw_proc.pid}
-        if args.baseline:
+        if args.baseline or args.baseline_python:
             base_dir = tmp / "baseline"
             base_dir.mkdir()
             shutil.copytree(
@@ -221,7 +226,9 @@ def main() -> None:
                 .replace(f"127.0.0.1:{cfg.postgres_listen.port}", f"127.0.0.1:{base_port}")
                 .replace("run/admin.sock", "run/admin-baseline.sock")
             )
-            base_proc = start_gateway_process(base_cfg, base_port, root=args.baseline)
+            base_proc = start_gateway_process(
+                base_cfg, base_port, root=args.baseline, python=args.baseline_python
+            )
             procs.append(base_proc)
             cpu_pid["baseline"] = base_proc.pid
         if args.store:
@@ -282,14 +289,14 @@ def main() -> None:
                 "erin",
             ),
         }
-        if args.baseline:
+        if args.baseline or args.baseline_python:
             setups["baseline"] = (setups["gateway"][0], base_port, "erin")
         if args.store:
             setups["store"] = (setups["gateway"][0], store_port, "erin")
         wanted = (
             set(args.setups.split(","))
             | {"direct"}
-            | ({"baseline"} if args.baseline else set())
+            | ({"baseline"} if args.baseline or args.baseline_python else set())
             | ({"store"} if args.store else set())
         )
         setups = {k: v for k, v in setups.items() if k in wanted}

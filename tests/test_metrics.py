@@ -135,4 +135,4 @@ def test_loop_histogram_exposes_what_a_prometheus_histogram_would():
         return sorted(x for x in lines if x.startswith("added_") and "_created" not in x)
 
     assert samples(theirs) == samples(registry)
-    assert f'added_bucket{{le="5e-05",protocol="postgres"}} 2.0' in samples(theirs)
+    assert 'added_bucket{le="5e-05",protocol="postgres"} 2.0' in samples(theirs)

@@ -163,10 +163,7 @@ class Session:
         log.info("session.terminate", session=self.id, kind=termination.kind)
         self._end_recording(termination)
         self.schedule_cut(time.time() + CUT_AFTER)
-        task = asyncio.ensure_future(self._terminate(termination))
-        self.registry._closing.add(task)
-        task.add_done_callback(self.registry._closing.discard)
-        return task
+        return self.registry.keep(asyncio.ensure_future(self._terminate(termination)))
 
     def _end_recording(self, termination: Termination) -> None:
         """Nothing passes the gate from here on, so the recording is complete: end it now (its
@@ -255,9 +252,7 @@ class Session:
             self._close_recording(end, fields)
             self.registry._forget(self, end)
             return
-        task = loop.create_task(self._finish_async(end, fields))
-        self.registry._closing.add(task)
-        task.add_done_callback(self.registry._closing.discard)
+        self.registry.keep(loop.create_task(self._finish_async(end, fields)))
 
     async def _finish_async(self, end: str, fields: dict[str, Any]) -> None:
         # the end event and trailer are written now, on the loop (its time is the session's
@@ -395,7 +390,7 @@ class SessionRegistry:
         self.trusted_keys = trusted_keys or {}  # recorder keys, to verify closed recordings
         self.sessions: dict[str, Session] = {}
         self._ended = asyncio.Event()
-        self._closing: set[asyncio.Task] = set()
+        self._closing: set[asyncio.Future] = set()  # ending work in flight (``keep``)
         #: jtis known revoked (the gateway's set): the forwarding gate checks it
         self.revoked: set[str] = set()
         self.metrics: Any = None  # proxy.metrics.GatewayMetrics, when the gateway has one
@@ -529,6 +524,13 @@ class SessionRegistry:
                 session.on_warn(session.deadline - time.time())
             except Exception as e:
                 log.warning("session.warn_failed", session=session.id, error=str(e))
+
+    def keep(self, task: asyncio.Future) -> asyncio.Future:
+        """Hold a reference to ``task`` (work that ends a session, running on its own) until
+        it is done, so that it is not garbage-collected half-way."""
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return task
 
     def _forget(self, session: Session, end: str) -> None:
         self.sessions.pop(session.id, None)

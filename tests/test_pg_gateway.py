@@ -389,6 +389,36 @@ async def test_expiry_closes_the_connection_while_the_event_loop_is_stalled(gw, 
     await _wait_sleep_stopped(pg_server, tries=100)  # the loop's termination cancels it
 
 
+async def test_expiry_cancels_the_running_statement_when_the_loop_falls_behind(
+    gw, pg_server, monkeypatch
+):
+    """The statement still running upstream at exp is cancelled even when the gateway's loop
+    falls behind while the session ends (a loop busy ending many sessions at once): the
+    cancel is not dropped with the client's goodbye when that runs out of its grace."""
+    from breakglass.proxy.postgres.server import PgConnection
+
+    send_cancel = PgConnection.cancel_upstream
+
+    async def behind_then_cancel(self):
+        time.sleep(0.8)  # the loop is busy elsewhere, past the goodbye's grace (0.5 s)
+        await send_cancel(self)
+
+    monkeypatch.setattr(PgConnection, "cancel_upstream", behind_then_cancel)
+    exp = time.time() + 2
+    conn = await connect(gw, gw.grant(ttl=120, exp=exp))
+    busy = asyncio.ensure_future(conn.fetchval("select pg_sleep(60)"))
+    try:
+        with pytest.raises((asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError)):
+            await busy
+        await _wait_sleep_stopped(pg_server, tries=60)  # 3 s: it would run for a minute
+        gw.wait_idle(10)
+    finally:  # a failed run leaves no sleeper behind for the other tests
+        pg_server.query(
+            "select pg_terminate_backend(pid) from pg_stat_activity"
+            " where query = 'select pg_sleep(60)'"
+        )
+
+
 async def test_expiry_closes_a_client_that_stopped_reading(gw):
     """A client that stops reading in the middle of a large result leaves megabytes queued
     in the gateway: its connection is closed within a second of exp all the same, instead of

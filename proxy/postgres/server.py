@@ -602,11 +602,12 @@ class PgConnection:
             log.warning("upstream.cancel_failed", error=str(e))
 
     async def _terminate(self, termination: Termination) -> None:
-        busy = self.relay is not None and self.relay.busy
+        if self.relay is not None and self.relay.busy and self.session is not None:
+            # Stop what still runs upstream for this session, in a task of its own: a loop
+            # running behind must not drop it with the goodbye when that runs out of grace.
+            self.session.registry.keep(asyncio.ensure_future(self.cancel_upstream()))
         self._fatal(ADMIN_SHUTDOWN, f"breakglass: {termination.message} — session closed")
         self._abort()
-        if busy:  # stop what still runs upstream for this session
-            await self.cancel_upstream()
 
     def _abort(self) -> None:
         self.closing = True

@@ -79,6 +79,11 @@ database = "orders"
 tls = "disable"            # disable | verify-full (TLS, server certificate checked against ca_file)
 # ca_file = "keys/orders-ca.pem"
 record_parameters = true   # record Bind parameters of each statement
+# How often PostgreSQL checks that the gateway's connection is still there while a statement
+# runs (client_connection_check_interval, set at login): a statement does not run on once the
+# gateway is gone (killed, or the expiry watch cut the connection). PostgreSQL 14 or later;
+# "0s" for an older server, which refuses the setting.
+connection_check = "1s"
 [targets.postgres.orders.users.app_ro]
 password_env = "BREAKGLASS_ORDERS_APP_RO_PASSWORD"
 [targets.postgres.orders.users.app_rw]

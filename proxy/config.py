@@ -57,6 +57,9 @@ class PostgresTarget:
     tls: str = "disable"  # disable | verify-full (certificate checked against ca_file)
     ca_file: Path | None = None
     record_parameters: bool = True
+    #: seconds between the upstream's checks that the gateway's connection is still there
+    #: (client_connection_check_interval, PostgreSQL 14+; 0: not set)
+    connection_check: int = 1
 
     def password(self, db_user: str) -> str:
         """Read the upstream password for ``db_user``; raises ``ConfigError`` if unavailable."""
@@ -572,6 +575,7 @@ def parse_config(doc: dict[str, Any], base: Path, source: Path | None = None) ->
             record_parameters=bool(
                 r.boolean(t, "record_parameters", f"{p}.record_parameters", True)
             ),
+            connection_check=r.duration(t, "connection_check", f"{p}.connection_check", "1s") or 0,
         )
     for tname, tpl in templates.items():
         for pat in tpl.targets:

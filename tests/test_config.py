@@ -228,3 +228,13 @@ approvers = ["@approvers"]
     cfg = load_config(path)
     assert cfg.templates["quiet"].requesters == ()
     assert not is_member("erin", cfg.templates["quiet"].requesters, cfg.groups)
+
+
+def test_postgres_connection_check(tmp_path):
+    init_workdir(tmp_path)
+    doc = tomllib.loads((tmp_path / "config.toml").read_text())
+    assert parse_config(doc, tmp_path).postgres_targets["orders"].connection_check == 1
+    doc["targets"]["postgres"]["orders"]["connection_check"] = "0s"  # an older server
+    assert parse_config(doc, tmp_path).postgres_targets["orders"].connection_check == 0
+    doc["targets"]["postgres"]["orders"]["connection_check"] = "often"
+    assert "targets.postgres.orders.connection_check:" in "\n".join(problems(doc, tmp_path))

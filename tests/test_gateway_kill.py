@@ -158,3 +158,46 @@ def test_sigterm_under_a_full_audit_directory_is_prompt_and_clean(pg_server, tmp
         assert time.monotonic() - t0 < 5
     log = (d / "gateway.log").read_text()
     assert "internal error" not in log and "Traceback" not in log
+
+
+def test_kill_9_leaves_no_statement_running_upstream(pg_server, tmp_path):
+    """A statement still running upstream when the gateway process dies does not run on
+    without it: PostgreSQL checks the gateway's connection every ``connection_check``
+    (client_connection_check_interval, set at login) and ends the statement once it is gone,
+    instead of at its end (a minute here; an UPDATE would commit)."""
+    d = tmp_path / "gw"
+    cfg = build_local_workdir(d, pg=pg_server, ssh=None, name="test-gw")
+    token = issue_local_grant(cfg, "db-readonly", "shop")
+    sleeper = "select pg_sleep(60) as killed_gateway"
+    running = (
+        f"select count(*) from pg_stat_activity where query = '{sleeper}' and state = 'active'"
+    )
+    env = dict(os.environ, PGPASSWORD=token, PGSSLMODE="require")
+    try:
+        with gateway_process(d, cfg) as gw:
+            psql = subprocess.Popen(
+                ["psql", "-X", "-h", "127.0.0.1", "-p", str(cfg.postgres_listen.port)]
+                + ["-U", "erin", "-d", "shop", "-c", sleeper],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(200):  # bounded: until the statement runs upstream
+                if pg_server.query(running) == "1":
+                    break
+                time.sleep(0.05)
+            assert pg_server.query(running) == "1"
+            gw.send_signal(signal.SIGKILL)
+            gw.wait(10)
+            killed = time.monotonic()
+        for _ in range(100):  # bounded: 5 s, against the statement's 60
+            if pg_server.query(running) == "0":
+                break
+            time.sleep(0.05)
+        assert pg_server.query(running) == "0", "still running upstream"
+        assert time.monotonic() - killed < 3.0
+        psql.wait(10)
+    finally:  # a failed run leaves no sleeper behind for the other tests
+        pg_server.query(
+            f"select pg_terminate_backend(pid) from pg_stat_activity where query = '{sleeper}'"
+        )

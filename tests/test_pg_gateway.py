@@ -738,3 +738,17 @@ async def test_idle_unauthenticated_connections_are_capped_per_address(gw):
             await asyncio.sleep(0.05)
     assert await conn.fetchval("select 3") == 3
     await conn.close()
+
+
+async def test_upstream_checks_the_gateway_connection_while_a_statement_runs(gw):
+    """``connection_check`` (default 1s) is the upstream session's
+    client_connection_check_interval; a restricted grant cannot turn it off."""
+    conn = await connect(gw, gw.grant())
+    try:
+        assert await conn.fetchval("show client_connection_check_interval") == "1s"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("set client_connection_check_interval = 0")
+        await conn.execute("reset all")
+        assert await conn.fetchval("show client_connection_check_interval") == "1s"
+    finally:
+        await conn.close()

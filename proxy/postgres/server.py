@@ -435,6 +435,8 @@ class PgConnection:
         app = startup.params.get("application_name", settings.pop("application_name", ""))
         params = {"user": db_user, "database": target.database, **settings}
         params["application_name"] = f"breakglass:{self.session.grant.subject}:{app}"[:63]
+        if target.connection_check:  # a statement does not run on once the gateway is gone
+            params["client_connection_check_interval"] = f"{target.connection_check}s"
         # Ask the upstream for the client's version: the messages relayed after login are
         # then valid for the client whichever of the two versions the upstream picks.
         writer.write(codec.encode_startup(params, protocol=self.protocol))

@@ -25,7 +25,8 @@ def _session(tmp_path, exp_in: float) -> tuple[Session, RecordingWriter, float]:
     grant = Grant(
         claims=grant_claims(exp=exp), targets=(GrantTarget("postgres", "orders", db_user="app_ro"),)
     )
-    registry = SimpleNamespace(revoked=set(), _closing=set())
+    tasks: set = set()  # what the registry keeps a reference to (the session's ending)
+    registry = SimpleNamespace(revoked=set(), keep=lambda task: tasks.add(task) or task)
     session = Session(
         registry, protocol="postgres", grant=grant, target=grant.targets[0], client="127.0.0.1",
         recorder=rec, session_id="s1",

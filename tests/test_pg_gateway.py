@@ -756,3 +756,46 @@ async def test_upstream_checks_the_gateway_connection_while_a_statement_runs(gw)
         assert await conn.fetchval("show client_connection_check_interval") == "1s"
     finally:
         await conn.close()
+
+
+def test_gateway_stop_cancels_a_running_statement(pg_server, tmp_path):
+    """Stopping the gateway ends its sessions and cancels what they still run upstream.
+    psql (which sends no cancel of its own when its connection drops) runs the statement;
+    connection_check is off, so only the gateway's cancel can stop it."""
+
+    def no_connection_check(text: str) -> str:
+        return text.replace(
+            "record_parameters = true", 'record_parameters = true\nconnection_check = "0s"'
+        )
+
+    g = GatewayThread(tmp_path / "gw", pg=pg_server, edit_config=no_connection_check).start()
+    sleeper = "select pg_sleep(60) as gateway_stopping"
+    running = (
+        f"select count(*) from pg_stat_activity where query = '{sleeper}' and state = 'active'"
+    )
+    env = dict(os.environ, PGPASSWORD=g.grant(), PGSSLMODE="require")
+    psql = subprocess.Popen(
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(g.pg_port), "-U", "erin", "-d", "shop"]
+        + ["-c", sleeper],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):  # bounded: until it runs upstream
+            if pg_server.query(running) == "1":
+                break
+            time.sleep(0.05)
+        assert pg_server.query(running) == "1"
+        g.stop()
+        for _ in range(60):  # bounded: 3 s, against the statement's 60
+            if pg_server.query(running) == "0":
+                break
+            time.sleep(0.05)
+        assert pg_server.query(running) == "0", "still running upstream"
+        psql.wait(10)
+    finally:
+        psql.kill()
+        pg_server.query(
+            f"select pg_terminate_backend(pid) from pg_stat_activity where query = '{sleeper}'"
+        )

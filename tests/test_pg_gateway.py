@@ -782,11 +782,7 @@ def test_gateway_stop_cancels_a_running_statement(pg_server, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(200):  # bounded: until it runs upstream
-            if pg_server.query(running) == "1":
-                break
-            time.sleep(0.05)
-        assert pg_server.query(running) == "1"
+        _wait_running(pg_server, sleeper)
         g.stop()
         for _ in range(60):  # bounded: 3 s, against the statement's 60
             if pg_server.query(running) == "0":

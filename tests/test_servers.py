@@ -188,3 +188,16 @@ def test_postgres_server_stop_cleans_up(pg_server):  # the fixture only gates av
     assert not basedir.exists()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# ------------------------------------------------------------------ ports
+
+
+def test_free_port_never_hands_out_the_same_port_twice():
+    # A config picks its listeners' ports one free_port() call at a time, before anything
+    # binds them; the kernel may offer a port it offered a moment ago (a gateway once got
+    # the same port for its PostgreSQL and SSH listeners, and failed to start).
+    from breakglass.throwaway.servers import free_port
+
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)

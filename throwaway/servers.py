@@ -65,11 +65,24 @@ class ServerStartError(RuntimeError):
 # --------------------------------------------------------------------------- helpers
 
 
+#: Ports ``free_port`` handed out in this process, never handed out again: a config picks
+#: several before anything binds them, and the kernel may offer the same one twice.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that was free a moment ago (bind port 0, read it back, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free a moment ago (bind port 0, read it back, close), and that
+    this process has not handed out before."""
+    with _handed_out_lock:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise ServerStartError(f"no free TCP port on {host} that was not handed out already")
 
 
 def _wait_until(

@@ -142,6 +142,7 @@ def start_gateway_process(
     workers: int | None = None,
     root: Path | None = None,
     python: str | None = None,
+    wrapper: list[str] | None = None,
 ) -> subprocess.Popen:
     """``breakglass gateway`` from the source tree ``root`` (default: the installed package);
     its log goes to gateway.log beside the config (a pipe nobody reads would stall it once
@@ -149,13 +150,17 @@ def start_gateway_process(
     breakglass namespace through a finder (its worker processes would use the installed
     package: compare such trees with ``workers = 1``); a tree in the installed layout
     (``breakglass/proxy/...``, e.g. one built with mypyc) from PYTHONPATH. ``python``: an
-    interpreter with breakglass installed (another Python version's venv), run as is."""
+    interpreter with breakglass installed (another Python version's venv), run as is.
+    ``wrapper``: a script and its arguments that run the installed gateway with the breakglass
+    arguments after them (``bench/step_times.py``)."""
     args = ["-c", str(config), "gateway", "--log-level", "warning"]
     env = dict(os.environ)
     if workers:
         env["BREAKGLASS_WORKERS"] = str(workers)
     root = root or ROOT
-    if python:  # its own installed package; not started in a tree, which -m would import
+    if wrapper:
+        cmd = [sys.executable, *wrapper, *args]
+    elif python:  # its own installed package; not started in a tree, which -m would import
         cmd, root = [python, "-m", "breakglass.cli.main", *args], config.parent
     elif root == ROOT:
         cmd = [sys.executable, "-m", "breakglass.cli.main", *args]

@@ -1,7 +1,7 @@
 """pgbench -S: direct vs PgBouncer (session mode) vs a bare uvloop TLS relay vs the breakglass
 gateway, in one run.
 
-    python bench/pg.py [--seconds 5] [--repeat 3] [--store]
+    python bench/pg.py [--seconds 5] [--repeat 3] [--store] [--steps]
 
 Prints median TPS, ratios to direct, and added p50/p99 latency at 1 and 8
 clients. The last line reads ``gateway/direct TPS ratio at 8 clients: R``.
@@ -12,12 +12,14 @@ medians and ratios, not single numbers.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from common import median, percentile, process_usage, start_gateway_process, stop, wait_port
@@ -157,6 +159,75 @@ def stop_profiler(spy: tuple[subprocess.Popen, Path] | None, out: Path | None) -
         part.unlink()
 
 
+STEP_TIMES = Path(__file__).with_name("step_times.py")
+
+
+def copy_gateway(tmp: Path, name: str, port: int) -> tuple[Path, int]:
+    """A second gateway on the same workdir's keys and grants, on its own port: its config."""
+    directory = tmp / name
+    directory.mkdir()
+    shutil.copytree(tmp / "gw", directory / "gw", ignore=shutil.ignore_patterns("*.sock", "*.rec"))
+    new_port = free_port()
+    config = directory / "gw" / "config.toml"
+    config.write_text(
+        config.read_text()
+        .replace(f"127.0.0.1:{port}", f"127.0.0.1:{new_port}")
+        .replace("run/admin.sock", f"run/admin-{name}.sock")
+    )
+    return config, new_port
+
+
+def step_snapshot(proc: subprocess.Popen, path: Path) -> dict:
+    """The step-timed gateway's totals now (it writes them on SIGUSR1)."""
+    seq = json.loads(path.read_text())["seq"] if path.exists() else 0
+
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        data = json.loads(path.read_text()) if path.exists() else {"seq": seq}
+        if data["seq"] > seq:
+            return data
+        time.sleep(0.01)  # a bounded poll for the other process's file
+    raise RuntimeError("the step-timed gateway wrote no snapshot (see its gateway.log)")
+
+
+def step_totals(runs: list[tuple[dict, dict, int]]) -> dict:
+    """Per transaction over ``runs`` (before, after, transactions): each step's own CPU (less
+    the timed steps it calls, and less the timing itself) and calls; the main thread's CPU."""
+    txns = max(1, sum(n for _, _, n in runs))
+    last = runs[0][1]
+    inside, outside = last["inside_us"] / 1e6, last["outside_us"] / 1e6
+
+    def delta(key: str, step: str) -> float:
+        return sum(after[key][step] - before[key][step] for before, after, _ in runs)
+
+    steps = {}
+    all_calls = 0.0
+    for step in last["cpu"]:
+        calls, child_calls = delta("calls", step), delta("child_calls", step)
+        own = delta("cpu", step) - delta("child_cpu", step)
+        own -= calls * inside + child_calls * outside
+        steps[step] = (own / txns * 1e6, calls / txns)
+        all_calls += calls
+    main = sum(a["main_thread_cpu"] - b["main_thread_cpu"] for b, a, _ in runs)
+    main -= all_calls * (inside + outside)
+    return {"steps": steps, "main_us": main / txns * 1e6, "timing_us": inside + outside}
+
+
+def print_steps(clients: int, mode: str, totals: dict) -> None:
+    print(
+        f"steps at {clients} clients (-M {mode}): the main thread's CPU per transaction, each "
+        f"step's own (less the steps it calls and the timing, ~{totals['timing_us'] * 1e6:.1f} us "
+        "a call)"
+    )
+    timed = 0.0
+    for step, (us, calls) in totals["steps"].items():
+        print(f"  {step:<26} {us:>7.1f} us  {calls:>5.2f} calls")
+        timed += us
+    print(f"  {'rest of the loop':<26} {totals['main_us'] - timed:>7.1f} us")
+    print(f"  {'main thread':<26} {totals['main_us']:>7.1f} us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5)
@@ -189,6 +260,12 @@ def main() -> None:
         help="comma-separated subset (direct is needed for ratios)",
     )
     ap.add_argument(
+        "--steps",
+        action="store_true",
+        help="also run a gateway with its relay steps timed (bench/step_times.py) as 'steps', "
+        "in the same run, and print each step's CPU per transaction between real sockets",
+    )
+    ap.add_argument(
         "--profile",
         type=Path,
         help="record the gateway with py-spy (--nonblocking) during its runs; writes "
@@ -214,23 +291,20 @@ def main() -> None:
         procs.append(gw_proc)
         cpu_pid = {"gateway": gw_proc.pid}
         if args.baseline or args.baseline_python:
-            base_dir = tmp / "baseline"
-            base_dir.mkdir()
-            shutil.copytree(
-                tmp / "gw", base_dir / "gw", ignore=shutil.ignore_patterns("*.sock", "*.rec")
-            )
-            base_port = free_port()
-            base_cfg = base_dir / "gw" / "config.toml"
-            base_cfg.write_text(
-                base_cfg.read_text()
-                .replace(f"127.0.0.1:{cfg.postgres_listen.port}", f"127.0.0.1:{base_port}")
-                .replace("run/admin.sock", "run/admin-baseline.sock")
-            )
+            base_cfg, base_port = copy_gateway(tmp, "baseline", cfg.postgres_listen.port)
             base_proc = start_gateway_process(
                 base_cfg, base_port, root=args.baseline, python=args.baseline_python
             )
             procs.append(base_proc)
             cpu_pid["baseline"] = base_proc.pid
+        if args.steps:
+            steps_cfg, steps_port = copy_gateway(tmp, "steps", cfg.postgres_listen.port)
+            steps_file = tmp / "steps.json"
+            steps_proc = start_gateway_process(
+                steps_cfg, steps_port, wrapper=[str(STEP_TIMES), str(steps_file)]
+            )
+            procs.append(steps_proc)
+            cpu_pid["steps"] = steps_proc.pid
         if args.store:
             from store import S3Server, store_gateway_config
 
@@ -293,33 +367,46 @@ def main() -> None:
             setups["baseline"] = (setups["gateway"][0], base_port, "erin")
         if args.store:
             setups["store"] = (setups["gateway"][0], store_port, "erin")
+        if args.steps:
+            setups["steps"] = (setups["gateway"][0], steps_port, "erin")
         wanted = (
             set(args.setups.split(","))
             | {"direct"}
             | ({"baseline"} if args.baseline or args.baseline_python else set())
             | ({"store"} if args.store else set())
+            | ({"steps"} if args.steps else set())
         )
         setups = {k: v for k, v in setups.items() if k in wanted}
         modes = args.modes.split(",")
         results: dict[tuple[str, int, str], tuple[float, float, float, float]] = {}
+        step_results: dict[tuple[int, str], dict] = {}
         for mode in modes:
             for c in clients:
                 tps: dict[str, list[float]] = {k: [] for k in setups}
                 lat: dict[str, list[float]] = {k: [] for k in setups}
                 cpu_us: dict[str, list[float]] = {k: [] for k in setups}
+                step_runs: list[tuple[dict, dict, int]] = []
                 for _ in range(args.repeat):
                     for name, (env, port, user) in setups.items():  # interleaved: noise hits all
                         before = process_usage(cpu_pid[name])[0] if name in cpu_pid else 0.0
                         spy = profiler(args.profile, cpu_pid, name, c, mode)
+                        if name == "steps":
+                            steps_before = step_snapshot(steps_proc, steps_file)
                         t, latencies, txns = run_pgbench(
                             env, "127.0.0.1", port, user, c, args.seconds, logdir, mode
                         )
                         stop_profiler(spy, args.profile)
+                        if name == "steps":
+                            step_runs.append(
+                                (steps_before, step_snapshot(steps_proc, steps_file), txns)
+                            )
                         if name in cpu_pid:
                             used = process_usage(cpu_pid[name])[0] - before
                             cpu_us[name].append(used / max(1, txns) * 1e6)
                         tps[name].append(t)
                         lat[name].extend(latencies)
+                if step_runs:
+                    step_results[(c, mode)] = step_totals(step_runs)
                 for name in setups:
                     results[(name, c, mode)] = (
                         median(tps[name]),
@@ -369,6 +456,9 @@ def main() -> None:
                         f"p99 {st[2]:.3f} ms vs {g[2]:.3f} ms; CPU per transaction {st[3]:.0f} us "
                         f"vs {g[3]:.0f} us"
                     )
+            for c in clients:
+                if (c, mode) in step_results:
+                    print_steps(c, mode, step_results[(c, mode)])
             if "gateway" in setups:
                 for c in clients:
                     print(

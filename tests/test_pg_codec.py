@@ -922,3 +922,26 @@ def test_flat_execute_describe_close_decoders_agree_with_the_checked_ones(data):
                 public(data)
         else:
             assert got == want == public(data)
+
+
+_parse_body = st.builds(
+    lambda name, query, oids: bytes(body_of(c.encode_parse(name, query, oids), b"P")),
+    _name,
+    st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=20),
+    st.lists(st.integers(0, 2**32 - 1), max_size=3),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=_mutated(_parse_body))
+def test_flat_parse_decoder_agrees_with_the_checked_one(data):
+    """The flat Parse decoder (every new extended-protocol statement) accepts exactly what
+    the checked decoder accepts, with the same result; for anything else the checked decoder
+    gives the error."""
+    flat, checked = c._parse_flat(data), _checked_or_error(c._decode_parse_checked, data)
+    if isinstance(checked, ProtocolError):
+        assert flat is None
+        with pytest.raises(ProtocolError, match=re.escape(str(checked))):
+            c.decode_parse(data)
+    else:
+        assert flat == checked == c.decode_parse(data)

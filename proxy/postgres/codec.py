@@ -847,6 +847,27 @@ def decode_query(body: bytes | memoryview) -> str:
 
 
 def decode_parse(body: bytes | memoryview) -> Parse:
+    data = body if isinstance(body, bytes) else bytes(body)
+    return _parse_flat(data) or _decode_parse_checked(data)
+
+
+def _parse_flat(data: bytes) -> Parse | None:
+    """A Parse body decoded without a cursor (every new extended-protocol statement), or
+    None when it is not well formed: ``_decode_parse_checked`` then says why. Accepts
+    exactly what the checked decoder accepts, with the same result (tested)."""
+    try:
+        a = data.index(0)
+        b = data.index(0, a + 1)
+        (n,) = _U16.unpack_from(data, b + 1)
+        if b + 3 + 4 * n != len(data):
+            return None
+        oids = struct.unpack_from(f"!{n}I", data, b + 3) if n else ()
+        return Parse(data[:a].decode("utf-8"), data[a + 1 : b].decode("utf-8"), oids)
+    except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _decode_parse_checked(body: bytes | memoryview) -> Parse:
     c = _Cursor(body, "Parse")
     name = c.cstr()
     query = c.cstr()

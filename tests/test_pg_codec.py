@@ -853,6 +853,18 @@ def _checked_or_error(decode, data):
         return e
 
 
+def _assert_flat_agrees(flat, checked, public, data):
+    """A flat decoder accepts exactly what its checked decoder accepts, with the same result;
+    for anything else the public decoder raises the checked decoder's error."""
+    got, want = flat(data), _checked_or_error(checked, data)
+    if isinstance(want, ProtocolError):
+        assert got is None
+        with pytest.raises(ProtocolError, match=re.escape(str(want))):
+            public(data)
+    else:
+        assert got == want == public(data)
+
+
 _name = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=8)
 _bind_body = st.builds(
     lambda portal, statement, formats, params, results: bytes(
@@ -884,13 +896,7 @@ def _mutated(body: st.SearchStrategy) -> st.SearchStrategy:
 def test_flat_bind_decoder_agrees_with_the_checked_one(data):
     """The hot path's flat Bind decoder accepts exactly what the checked decoder accepts,
     with the same result; for anything else the checked decoder gives the error."""
-    flat, checked = c._bind_flat(data), _checked_or_error(c._decode_bind_checked, data)
-    if isinstance(checked, ProtocolError):
-        assert flat is None
-        with pytest.raises(ProtocolError, match=re.escape(str(checked))):
-            c.decode_bind(data)
-    else:
-        assert flat == checked == c.decode_bind(data)
+    _assert_flat_agrees(c._bind_flat, c._decode_bind_checked, c.decode_bind, data)
 
 
 @settings(max_examples=400, deadline=None)
@@ -915,13 +921,7 @@ def test_flat_execute_describe_close_decoders_agree_with_the_checked_ones(data):
         (c._execute_flat, c._decode_execute_checked, c.decode_execute),
         (c._kind_name_flat, lambda d: c._kind_name_checked(d, "Describe"), c.decode_describe),
     ):
-        got, want = flat(data), _checked_or_error(checked, data)
-        if isinstance(want, ProtocolError):
-            assert got is None
-            with pytest.raises(ProtocolError, match=re.escape(str(want))):
-                public(data)
-        else:
-            assert got == want == public(data)
+        _assert_flat_agrees(flat, checked, public, data)
 
 
 _parse_body = st.builds(
@@ -938,10 +938,4 @@ def test_flat_parse_decoder_agrees_with_the_checked_one(data):
     """The flat Parse decoder (every new extended-protocol statement) accepts exactly what
     the checked decoder accepts, with the same result; for anything else the checked decoder
     gives the error."""
-    flat, checked = c._parse_flat(data), _checked_or_error(c._decode_parse_checked, data)
-    if isinstance(checked, ProtocolError):
-        assert flat is None
-        with pytest.raises(ProtocolError, match=re.escape(str(checked))):
-            c.decode_parse(data)
-    else:
-        assert flat == checked == c.decode_parse(data)
+    _assert_flat_agrees(c._parse_flat, c._decode_parse_checked, c.decode_parse, data)

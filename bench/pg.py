@@ -195,15 +195,15 @@ def step_totals(runs: list[tuple[dict, dict, int]]) -> dict:
     """Per transaction over ``runs`` (before, after, transactions): each step's own CPU (less
     the timed steps it calls, and less the timing itself) and calls; the main thread's CPU."""
     txns = max(1, sum(n for _, _, n in runs))
-    last = runs[0][1]
-    inside, outside = last["inside_us"] / 1e6, last["outside_us"] / 1e6
+    snapshot = runs[0][1]  # names the steps and holds the timing's measured cost
+    inside, outside = snapshot["inside_us"] / 1e6, snapshot["outside_us"] / 1e6
 
     def delta(key: str, step: str) -> float:
         return sum(after[key][step] - before[key][step] for before, after, _ in runs)
 
     steps = {}
     all_calls = 0.0
-    for step in last["cpu"]:
+    for step in snapshot["cpu"]:
         calls, child_calls = delta("calls", step), delta("child_calls", step)
         own = delta("cpu", step) - delta("child_cpu", step)
         own -= calls * inside + child_calls * outside

@@ -1,6 +1,6 @@
 """Build a modified copy of the gateway for ``bench/pg.py --baseline``: measurements, not products.
 
-    python bench/variant_tree.py OUT --variant compiled|no-file-write|frame-only
+    python bench/variant_tree.py OUT --variant compiled|no-file-write|no-fsync|frame-only
 
 OUT gets the installed layout (``breakglass/proxy/...``), which ``bench/pg.py --baseline OUT``
 runs from PYTHONPATH beside the real gateway, in the same run. Each variant answers one
@@ -13,6 +13,8 @@ question of issue #17 (the README's "Fourth pass" has the figures):
   recordings' weak registry becomes a plain set (mypyc classes take no weak references).
 - ``no-file-write``: records are chained and buffered but never written to the file; what
   do the recording's ``write`` calls cost?
+- ``no-fsync``: records are written but not fsynced within an hour; what does the commit
+  cadence (``commit_interval``) cost the latency?
 - ``frame-only``: the relay judges and records nothing (it forwards everything as is); what
   does the gateway cost around the judging and recording?
 
@@ -43,6 +45,15 @@ NO_FILE_WRITE: list[Edit] = [
         "_os_write = os.write\n_writev = os.writev\n",
         "_os_write = lambda fd, b: len(b)  # variant no-file-write\n"
         "_writev = lambda fd, bufs: sum(map(len, bufs))  # variant no-file-write\n",
+    ),
+]
+
+NO_FSYNC: list[Edit] = [
+    (
+        "breakglass/recorder/writer.py",
+        "        step = self._commit_interval / 2\n        now = _monotonic()\n",
+        "        step = self._commit_interval / 2\n        now = _monotonic()\n"
+        "        return now + 3600  # variant no-fsync: not within a bench run\n",
     ),
 ]
 
@@ -133,7 +144,12 @@ IGNORE_ERRORS_IN = (
     "breakglass/recorder/writer.py",
 )
 
-VARIANTS = {"compiled": COMPILED, "no-file-write": NO_FILE_WRITE, "frame-only": FRAME_ONLY}
+VARIANTS = {
+    "compiled": COMPILED,
+    "no-file-write": NO_FILE_WRITE,
+    "no-fsync": NO_FSYNC,
+    "frame-only": FRAME_ONLY,
+}
 
 
 def copy_installed_layout(out: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -84,6 +85,20 @@ def test_no_file_write_writer_chains_but_writes_nothing(tree, tmp_path):
     w.write()
     assert w.event_count == before + 1
     assert (tmp_path / "r.rec").stat().st_size == 0
+    w.close()
+
+
+def test_no_fsync_writer_puts_its_fsync_an_hour_away(tree, tmp_path):
+    out = tree(variant_tree.NO_FSYNC)
+    writer = load(
+        out / "breakglass/recorder/writer.py", "breakglass.recorder.variant_writer_nofsync"
+    )
+    w = writer.RecordingWriter.create(
+        tmp_path / "r.rec", {"user": "test"}, Ed25519PrivateKey.generate(), "k1"
+    )
+    w.append_encoded("query", b'"n":1')
+    w.write()
+    assert w._sync_due - time.monotonic() > 3000
     w.close()
 
 

@@ -72,14 +72,15 @@ def test_frame_only_relay_forwards_as_is_and_records_nothing(tree):
     assert recorder.lines == []
 
 
+def variant_writer(out: Path, name: str, path: Path, key=None, **options):
+    """A ``RecordingWriter`` of the variant tree ``out`` (``name``: its module's, unique)."""
+    module = load(out / "breakglass/recorder/writer.py", f"breakglass.recorder.writer_{name}")
+    key = key or Ed25519PrivateKey.generate()
+    return module.RecordingWriter.create(path, {"user": "test"}, key, "k1", **options)
+
+
 def test_no_file_write_writer_chains_but_writes_nothing(tree, tmp_path):
-    out = tree(variant_tree.NO_FILE_WRITE)
-    writer = load(
-        out / "breakglass/recorder/writer.py", "breakglass.recorder.variant_writer_nowrite"
-    )
-    w = writer.RecordingWriter.create(
-        tmp_path / "r.rec", {"user": "test"}, Ed25519PrivateKey.generate(), "k1"
-    )
+    w = variant_writer(tree(variant_tree.NO_FILE_WRITE), "no_file_write", tmp_path / "r.rec")
     before = w.event_count
     w.append_encoded("query", b'"n":1')
     w.write()
@@ -89,13 +90,7 @@ def test_no_file_write_writer_chains_but_writes_nothing(tree, tmp_path):
 
 
 def test_no_fsync_writer_puts_its_fsync_an_hour_away(tree, tmp_path):
-    out = tree(variant_tree.NO_FSYNC)
-    writer = load(
-        out / "breakglass/recorder/writer.py", "breakglass.recorder.variant_writer_nofsync"
-    )
-    w = writer.RecordingWriter.create(
-        tmp_path / "r.rec", {"user": "test"}, Ed25519PrivateKey.generate(), "k1"
-    )
+    w = variant_writer(tree(variant_tree.NO_FSYNC), "no_fsync", tmp_path / "r.rec")
     w.append_encoded("query", b'"n":1')
     w.write()
     assert w._sync_due - time.monotonic() > 3000
@@ -105,12 +100,9 @@ def test_no_fsync_writer_puts_its_fsync_an_hour_away(tree, tmp_path):
 def test_compiled_variant_edits_apply_and_the_restructured_writer_still_records(tree, tmp_path):
     out = tree(variant_tree.COMPILED)
     variant_tree.writer_setup_method(out)
-    writer = load(
-        out / "breakglass/recorder/writer.py", "breakglass.recorder.variant_writer_compiled"
-    )
     key = Ed25519PrivateKey.generate()
     path = tmp_path / "r.rec"
-    w = writer.RecordingWriter.create(path, {"user": "test"}, key, "k1", checkpoint_events=2)
+    w = variant_writer(out, "compiled", path, key, checkpoint_events=2)
     for n in range(5):
         w.append_encoded("query", b'"n":%d' % n)
     w.close("done")

@@ -22,7 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import median, percentile, process_usage, start_gateway_process, stop, wait_port
+from common import (
+    describe_interpreter,
+    median,
+    percentile,
+    process_usage,
+    start_gateway_process,
+    stop,
+    wait_port,
+)
 
 from breakglass.throwaway.servers import PostgresServer, free_port
 from breakglass.throwaway.workdir import build_local_workdir, issue_local_grant
@@ -419,6 +427,9 @@ def main() -> None:
             f"(TLS for pgbouncer, bare and gateway; gateway workers: {args.workers}); "
             "CPU = the relay process's CPU time per transaction"
         )
+        print(f"interpreter (bare relay, gateway): {describe_interpreter()}")
+        if args.baseline_python:
+            print(f"interpreter (baseline): {describe_interpreter(args.baseline_python)}")
         for mode in modes:
             print(f"\n-M {mode}")
             print(

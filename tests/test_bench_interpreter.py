@@ -29,4 +29,3 @@ def test_names_the_running_interpreter_its_version_and_how_libpython_is_linked()
     assert version == platform.python_version()
     expected = "libpython as a shared library" if libpython_is_shared() else "libpython linked in"
     assert rest == expected
-

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from common import (
     AcceptQueueWatch,
+    describe_interpreter,
     median,
     percentile,
     process_tree_usage,
@@ -328,6 +329,7 @@ def offered(r: dict) -> float:
 def report(r: dict, direct: dict | None) -> bool:
     w = r["workers"]
     print(f"\n== workers {w}: {args_text()}")
+    print(f"  interpreter: {describe_interpreter()}")
     print(
         f"  sessions connected {r['connected']}, connect failures {dict(r['connect_failures']) or 0}, "
         f"statement failures before exp {dict(r['stmt_failures']) or 0}"

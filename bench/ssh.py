@@ -30,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncssh  # noqa: E402
 
-from bench.common import median, percentile, start_gateway_process, stop  # noqa: E402
+from bench.common import (  # noqa: E402
+    describe_interpreter,
+    median,
+    percentile,
+    start_gateway_process,
+    stop,
+)
 from breakglass.throwaway.servers import SshServer  # noqa: E402
 from breakglass.throwaway.ssh_gateway import GatewayHarness  # noqa: E402
 
@@ -200,6 +206,7 @@ def main() -> None:
             genv = h.client_env(gf)
             mb = size / 1e6
             print(f"file: {mb:.0f} MB; cpus: {os.cpu_count()}; gateway pid {gw.pid} (uvloop)")
+            print(f"interpreter: {describe_interpreter()}")
             results: dict[str, float] = {}
             if "bulk" not in a.skip:
                 direct = ["ssh", *direct_opts(sshd), sshd.host, f"cat {big}"]

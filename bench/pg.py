@@ -427,9 +427,9 @@ def main() -> None:
             f"(TLS for pgbouncer, bare and gateway; gateway workers: {args.workers}); "
             "CPU = the relay process's CPU time per transaction"
         )
-        print(f"interpreter (bare relay, gateway): {describe_interpreter()}")
+        print(f"interpreter of the relays: {describe_interpreter()}")
         if args.baseline_python:
-            print(f"interpreter (baseline): {describe_interpreter(args.baseline_python)}")
+            print(f"interpreter of the baseline: {describe_interpreter(args.baseline_python)}")
         for mode in modes:
             print(f"\n-M {mode}")
             print(
